@@ -1,0 +1,355 @@
+//! Clients for remote plugins. Each implements the same trait as a local plugin, so the group
+//! controller (or flavor-combo) holds an `Arc<dyn FlavorPlugin>` and never knows the difference.
+//!
+//! At first use a client calls `Plugin.Activate` and checks that the plugin implements its interface
+//! with the same major version; a mismatch is refused with a message naming both versions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::messages::*;
+use super::transport::Transport;
+use crate::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
+use crate::spi::group::{CommitResult, GroupDescription, GroupPlugin, GroupSpec};
+use crate::spi::instance::{Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags};
+use crate::spi::{InterfaceSpec, FLAVOR, GROUP, INSTANCE};
+use crate::{Error, ErrorKind, Result};
+
+/// How long a call may take by default: long enough for a slow backend's provision.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where a plugin listens and under which name it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The plugin's name without the sub-type (`flavor-swarm`).
+    pub name: String,
+    /// The sub-type (`manager` in `flavor-swarm/manager`), empty for the default.
+    pub sub_type: String,
+    pub socket: PathBuf,
+}
+
+impl Endpoint {
+    pub fn new(name: &str, socket: impl Into<PathBuf>) -> Endpoint {
+        let (name, sub_type) = split_name(name);
+        Endpoint {
+            name: name.to_string(),
+            sub_type: sub_type.to_string(),
+            socket: socket.into(),
+        }
+    }
+
+    /// `name/sub_type`, or just `name`.
+    pub fn full_name(&self) -> String {
+        if self.sub_type.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.name, self.sub_type)
+        }
+    }
+}
+
+/// Splits `flavor-swarm/manager` into (`flavor-swarm`, `manager`).
+pub fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or((name, ""))
+}
+
+/// A connection to one plugin socket, for one interface.
+pub struct RpcClient {
+    endpoint: Endpoint,
+    interface: InterfaceSpec,
+    transport: Arc<Transport>,
+    compatible: OnceCell<()>,
+}
+
+impl RpcClient {
+    pub fn new(endpoint: Endpoint, interface: InterfaceSpec) -> RpcClient {
+        RpcClient::with_timeout(endpoint, interface, DEFAULT_TIMEOUT)
+    }
+
+    pub fn with_timeout(endpoint: Endpoint, interface: InterfaceSpec, timeout: Duration) -> RpcClient {
+        let transport = Arc::new(Transport::new(&endpoint.socket, timeout));
+        RpcClient {
+            endpoint,
+            interface,
+            transport,
+            compatible: OnceCell::new(),
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.transport.socket()
+    }
+
+    /// Calls `Plugin.Activate` and returns what the plugin implements.
+    pub async fn activate(&self) -> Result<Vec<String>> {
+        let r: ActivateResponse = self.post("Plugin.Activate", Bytes::from_static(b"{}")).await?;
+        Ok(r.implements)
+    }
+
+    /// Checks the interface once; a failure to connect is not remembered, a mismatch is re-checked
+    /// (the plugin may have been upgraded meanwhile).
+    async fn ensure_compatible(&self) -> Result<()> {
+        self.compatible
+            .get_or_try_init(|| async {
+                let implements = self.activate().await?;
+                self.interface
+                    .check(&self.endpoint.full_name(), &implements)
+                    .map_err(|m| Error::new(ErrorKind::Incompatible, m))
+            })
+            .await
+            .copied()
+    }
+
+    /// Calls `<Interface>.<method>` with `req`, after the version check.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(&self, method: &str, req: &Req) -> Result<Resp> {
+        self.ensure_compatible().await?;
+        let body = serde_json::to_vec(req)
+            .map_err(|e| Error::internal(format!("cannot encode the request: {e}")))?;
+        self.post(&format!("{}.{method}", self.interface.rpc_prefix), Bytes::from(body))
+            .await
+    }
+
+    async fn post<Resp: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<Resp> {
+        let (status, reply) = self.transport.post(path, body).await?;
+        let name = self.endpoint.full_name();
+        if status != 200 {
+            let message = match serde_json::from_slice::<ErrResponse>(&reply) {
+                Ok(e) => e.err,
+                Err(_) => format!(
+                    "plugin '{name}' answered {path} with status {status}: {}",
+                    String::from_utf8_lossy(&reply).trim()
+                ),
+            };
+            return Err(Error::new(ErrorKind::from_status(status), message));
+        }
+        serde_json::from_slice(&reply).map_err(|e| {
+            Error::internal(format!("plugin '{name}' sent a reply to {path} that does not parse: {e}"))
+        })
+    }
+
+    fn sub_type(&self) -> String {
+        self.endpoint.sub_type.clone()
+    }
+}
+
+/// A remote instance plugin.
+pub struct InstanceClient(RpcClient);
+
+impl InstanceClient {
+    pub fn new(endpoint: Endpoint) -> InstanceClient {
+        InstanceClient(RpcClient::new(endpoint, INSTANCE))
+    }
+    pub fn rpc(&self) -> &RpcClient {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl InstancePlugin for InstanceClient {
+    async fn validate(&self, properties: &Value) -> Result<()> {
+        let req = InstanceValidateRequest {
+            properties: properties.clone(),
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("Validate", &req).await.map(|_| ())
+    }
+
+    async fn provision(&self, spec: Spec) -> Result<InstanceId> {
+        let req = ProvisionRequest {
+            spec,
+            r#type: self.0.sub_type(),
+        };
+        let r: ProvisionResponse = self.0.call("Provision", &req).await?;
+        r.id.filter(|id| !id.is_empty()).ok_or_else(|| {
+            Error::internal(format!(
+                "plugin '{}' provisioned an instance but returned no ID",
+                self.0.endpoint.full_name()
+            ))
+        })
+    }
+
+    async fn label(&self, id: &str, labels: Tags) -> Result<()> {
+        let req = LabelRequest {
+            instance: id.to_string(),
+            labels,
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("Label", &req).await.map(|_| ())
+    }
+
+    async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()> {
+        let req = DestroyRequest {
+            instance: id.to_string(),
+            context,
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("Destroy", &req).await.map(|_| ())
+    }
+
+    async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
+        let req = DescribeInstancesRequest {
+            tags: tags.clone(),
+            properties,
+            r#type: self.0.sub_type(),
+        };
+        let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
+        Ok(r.descriptions)
+    }
+}
+
+/// A remote flavor plugin.
+pub struct FlavorClient(RpcClient);
+
+impl FlavorClient {
+    pub fn new(endpoint: Endpoint) -> FlavorClient {
+        FlavorClient(RpcClient::new(endpoint, FLAVOR))
+    }
+    pub fn rpc(&self) -> &RpcClient {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl FlavorPlugin for FlavorClient {
+    async fn validate(&self, properties: &Value, allocation: &AllocationMethod) -> Result<()> {
+        let req = FlavorValidateRequest {
+            properties: properties.clone(),
+            allocation: allocation.clone(),
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("Validate", &req).await.map(|_| ())
+    }
+
+    async fn prepare(
+        &self,
+        properties: &Value,
+        spec: Spec,
+        allocation: &AllocationMethod,
+        index: &Index,
+    ) -> Result<Spec> {
+        let req = PrepareRequest {
+            properties: properties.clone(),
+            spec,
+            allocation: allocation.clone(),
+            index: index.clone(),
+            r#type: self.0.sub_type(),
+        };
+        let r: PrepareResponse = self.0.call("Prepare", &req).await?;
+        Ok(r.spec)
+    }
+
+    async fn healthy(&self, properties: &Value, instance: &Description) -> Result<Health> {
+        let req = FlavorInstanceRequest {
+            properties: properties.clone(),
+            instance: instance.clone(),
+            r#type: self.0.sub_type(),
+        };
+        let r: HealthyResponse = self.0.call("Healthy", &req).await?;
+        Ok(r.health)
+    }
+
+    async fn drain(&self, properties: &Value, instance: &Description) -> Result<()> {
+        let req = FlavorInstanceRequest {
+            properties: properties.clone(),
+            instance: instance.clone(),
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("Drain", &req).await.map(|_| ())
+    }
+}
+
+/// A remote group plugin.
+pub struct GroupClient(RpcClient);
+
+impl GroupClient {
+    pub fn new(endpoint: Endpoint) -> GroupClient {
+        GroupClient(RpcClient::new(endpoint, GROUP))
+    }
+    pub fn rpc(&self) -> &RpcClient {
+        &self.0
+    }
+    fn id_request(&self, id: &str) -> GroupIdRequest {
+        GroupIdRequest {
+            id: id.to_string(),
+            r#type: self.0.sub_type(),
+        }
+    }
+}
+
+#[async_trait]
+impl GroupPlugin for GroupClient {
+    async fn commit_group(&self, spec: GroupSpec, pretend: bool) -> Result<CommitResult> {
+        let req = CommitGroupRequest {
+            spec,
+            pretend,
+            r#type: self.0.sub_type(),
+        };
+        let r: CommitGroupResponse = self.0.call("CommitGroup", &req).await?;
+        Ok(CommitResult {
+            details: r.details,
+            plan: r.plan,
+        })
+    }
+
+    async fn free_group(&self, id: &str) -> Result<()> {
+        self.0
+            .call::<_, OkResponse>("FreeGroup", &self.id_request(id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn describe_group(&self, id: &str) -> Result<GroupDescription> {
+        let r: DescribeGroupResponse = self.0.call("DescribeGroup", &self.id_request(id)).await?;
+        Ok(r.description)
+    }
+
+    async fn destroy_group(&self, id: &str) -> Result<()> {
+        self.0
+            .call::<_, OkResponse>("DestroyGroup", &self.id_request(id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn inspect_groups(&self) -> Result<Vec<GroupSpec>> {
+        let r: InspectGroupsResponse = self.0.call("InspectGroups", &self.id_request("")).await?;
+        Ok(r.groups)
+    }
+
+    async fn destroy_instances(&self, id: &str, instances: &[InstanceId]) -> Result<()> {
+        let req = DestroyInstancesRequest {
+            id: id.to_string(),
+            instances: instances.to_vec(),
+            r#type: self.0.sub_type(),
+        };
+        self.0
+            .call::<_, OkResponse>("DestroyInstances", &req)
+            .await
+            .map(|_| ())
+    }
+
+    async fn size(&self, id: &str) -> Result<u64> {
+        let r: SizeResponse = self.0.call("Size", &self.id_request(id)).await?;
+        Ok(r.size)
+    }
+
+    async fn set_size(&self, id: &str, size: u64) -> Result<()> {
+        let req = SetSizeRequest {
+            id: id.to_string(),
+            size,
+            r#type: self.0.sub_type(),
+        };
+        self.0.call::<_, OkResponse>("SetSize", &req).await.map(|_| ())
+    }
+}

@@ -1,0 +1,241 @@
+//! Request and reply bodies, field for field InfraKit's (`pkg/rpc/*/types.go`).
+//!
+//! Every request carries an optional `Type`: the sub-type asked for (`flavor-swarm/manager` sends
+//! `"Type": "manager"`); the empty string means the plugin's default implementation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::spi::flavor::{AllocationMethod, Health, Index};
+use crate::spi::group::{CommitResult, GroupDescription, GroupSpec, Plan};
+use crate::spi::instance::{Description, DestroyContext, InstanceId, Spec, Tags};
+use crate::spi::serde_util::null_as_default;
+
+/// Reads a request's sub-type, whatever the method.
+#[derive(Debug, Default, Deserialize)]
+pub struct TypeOnly {
+    #[serde(rename = "Type", default, deserialize_with = "null_as_default")]
+    pub type_: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActivateResponse {
+    #[serde(rename = "Implements", default, deserialize_with = "null_as_default")]
+    pub implements: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OkResponse {
+    #[serde(rename = "OK", default)]
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrResponse {
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+// ---- Instance ----
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceValidateRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProvisionRequest {
+    #[serde(default)]
+    pub spec: Spec,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProvisionResponse {
+    #[serde(rename = "ID", default)]
+    pub id: Option<InstanceId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LabelRequest {
+    #[serde(default)]
+    pub instance: InstanceId,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub labels: Tags,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DestroyRequest {
+    #[serde(default)]
+    pub instance: InstanceId,
+    #[serde(default)]
+    pub context: DestroyContext,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstancesRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tags: Tags,
+    #[serde(default)]
+    pub properties: bool,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstancesResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub descriptions: Vec<Description>,
+}
+
+// ---- Flavor ----
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlavorValidateRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default)]
+    pub allocation: AllocationMethod,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrepareRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default)]
+    pub spec: Spec,
+    #[serde(default)]
+    pub allocation: AllocationMethod,
+    #[serde(default)]
+    pub index: Index,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrepareResponse {
+    #[serde(default)]
+    pub spec: Spec,
+}
+
+/// `Flavor.Healthy` and `Flavor.Drain` take the same body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlavorInstanceRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default)]
+    pub instance: Description,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthyResponse {
+    #[serde(default)]
+    pub health: Health,
+}
+
+// ---- Group ----
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CommitGroupRequest {
+    #[serde(default)]
+    pub spec: GroupSpec,
+    #[serde(default)]
+    pub pretend: bool,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CommitGroupResponse {
+    #[serde(default)]
+    pub details: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+impl From<CommitResult> for CommitGroupResponse {
+    fn from(r: CommitResult) -> Self {
+        CommitGroupResponse {
+            details: r.details,
+            plan: r.plan,
+        }
+    }
+}
+
+/// The body of every group call that names one group (`FreeGroup`, `DescribeGroup`, ...).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupIdRequest {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeGroupResponse {
+    #[serde(default)]
+    pub description: GroupDescription,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectGroupsResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub groups: Vec<GroupSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DestroyInstancesRequest {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub instances: Vec<InstanceId>,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SizeResponse {
+    #[serde(default)]
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SetSizeRequest {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub r#type: String,
+}

@@ -1,0 +1,21 @@
+//! The wire protocol: Docker's plugin envelope with InfraKit's JSON.
+//!
+//! - `POST /Plugin.Activate` → `{"Implements": ["infrakit.instance/1.0"]}`
+//! - `POST /<Interface>.<Method>` with a JSON body whose fields are InfraKit's (`Spec`, `Tags`, ...),
+//!   plus `"Type"` naming a sub-type when the caller asked for `plugin/subtype`.
+//! - 200 with the JSON result, or a 4xx/5xx status with `{"Err": "message"}`.
+
+pub mod client;
+pub mod messages;
+pub mod server;
+mod transport;
+
+/// The content type of Docker's plugin protocol, sent on every request and reply.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+/// Requests larger than this are refused with 413: no InfraKit request comes near it, and it keeps a
+/// confused or hostile client from making a plugin allocate without bound.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// Replies larger than this are refused by the client (a describe of 100,000 instances fits).
+pub const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;

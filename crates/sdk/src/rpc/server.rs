@@ -1,0 +1,542 @@
+//! Serves plugins on a unix socket.
+//!
+//! The life of a plugin process: [`Server::bind`] first (so the engine's "is the socket there?" check
+//! passes at once, and SIGTERM is caught from then on), then any slow start-up work, then
+//! [`Server::serve`] until SIGTERM or SIGINT, after which in-flight requests get a moment to finish
+//! and the socket file is removed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::messages::*;
+use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
+use crate::spi::flavor::FlavorPlugin;
+use crate::spi::group::GroupPlugin;
+use crate::spi::instance::InstancePlugin;
+use crate::spi::{FLAVOR, GROUP, INSTANCE};
+use crate::{Error, ErrorKind, Result};
+
+/// How long in-flight requests may run on after SIGTERM before the process exits anyway: a managed
+/// plugin must be gone well within the engine's patience.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+
+/// The implementations one plugin process serves, by interface and sub-type (`""` is the default).
+#[derive(Default, Clone)]
+pub struct Plugins {
+    instance: BTreeMap<String, Arc<dyn InstancePlugin>>,
+    flavor: BTreeMap<String, Arc<dyn FlavorPlugin>>,
+    group: BTreeMap<String, Arc<dyn GroupPlugin>>,
+}
+
+impl Plugins {
+    pub fn new() -> Plugins {
+        Plugins::default()
+    }
+    pub fn instance(self, p: impl InstancePlugin) -> Plugins {
+        self.instance_type("", Arc::new(p))
+    }
+    pub fn flavor(self, p: impl FlavorPlugin) -> Plugins {
+        self.flavor_type("", Arc::new(p))
+    }
+    pub fn group(self, p: impl GroupPlugin) -> Plugins {
+        self.group_type("", Arc::new(p))
+    }
+    /// Adds a sub-type, reached by clients as `<plugin>/<sub_type>`.
+    pub fn instance_type(mut self, sub_type: &str, p: Arc<dyn InstancePlugin>) -> Plugins {
+        self.instance.insert(sub_type.to_string(), p);
+        self
+    }
+    pub fn flavor_type(mut self, sub_type: &str, p: Arc<dyn FlavorPlugin>) -> Plugins {
+        self.flavor.insert(sub_type.to_string(), p);
+        self
+    }
+    pub fn group_type(mut self, sub_type: &str, p: Arc<dyn GroupPlugin>) -> Plugins {
+        self.group.insert(sub_type.to_string(), p);
+        self
+    }
+
+    /// The `Implements` list of `Plugin.Activate`.
+    pub fn implements(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.group.is_empty() {
+            v.push(GROUP.to_string());
+        }
+        if !self.instance.is_empty() {
+            v.push(INSTANCE.to_string());
+        }
+        if !self.flavor.is_empty() {
+            v.push(FLAVOR.to_string());
+        }
+        v
+    }
+}
+
+/// A bound, not yet serving, plugin socket.
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: u64,
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600), creating its directory. A socket file nobody listens on is stale
+    /// and is replaced; a live listener is a `Conflict` error and is left alone.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Server> {
+        let path = path.as_ref().to_path_buf();
+        // Catch the signals before anything slow can happen: as PID 1 in a managed plugin an
+        // unhandled SIGTERM is ignored, and the engine would wait 10 s and SIGKILL.
+        let sigterm = signal(SignalKind::terminate())?;
+        let sigint = signal(SignalKind::interrupt())?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::internal(format!("cannot create the socket directory {}: {e}", dir.display()))
+            })?;
+        }
+        remove_if_stale(&path)?;
+        let std_listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| {
+            Error::internal(format!("cannot listen on {}: {e}", path.display()))
+        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std_listener.set_nonblocking(true)?;
+        let inode = std::fs::metadata(&path)?.ino();
+        let listener = UnixListener::from_std(std_listener)?;
+        Ok(Server {
+            listener,
+            path,
+            inode,
+            sigterm,
+            sigint,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn serve(self, plugins: Plugins) -> Result<()> {
+        let Server {
+            listener,
+            path,
+            inode,
+            mut sigterm,
+            mut sigint,
+        } = self;
+        let stop = async move {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        run(listener, path, inode, plugins, stop).await
+    }
+
+    /// Serves until `stop` completes (for embedding and tests).
+    pub async fn serve_until(self, plugins: Plugins, stop: impl Future<Output = ()>) -> Result<()> {
+        run(self.listener, self.path, self.inode, plugins, stop).await
+    }
+}
+
+async fn run(
+    listener: UnixListener,
+    path: PathBuf,
+    inode: u64,
+    plugins: Plugins,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
+        let router = Arc::new(Router { plugins });
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), "serving");
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let router = router.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let router = router.clone();
+                        async move { Ok::<_, Infallible>(router.handle(req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("connection ended: {e}");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        remove_if_ours(&path, inode);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting anyway");
+        }
+        Ok(())
+}
+
+/// Binds `socket` and serves one instance plugin until SIGTERM/SIGINT: the one call a plugin author
+/// needs.
+pub async fn serve_instance(socket: impl AsRef<Path>, plugin: impl InstancePlugin) -> Result<()> {
+    Server::bind(socket)?.serve(Plugins::new().instance(plugin)).await
+}
+
+/// As [`serve_instance`], for a flavor plugin.
+pub async fn serve_flavor(socket: impl AsRef<Path>, plugin: impl FlavorPlugin) -> Result<()> {
+    Server::bind(socket)?.serve(Plugins::new().flavor(plugin)).await
+}
+
+/// As [`serve_instance`], for a group plugin.
+pub async fn serve_group(socket: impl AsRef<Path>, plugin: impl GroupPlugin) -> Result<()> {
+    Server::bind(socket)?.serve(Plugins::new().group(plugin)).await
+}
+
+fn remove_if_stale(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::conflict(format!(
+            "{} exists and is not a socket; move it away or choose another socket path",
+            path.display()
+        )));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(Error::conflict(format!(
+            "another process is already listening on {}; stop it or serve under another --name",
+            path.display()
+        ))),
+        Err(e) => {
+            tracing::info!(socket = %path.display(), "removing stale socket ({e})");
+            std::fs::remove_file(path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })?;
+            Ok(())
+        }
+    }
+}
+
+/// Removes the socket file only if it is still the one we bound: a successor may already have
+/// replaced it.
+fn remove_if_ours(path: &Path, inode: u64) {
+    if std::fs::metadata(path).map(|m| m.ino() == inode).unwrap_or(false) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+struct Router {
+    plugins: Plugins,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+impl Router {
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().trim_start_matches('/').to_string();
+        if req.method() != Method::POST {
+            return error_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} /{path}: plugin calls are POST requests", req.method()),
+            );
+        }
+        let too_big = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > MAX_REQUEST_BYTES);
+        if too_big {
+            return too_large(&path);
+        }
+        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return too_large(&path)
+            }
+            Err(e) => {
+                return error_reply(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))
+            }
+        };
+        tracing::debug!(method = %path, bytes = body.len(), "call");
+        let result = self.route(&path, &body).await;
+        match result {
+            Ok(json) => Response::builder()
+                .status(StatusCode::OK)
+                .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(Full::new(json))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+            Err(e) => {
+                if e.kind == ErrorKind::Internal {
+                    tracing::warn!(method = %path, "{}", e.message);
+                } else {
+                    tracing::debug!(method = %path, "{}", e.message);
+                }
+                error_reply(
+                    StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &e.message,
+                )
+            }
+        }
+    }
+
+    async fn route(&self, path: &str, body: &[u8]) -> Result<Bytes> {
+        let (iface, method) = path.split_once('.').unwrap_or((path, ""));
+        match iface {
+            "Plugin" if method == "Activate" => reply(&ActivateResponse {
+                implements: self.plugins.implements(),
+            }),
+            "Instance" if !self.plugins.instance.is_empty() => {
+                dispatch_instance(&self.plugins.instance, method, path, body).await
+            }
+            "Flavor" if !self.plugins.flavor.is_empty() => {
+                dispatch_flavor(&self.plugins.flavor, method, path, body).await
+            }
+            "Group" if !self.plugins.group.is_empty() => {
+                dispatch_group(&self.plugins.group, method, path, body).await
+            }
+            "Instance" | "Flavor" | "Group" => Err(Error::not_found(format!(
+                "this plugin does not implement {iface} (it implements: {})",
+                self.plugins.implements().join(", ")
+            ))),
+            _ => Err(unknown_method(path, &[])),
+        }
+    }
+}
+
+fn too_large(path: &str) -> Reply {
+    error_reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body of /{path} is larger than the {MAX_REQUEST_BYTES} byte limit"),
+    )
+}
+
+fn error_reply(status: StatusCode, message: &str) -> Reply {
+    let body = serde_json::to_vec(&ErrResponse {
+        err: message.to_string(),
+    })
+    .unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Bytes> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| Error::internal(format!("cannot encode the reply: {e}")))
+}
+
+/// Parses a request body; an empty body reads as `{}` (Docker's engine sends none to Activate).
+fn parse<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("malformed JSON in the body of {path}: {e}")))
+}
+
+fn unknown_method(path: &str, known: &[&str]) -> Error {
+    if known.is_empty() {
+        Error::not_found(format!(
+            "unknown method '{path}': calls are /Plugin.Activate or /<Instance|Flavor|Group>.<Method>"
+        ))
+    } else {
+        let iface = path.split('.').next().unwrap_or("");
+        Error::not_found(format!(
+            "unknown method '{path}'; {iface} methods are: {}",
+            known.join(", ")
+        ))
+    }
+}
+
+fn pick<'a, P: ?Sized>(map: &'a BTreeMap<String, Arc<P>>, sub_type: &str, what: &str) -> Result<&'a Arc<P>> {
+    map.get(sub_type).ok_or_else(|| {
+        let have: Vec<String> = map
+            .keys()
+            .map(|k| if k.is_empty() { "(default)".to_string() } else { k.clone() })
+            .collect();
+        if sub_type.is_empty() {
+            Error::not_found(format!(
+                "this plugin has no default {what}; name a sub-type (plugin/TYPE), one of: {}",
+                have.join(", ")
+            ))
+        } else {
+            Error::not_found(format!(
+                "this plugin has no {what} sub-type '{sub_type}' (it has: {})",
+                have.join(", ")
+            ))
+        }
+    })
+}
+
+const INSTANCE_METHODS: &[&str] = &["Validate", "Provision", "Label", "Destroy", "DescribeInstances"];
+const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
+const GROUP_METHODS: &[&str] = &[
+    "CommitGroup",
+    "FreeGroup",
+    "DescribeGroup",
+    "DestroyGroup",
+    "InspectGroups",
+    "DestroyInstances",
+    "Size",
+    "SetSize",
+];
+
+async fn dispatch_instance(
+    map: &BTreeMap<String, Arc<dyn InstancePlugin>>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Bytes> {
+    const WHAT: &str = "instance plugin";
+    match method {
+        "Validate" => {
+            let r: InstanceValidateRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.validate(&r.properties).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "Provision" => {
+            let r: ProvisionRequest = parse(path, body)?;
+            let id = pick(map, &r.r#type, WHAT)?.provision(r.spec).await?;
+            reply(&ProvisionResponse { id: Some(id) })
+        }
+        "Label" => {
+            let r: LabelRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.label(&r.instance, r.labels).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "Destroy" => {
+            let r: DestroyRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.destroy(&r.instance, r.context).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "DescribeInstances" => {
+            let r: DescribeInstancesRequest = parse(path, body)?;
+            let descriptions = pick(map, &r.r#type, WHAT)?
+                .describe_instances(&r.tags, r.properties)
+                .await?;
+            reply(&DescribeInstancesResponse { descriptions })
+        }
+        _ => Err(unknown_method(path, INSTANCE_METHODS)),
+    }
+}
+
+async fn dispatch_flavor(
+    map: &BTreeMap<String, Arc<dyn FlavorPlugin>>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Bytes> {
+    const WHAT: &str = "flavor plugin";
+    match method {
+        "Validate" => {
+            let r: FlavorValidateRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.validate(&r.properties, &r.allocation).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "Prepare" => {
+            let r: PrepareRequest = parse(path, body)?;
+            let spec = pick(map, &r.r#type, WHAT)?
+                .prepare(&r.properties, r.spec, &r.allocation, &r.index)
+                .await?;
+            reply(&PrepareResponse { spec })
+        }
+        "Healthy" => {
+            let r: FlavorInstanceRequest = parse(path, body)?;
+            let health = pick(map, &r.r#type, WHAT)?.healthy(&r.properties, &r.instance).await?;
+            reply(&HealthyResponse { health })
+        }
+        "Drain" => {
+            let r: FlavorInstanceRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.drain(&r.properties, &r.instance).await?;
+            reply(&OkResponse { ok: true })
+        }
+        _ => Err(unknown_method(path, FLAVOR_METHODS)),
+    }
+}
+
+async fn dispatch_group(
+    map: &BTreeMap<String, Arc<dyn GroupPlugin>>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Bytes> {
+    const WHAT: &str = "group plugin";
+    match method {
+        "CommitGroup" => {
+            let r: CommitGroupRequest = parse(path, body)?;
+            let res = pick(map, &r.r#type, WHAT)?.commit_group(r.spec, r.pretend).await?;
+            reply(&CommitGroupResponse::from(res))
+        }
+        "FreeGroup" => {
+            let r: GroupIdRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.free_group(&r.id).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "DescribeGroup" => {
+            let r: GroupIdRequest = parse(path, body)?;
+            let description = pick(map, &r.r#type, WHAT)?.describe_group(&r.id).await?;
+            reply(&DescribeGroupResponse { description })
+        }
+        "DestroyGroup" => {
+            let r: GroupIdRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.destroy_group(&r.id).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "InspectGroups" => {
+            let r: TypeOnly = parse(path, body)?;
+            let groups = pick(map, &r.type_, WHAT)?.inspect_groups().await?;
+            reply(&InspectGroupsResponse { groups })
+        }
+        "DestroyInstances" => {
+            let r: DestroyInstancesRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.destroy_instances(&r.id, &r.instances).await?;
+            reply(&OkResponse { ok: true })
+        }
+        "Size" => {
+            let r: GroupIdRequest = parse(path, body)?;
+            let size = pick(map, &r.r#type, WHAT)?.size(&r.id).await?;
+            reply(&SizeResponse { size })
+        }
+        "SetSize" => {
+            let r: SetSizeRequest = parse(path, body)?;
+            pick(map, &r.r#type, WHAT)?.set_size(&r.id, r.size).await?;
+            reply(&OkResponse { ok: true })
+        }
+        _ => Err(unknown_method(path, GROUP_METHODS)),
+    }
+}

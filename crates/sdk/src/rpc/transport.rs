@@ -1,0 +1,149 @@
+//! HTTP/1.1 over a unix socket with a small pool of keep-alive connections.
+//!
+//! Hand-written rather than hyper-util's pooled client because that one wants a connector type per
+//! transport and we need exactly one thing: reuse an idle connection when there is one, open a new one
+//! otherwise, and never send a request twice (a `Provision` is not idempotent).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use super::{CONTENT_TYPE, MAX_REPLY_BYTES};
+use crate::{Error, Result};
+
+/// Connections kept idle per socket; more concurrent callers simply open more and the extras close.
+const MAX_IDLE: usize = 16;
+
+pub(crate) struct Transport {
+    socket: PathBuf,
+    timeout: Duration,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl Transport {
+    pub fn new(socket: &Path, timeout: Duration) -> Transport {
+        Transport {
+            socket: socket.to_path_buf(),
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// POSTs `body` to `/path`; returns the status and the whole reply body.
+    pub async fn post(&self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        match tokio::time::timeout(self.timeout, self.post_inner(path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::unavailable(format!(
+                "no answer to {path} from {} within {:?}",
+                self.socket.display(),
+                self.timeout
+            ))),
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    async fn post_inner(&self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        let mut req = self.request(path, body)?;
+        // An idle connection may have been closed by the server since we used it; hyper hands the
+        // request back untouched when it was not sent, and we try the next one.
+        while let Some(mut sender) = self.take_idle() {
+            if sender.is_closed() || sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return self.finish(sender, resp).await,
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(self.transport_error(path, e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.transport_error(path, e))?;
+        self.finish(sender, resp).await
+    }
+
+    fn request(&self, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+        Request::post(format!("/{path}"))
+            .header(hyper::header::HOST, "plugin")
+            .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(hyper::header::ACCEPT, CONTENT_TYPE)
+            .body(Full::new(body))
+            .map_err(|e| Error::internal(format!("cannot build a request for /{path}: {e}")))
+    }
+
+    async fn finish(
+        &self,
+        sender: SendRequest<Full<Bytes>>,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<(u16, Bytes)> {
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "reading the reply from {} failed: {e}",
+                    self.socket.display()
+                ))
+            })?
+            .to_bytes();
+        if !sender.is_closed() {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.len() < MAX_IDLE {
+                    idle.push(sender);
+                }
+            }
+        }
+        Ok((status, body))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such socket".to_string(),
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused: nobody is listening (stale socket?)".to_string()
+                }
+                _ => e.to_string(),
+            };
+            Error::unavailable(format!(
+                "cannot connect to {}: {why}; is the plugin running?",
+                self.socket.display()
+            ))
+        })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::unavailable(format!("handshake with {} failed: {e}", self.socket.display())))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("plugin connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn transport_error(&self, path: &str, e: hyper::Error) -> Error {
+        Error::unavailable(format!(
+            "call /{path} on {} failed: {e}",
+            self.socket.display()
+        ))
+    }
+}

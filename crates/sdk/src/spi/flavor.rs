@@ -1,0 +1,111 @@
+//! Flavor plugins: what an instance means (a zookeeper member, a swarm manager, nothing special).
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use super::instance::{Description, LogicalId, Spec};
+use super::serde_util::{is_zero, null_as_default};
+use crate::Result;
+
+/// How a group allocates its instances: a count of identical cattle, or one pet per logical ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationMethod {
+    #[serde(rename = "Size", default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(
+        rename = "LogicalIDs",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub logical_ids: Vec<LogicalId>,
+}
+
+/// Which member of which group an instance will be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "Group", default)]
+    pub group: String,
+    #[serde(rename = "Sequence", default)]
+    pub sequence: u64,
+}
+
+/// A flavor's verdict on an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Cannot tell yet (still booting, not reachable).
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+// On the wire a health is a word ("healthy"); Go InfraKit sent 0/1/2, which we read too.
+impl Serialize for Health {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Health {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Health, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => match n.as_u64() {
+                Some(0) => Ok(Health::Unknown),
+                Some(1) => Ok(Health::Healthy),
+                Some(2) => Ok(Health::Unhealthy),
+                _ => Err(serde::de::Error::custom(format!("unknown health {n}: expected 0, 1 or 2"))),
+            },
+            Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                "unknown" => Ok(Health::Unknown),
+                "healthy" => Ok(Health::Healthy),
+                "unhealthy" => Ok(Health::Unhealthy),
+                _ => Err(serde::de::Error::custom(format!(
+                    "unknown health '{s}': expected healthy, unhealthy or unknown"
+                ))),
+            },
+            other => Err(serde::de::Error::custom(format!("health must be a word, not {other}"))),
+        }
+    }
+}
+
+/// A flavor plugin. `properties` is the group's `Flavor.Properties` (JSON `null` when absent).
+#[async_trait]
+pub trait FlavorPlugin: Send + Sync + 'static {
+    /// Checks the flavor properties against the allocation (e.g. zookeeper needs logical IDs).
+    async fn validate(&self, properties: &Value, allocation: &AllocationMethod) -> Result<()>;
+    /// Adds what the flavor means to an instance spec: init lines, tags, attachments.
+    async fn prepare(
+        &self,
+        properties: &Value,
+        spec: Spec,
+        allocation: &AllocationMethod,
+        index: &Index,
+    ) -> Result<Spec>;
+    /// Judges one instance.
+    async fn healthy(&self, properties: &Value, instance: &Description) -> Result<Health>;
+    /// Prepares an instance to be destroyed (e.g. leave a cluster).
+    async fn drain(&self, properties: &Value, instance: &Description) -> Result<()>;
+}
+
+/// Reads `Null` as "no properties" for flavors whose properties are all optional.
+pub fn properties_or_empty(v: &Value) -> Value {
+    if v.is_null() {
+        Value::Object(Default::default())
+    } else {
+        v.clone()
+    }
+}

@@ -1,0 +1,143 @@
+//! Group plugins: the controller that keeps a group of instances as its spec says.
+//!
+//! [`GroupSpec`] is what a user commits (`{"ID": ..., "Properties": {...}}`); for the standard group
+//! plugin its properties are [`GroupProperties`], InfraKit's own shape (`Allocation`, `Instance`,
+//! `Flavor`) plus our optional policies.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::flavor::{AllocationMethod, Health};
+use super::instance::{Description, InstanceId, LogicalId};
+use super::serde_util::null_as_default;
+use crate::Result;
+
+pub type GroupId = String;
+
+/// A committed group: its ID and the group plugin's properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    #[serde(rename = "ID")]
+    pub id: GroupId,
+    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Value>,
+}
+
+/// A plugin reference with its properties: `{"Plugin": "flavor-vanilla", "Properties": {...}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    #[serde(rename = "Plugin")]
+    pub plugin: String,
+    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Value>,
+}
+
+/// The standard group plugin's properties, in InfraKit's format. Unknown fields are refused so that a
+/// typo ("Alocation") is an error that names the field instead of a silently ignored setting.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupProperties {
+    #[serde(rename = "Allocation")]
+    pub allocation: AllocationMethod,
+    #[serde(rename = "Instance")]
+    pub instance: PluginSpec,
+    #[serde(rename = "Flavor")]
+    pub flavor: PluginSpec,
+    /// Rollout and remediation policies (optional; defaults are InfraKit's one-at-a-time behaviour).
+    #[serde(rename = "Policies", default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Value>,
+}
+
+/// A structured plan: what a commit would do (returned by `CommitGroup` with or without `pretend`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Plan {
+    /// Changes whenever the spec or the observed state the plan was made from changes.
+    #[serde(default)]
+    pub version: String,
+    /// Instances to create to reach the target (growth), not counting replacements.
+    #[serde(default)]
+    pub create: u64,
+    /// Logical IDs to create (pets), a subset of `create`.
+    #[serde(rename = "CreateLogicalIDs", default, deserialize_with = "null_as_default")]
+    pub create_logical_ids: Vec<LogicalId>,
+    /// Outdated instances a rolling update will replace.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub replace: Vec<InstanceId>,
+    /// Instances to destroy (shrink, duplicates, unknown logical IDs).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub destroy: Vec<InstanceId>,
+    /// Instances kept as they are.
+    #[serde(default)]
+    pub keep: u64,
+    /// The target size after the change.
+    #[serde(default)]
+    pub target: u64,
+}
+
+/// The answer to `CommitGroup`: a sentence for people and the plan for programs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CommitResult {
+    #[serde(default)]
+    pub details: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+/// One instance as the group sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceStatus {
+    #[serde(rename = "ID")]
+    pub id: InstanceId,
+    #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
+    pub logical_id: Option<LogicalId>,
+    #[serde(default)]
+    pub health: Health,
+    /// Carries the current config hash.
+    #[serde(default)]
+    pub current: bool,
+}
+
+/// `DescribeGroup`: InfraKit's `Instances` and `Converged`, plus what we know beyond them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupDescription {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub instances: Vec<Description>,
+    /// All present, all current, no update running.
+    #[serde(default)]
+    pub converged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<InstanceStatus>,
+    /// Update state and anything the controller wants a person to know (a paused update, an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// A group plugin.
+#[async_trait]
+pub trait GroupPlugin: Send + Sync + 'static {
+    /// Starts managing `spec` (or, with `pretend`, only says what that would do).
+    async fn commit_group(&self, spec: GroupSpec, pretend: bool) -> Result<CommitResult>;
+    /// Stops managing a group; its instances are left alone.
+    async fn free_group(&self, id: &str) -> Result<()>;
+    async fn describe_group(&self, id: &str) -> Result<GroupDescription>;
+    /// Drains and destroys every instance; the group is forgotten once none is left.
+    async fn destroy_group(&self, id: &str) -> Result<()>;
+    async fn inspect_groups(&self) -> Result<Vec<GroupSpec>>;
+    async fn destroy_instances(&self, id: &str, instances: &[InstanceId]) -> Result<()>;
+    async fn size(&self, id: &str) -> Result<u64>;
+    async fn set_size(&self, id: &str, size: u64) -> Result<()>;
+}

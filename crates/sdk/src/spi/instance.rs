@@ -1,0 +1,108 @@
+//! Instance plugins: one physical resource (a container, a VM, a file) per instance.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::serde_util::null_as_default;
+use crate::Result;
+
+/// An instance's ID as its backend knows it.
+pub type InstanceId = String;
+/// A stable name for a pet (often an IP address), kept across re-creation.
+pub type LogicalId = String;
+/// Tags: a string map; backends store them as labels.
+pub type Tags = BTreeMap<String, String>;
+
+/// Something attached to an instance (a volume, a network interface).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+/// What to provision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Spec {
+    /// Backend-specific JSON, opaque to everyone but the instance plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Value>,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+    /// The boot script.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub init: String,
+    #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
+    pub logical_id: Option<LogicalId>,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// What exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    #[serde(rename = "ID")]
+    pub id: InstanceId,
+    #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
+    pub logical_id: Option<LogicalId>,
+    #[serde(
+        rename = "Tags",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub tags: Tags,
+    /// Backend state (only when asked for with `properties = true`).
+    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Value>,
+}
+
+/// Why an instance is destroyed; a backend may act differently (e.g. keep a volume on update).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestroyReason {
+    #[default]
+    #[serde(rename = "terminate")]
+    Terminate,
+    #[serde(rename = "rolling_update")]
+    RollingUpdate,
+}
+
+impl std::fmt::Display for DestroyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DestroyReason::Terminate => "terminate",
+            DestroyReason::RollingUpdate => "rolling_update",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestroyContext {
+    #[serde(rename = "Reason", default)]
+    pub reason: DestroyReason,
+}
+
+/// An instance plugin. Every method may be called concurrently.
+#[async_trait]
+pub trait InstancePlugin: Send + Sync + 'static {
+    /// Checks instance properties before anything is provisioned with them.
+    async fn validate(&self, properties: &Value) -> Result<()>;
+    /// Creates one instance and returns its ID.
+    async fn provision(&self, spec: Spec) -> Result<InstanceId>;
+    /// Merges `labels` into the instance's tags.
+    async fn label(&self, id: &str, labels: Tags) -> Result<()>;
+    /// Destroys one instance. An instance that does not exist is a `NotFound` error.
+    async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()>;
+    /// Every instance whose tags include all of `tags`; with `properties`, backend state too.
+    async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>>;
+}
+
+/// True when `have` contains every pair of `want`.
+pub fn tags_match(have: &Tags, want: &Tags) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}

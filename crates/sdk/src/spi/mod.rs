@@ -1,0 +1,10 @@
+//! Service provider interface: what a plugin of each kind is, in InfraKit's own terms.
+
+pub mod error;
+pub mod flavor;
+pub mod group;
+pub mod instance;
+pub(crate) mod serde_util;
+mod version;
+
+pub use version::{InterfaceSpec, FLAVOR, GROUP, INSTANCE};
