@@ -11,6 +11,7 @@
 //! [`rpc::server::serve_instance`].
 
 pub mod discovery;
+pub mod resolve;
 pub mod rpc;
 pub mod spi;
 

@@ -27,7 +27,7 @@ use crate::{Error, ErrorKind, Result};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a plugin listens and under which name it was asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// The plugin's name without the sub-type (`flavor-swarm`).
     pub name: String,
