@@ -50,11 +50,13 @@ fn cached<C>(map: &Mutex<HashMap<Endpoint, Arc<C>>>, ep: Endpoint, make: impl Fn
 impl PluginResolver for DiscoveryResolver {
     async fn instance(&self, name: &str) -> Result<Arc<dyn InstancePlugin>> {
         let ep = self.discovery.find(name).await?;
-        Ok(cached(&self.instances, ep, InstanceClient::new))
+        let c: Arc<InstanceClient> = cached(&self.instances, ep, InstanceClient::new);
+        Ok(c)
     }
     async fn flavor(&self, name: &str) -> Result<Arc<dyn FlavorPlugin>> {
         let ep = self.discovery.find(name).await?;
-        Ok(cached(&self.flavors, ep, FlavorClient::new))
+        let c: Arc<FlavorClient> = cached(&self.flavors, ep, FlavorClient::new);
+        Ok(c)
     }
 }
 
