@@ -1,1 +1,21 @@
-fn main() {}
+//! `infrakit`: the command line and, through `infrakit plugin serve <kind>`, every plugin's process
+//! (one static multi-call binary is what each managed plugin's rootfs holds).
+
+mod cli;
+mod logging;
+mod output;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    logging::init(args.log_level.as_deref());
+    let code = match cli::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

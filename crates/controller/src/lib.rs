@@ -1,1 +1,16 @@
-//! The group plugin.
+//! The group plugin: keeps groups of instances as their committed specs say.
+//!
+//! [`GroupController`] implements the Group interface. Each group gets a task ([`worker`]) that
+//! observes through the instance and flavor plugins, asks the pure decision core
+//! (`infrakit_group::core::decide`) what to do, persists what the core must remember in the
+//! [`store`], and carries the actions out, bounded in parallel.
+
+pub mod controller;
+pub mod record;
+pub mod store;
+pub mod tags;
+pub mod worker;
+
+pub use controller::GroupController;
+pub use store::FileStore;
+pub use worker::Options;

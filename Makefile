@@ -1,0 +1,34 @@
+# InfraKit-rs. `make test` runs every test (what CI runs); `make bench` prints the figures.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build test lint fmt bench setup clean
+
+all: build
+
+## Install what a fresh Debian machine lacks (idempotent).
+setup:
+	@bash scripts/setup-debian.sh
+
+build:
+	$(CARGO) build --release --locked --bin infrakit
+
+## Every test: formatting, lints, unit, simulation and end-to-end tests with real plugin processes.
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks (release build): protocol round trips, DescribeInstances over 1,000 files, ...
+bench:
+	$(CARGO) bench --locked --bench rpc
+
+clean:
+	$(CARGO) clean
+	rm -rf rootfs plugins/*/rootfs

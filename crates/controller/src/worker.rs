@@ -1,0 +1,595 @@
+//! One task per group: observe, ask the pure core what to do, persist what it must remember, carry
+//! the actions out through the plugins, and sleep until the next event, deadline or poll.
+//!
+//! Everything the core needs to know about work in progress (provisions started and not yet
+//! observed, destroys under way) lives in [`GroupState`], under one lock, and is registered in the
+//! same critical section that takes the decision, so two passes never start the same work twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use infrakit_group::core::{
+    decide, Action, Allocation, Decision, Observed, ObservedInstance, PendingProvision, Status,
+};
+use infrakit_sdk::resolve::PluginResolver;
+use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
+use infrakit_sdk::spi::instance::{Description, DestroyContext, DestroyReason, InstanceId, InstancePlugin, Spec, Tags};
+use infrakit_sdk::Result;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::record::{Blocks, GroupRecord};
+use crate::store::FileStore;
+use crate::tags;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often a group is observed when nothing else wakes it (drift detection).
+    pub poll_interval: Duration,
+    /// How long a Healthy verdict is trusted before the flavor is asked again. Instances that are
+    /// not (yet) healthy are asked on every pass.
+    pub health_interval: Duration,
+    /// Provisions and destroys running at once, across all groups.
+    pub max_parallel: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            poll_interval: Duration::from_secs(5),
+            health_interval: Duration::from_secs(10),
+            max_parallel: 32,
+        }
+    }
+}
+
+/// What the controller shares with every group task.
+pub(crate) struct Ctx {
+    pub resolver: Arc<dyn PluginResolver>,
+    pub store: FileStore,
+    pub options: Options,
+    pub permits: Semaphore,
+    pub groups: Mutex<BTreeMap<String, Arc<Group>>>,
+}
+
+impl Ctx {
+    pub fn groups(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Group>>> {
+        lock(&self.groups)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the controller: the state is still consistent enough to
+    // reconcile from (the next pass re-observes everything).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A provision the core asked for.
+struct Pending {
+    provision: PendingProvision,
+    /// Set when the plugin answered: the ID, and when. Kept until the instance is observed, so a
+    /// backend that lists new instances late never causes a second provision.
+    done: Option<(InstanceId, Instant)>,
+}
+
+/// What `DescribeGroup` shows: the last observation and decision.
+#[derive(Default, Clone)]
+pub(crate) struct View {
+    pub instances: Vec<Description>,
+    pub health: HashMap<InstanceId, Health>,
+    pub status: Option<Status>,
+    pub error: Option<String>,
+    pub observed: bool,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+pub(crate) struct GroupState {
+    pub record: GroupRecord,
+    /// Bumped by every change of the record from outside the task (commit, scale, destroy).
+    pub generation: u64,
+    pending: BTreeMap<u64, Pending>,
+    pub destroying: BTreeSet<InstanceId>,
+    health: HashMap<InstanceId, (Health, Instant)>,
+    pub view: View,
+    pub stopped: bool,
+    next_token: u64,
+    backoff: Backoff,
+}
+
+pub(crate) struct Group {
+    pub id: String,
+    pub state: Mutex<GroupState>,
+    pub wake: Notify,
+}
+
+impl Group {
+    pub fn new(record: GroupRecord) -> Arc<Group> {
+        Arc::new(Group {
+            id: record.id().to_string(),
+            state: Mutex::new(GroupState {
+                record,
+                generation: 0,
+                pending: BTreeMap::new(),
+                destroying: BTreeSet::new(),
+                health: HashMap::new(),
+                view: View::default(),
+                stopped: false,
+                next_token: 1,
+                backoff: Backoff::default(),
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, GroupState> {
+        lock(&self.state)
+    }
+
+    fn set_error(&self, message: String) {
+        tracing::warn!(group = %self.id, "{message}");
+        self.state().view.error = Some(message);
+    }
+}
+
+/// The group's task: reconcile, then sleep until woken, a deadline, or the poll interval.
+pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
+    tracing::info!(group = %group.id, "managing group");
+    loop {
+        let wake_at = reconcile(&group, &ctx).await;
+        if group.state().stopped {
+            break;
+        }
+        let mut sleep = ctx.options.poll_interval;
+        if let Some(at) = wake_at {
+            sleep = sleep.min(Duration::from_millis(at.saturating_sub(now_ms())));
+        }
+        tokio::select! {
+            _ = group.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    tracing::info!(group = %group.id, "no longer managing group");
+}
+
+/// The tags that select a group's instances.
+pub(crate) fn group_tags(id: &str) -> Tags {
+    [(tags::GROUP.to_string(), id.to_string())].into()
+}
+
+/// What the core sees of one described instance.
+pub(crate) fn observe_instance(d: &Description, health: Health) -> ObservedInstance {
+    ObservedInstance {
+        id: d.id.clone(),
+        logical_id: d
+            .logical_id
+            .clone()
+            .or_else(|| d.tags.get(tags::LOGICAL_ID).cloned()),
+        config_hash: d.tags.get(tags::CONFIG_HASH).cloned(),
+        health,
+    }
+}
+
+/// One pass. Returns the core's next deadline, if any.
+async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
+    let (record, generation) = {
+        let s = group.state();
+        if s.stopped {
+            return None;
+        }
+        (s.record.clone(), s.generation)
+    };
+    let desired = match record.desired() {
+        Ok(d) => d,
+        Err(e) => {
+            group.set_error(format!("stored spec of group '{}' is unusable: {e}", group.id));
+            return None;
+        }
+    };
+    let Some(blocks) = record.versions.get(&desired.config_hash).cloned() else {
+        group.set_error(format!("group '{}': no stored version for its config hash", group.id));
+        return None;
+    };
+    let instance = match ctx.resolver.instance(&blocks.instance.plugin).await {
+        Ok(p) => p,
+        Err(e) => {
+            group.set_error(format!("instance plugin '{}': {e}; retrying", blocks.instance.plugin));
+            return None;
+        }
+    };
+    let flavor = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
+        Ok(p) => p,
+        Err(e) => {
+            group.set_error(format!("flavor plugin '{}': {e}; retrying", blocks.flavor.plugin));
+            return None;
+        }
+    };
+    // An observation that fails decides nothing: acting on a partial view is how instances get
+    // destroyed by mistake.
+    let described = match instance.describe_instances(&group_tags(&group.id), false).await {
+        Ok(d) => d,
+        Err(e) => {
+            group.set_error(format!(
+                "cannot list the instances of group '{}' through '{}': {e}; retrying",
+                group.id, blocks.instance.plugin
+            ));
+            return None;
+        }
+    };
+    let health = check_health(group, ctx, flavor.as_ref(), &blocks, &described).await;
+    let now = now_ms();
+
+    let decision;
+    let saved;
+    {
+        let mut s = group.state();
+        if s.generation != generation || s.stopped {
+            // The spec changed while we looked: look again with the new one.
+            group.wake.notify_one();
+            return None;
+        }
+        let seen: BTreeSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
+        s.pending.retain(|_, p| match &p.done {
+            None => true,
+            // Observed: it counts as an instance now. Not observed a minute after the plugin said
+            // it was made: it is gone, and the core may replace it.
+            Some((id, at)) => !seen.contains(id.as_str()) && at.elapsed() < Duration::from_secs(60),
+        });
+        let observed = Observed {
+            instances: described
+                .iter()
+                .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+                .collect(),
+            pending: s.pending.values().map(|p| p.provision.clone()).collect(),
+            destroying: s.destroying.clone(),
+        };
+        decision = decide(&desired, &observed, &s.record.memory, now);
+        saved = memory_changed(&s.record, &decision);
+        if saved {
+            s.record.memory = decision.memory.clone();
+        }
+        s.view = View {
+            instances: described.clone(),
+            health: health.clone(),
+            status: Some(decision.status.clone()),
+            error: None,
+            observed: true,
+        };
+    }
+    if saved {
+        // Write-ahead: what the core must remember is on disk before any action it implies runs.
+        let record = group.state().record.clone();
+        if let Err(e) = ctx.store.save(&record) {
+            group.set_error(format!("{e}; not acting until the store works again"));
+            return None;
+        }
+    }
+    let deadline = execute(group, ctx, &record, &desired.allocation, &decision, &described);
+    if record.deleting && forget_if_gone(group, ctx, &described) {
+        return None;
+    }
+    [decision.wake_at_ms, deadline].into_iter().flatten().min()
+}
+
+fn memory_changed(record: &GroupRecord, decision: &Decision) -> bool {
+    serde_json::to_value(&record.memory).ok() != serde_json::to_value(&decision.memory).ok()
+}
+
+/// A deleted group is forgotten once nothing of it is left.
+fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Description]) -> bool {
+    let mut s = group.state();
+    if !(described.is_empty() && s.pending.is_empty() && s.destroying.is_empty()) {
+        return false;
+    }
+    if let Err(e) = ctx.store.remove(&group.id) {
+        drop(s);
+        group.set_error(e.to_string());
+        return false;
+    }
+    s.stopped = true;
+    drop(s);
+    ctx.groups().remove(&group.id);
+    tracing::info!(group = %group.id, "group destroyed: no instance left");
+    true
+}
+
+/// Asks the flavor about instances whose verdict is missing, not Healthy, or older than the health
+/// interval; at most `max_parallel` at a time.
+async fn check_health(
+    group: &Arc<Group>,
+    ctx: &Arc<Ctx>,
+    flavor: &dyn FlavorPlugin,
+    blocks: &Blocks,
+    described: &[Description],
+) -> HashMap<InstanceId, Health> {
+    let stale: Vec<&Description> = {
+        let s = group.state();
+        described
+            .iter()
+            .filter(|d| match s.health.get(&d.id) {
+                Some((Health::Healthy, at)) => at.elapsed() >= ctx.options.health_interval,
+                _ => true,
+            })
+            .collect()
+    };
+    let props = blocks.flavor.properties.clone().unwrap_or_default();
+    let mut fresh = Vec::with_capacity(stale.len());
+    for chunk in stale.chunks(ctx.options.max_parallel.max(1)) {
+        let answers = join_all(chunk.iter().map(|d| flavor.healthy(&props, d))).await;
+        for (d, a) in chunk.iter().zip(answers) {
+            let h = a.unwrap_or_else(|e| {
+                tracing::debug!(group = %group.id, instance = %d.id, "health unknown: {e}");
+                Health::Unknown
+            });
+            fresh.push((d.id.clone(), h));
+        }
+    }
+    let mut s = group.state();
+    let now = Instant::now();
+    let live: BTreeSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
+    s.health.retain(|id, _| live.contains(id.as_str()));
+    for (id, h) in fresh {
+        s.health.insert(id, (h, now));
+    }
+    s.health.iter().map(|(id, (h, _))| (id.clone(), *h)).collect()
+}
+
+/// Registers and starts the decision's actions. Returns when a provision backoff ends, if one is
+/// holding provisions back.
+fn execute(
+    group: &Arc<Group>,
+    ctx: &Arc<Ctx>,
+    record: &GroupRecord,
+    allocation: &Allocation,
+    decision: &Decision,
+    described: &[Description],
+) -> Option<u64> {
+    let mut s = group.state();
+    let backing_off = s.backoff.until.filter(|u| *u > Instant::now());
+    for action in &decision.actions {
+        match action {
+            Action::Provision { logical_id, config_hash } => {
+                if backing_off.is_some() {
+                    continue;
+                }
+                let Some(blocks) = record.versions.get(config_hash).cloned() else {
+                    tracing::error!(group = %group.id, hash = %config_hash, "no stored version to provision");
+                    continue;
+                };
+                let token = s.next_token;
+                s.next_token += 1;
+                let sequence = s.record.sequence;
+                s.record.sequence += 1;
+                s.pending.insert(
+                    token,
+                    Pending {
+                        provision: PendingProvision {
+                            token,
+                            logical_id: logical_id.clone(),
+                            config_hash: config_hash.clone(),
+                            started_ms: now_ms(),
+                        },
+                        done: None,
+                    },
+                );
+                let job = ProvisionJob {
+                    token,
+                    logical_id: logical_id.clone(),
+                    config_hash: config_hash.clone(),
+                    blocks,
+                    allocation: allocation_method(allocation),
+                    sequence,
+                };
+                tokio::spawn(provision(group.clone(), ctx.clone(), job));
+            }
+            Action::Destroy { id, reason } => {
+                if !s.destroying.insert(id.clone()) {
+                    continue;
+                }
+                let d = described
+                    .iter()
+                    .find(|d| &d.id == id)
+                    .cloned()
+                    .unwrap_or_else(|| Description {
+                        id: id.clone(),
+                        ..Description::default()
+                    });
+                let hash = d.tags.get(tags::CONFIG_HASH).cloned().unwrap_or_default();
+                let blocks = record
+                    .versions
+                    .get(&hash)
+                    .or_else(|| record.versions.get(&decision_hash(record)))
+                    .cloned();
+                tokio::spawn(destroy(group.clone(), ctx.clone(), d, *reason, blocks));
+            }
+        }
+    }
+    backing_off.map(|u| now_ms() + u.saturating_duration_since(Instant::now()).as_millis() as u64)
+}
+
+fn decision_hash(record: &GroupRecord) -> String {
+    crate::record::parse_with(&record.spec, true)
+        .map(|p| p.hash)
+        .unwrap_or_default()
+}
+
+fn allocation_method(a: &Allocation) -> AllocationMethod {
+    match a {
+        Allocation::Size(n) => AllocationMethod {
+            size: *n,
+            logical_ids: Vec::new(),
+        },
+        Allocation::Pets(ids) => AllocationMethod {
+            size: 0,
+            logical_ids: ids.clone(),
+        },
+    }
+}
+
+struct ProvisionJob {
+    token: u64,
+    logical_id: Option<String>,
+    config_hash: String,
+    blocks: Blocks,
+    allocation: AllocationMethod,
+    sequence: u64,
+}
+
+async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
+    let result = {
+        let _permit = ctx.permits.acquire().await;
+        make_instance(&group.id, ctx.resolver.as_ref(), &job).await
+    };
+    {
+        let mut s = group.state();
+        match result {
+            Ok(id) => {
+                tracing::info!(group = %group.id, instance = %id, logical_id = ?job.logical_id, "provisioned");
+                if let Some(p) = s.pending.get_mut(&job.token) {
+                    p.done = Some((id, Instant::now()));
+                }
+                s.backoff = Backoff::default();
+            }
+            Err(e) => {
+                s.pending.remove(&job.token);
+                s.backoff.failures = s.backoff.failures.saturating_add(1);
+                // 1 s, 2 s, 4 s ... up to a minute: a backend that refuses every provision must not
+                // be hammered (no container storm), and one that recovers is used again quickly.
+                let delay = Duration::from_secs(1u64 << s.backoff.failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+                s.backoff.until = Some(Instant::now() + delay);
+                let message = format!(
+                    "provisioning an instance of group '{}' failed ({} in a row; next try in {:?}): {e}",
+                    group.id, s.backoff.failures, delay
+                );
+                tracing::warn!("{message}");
+                s.view.error = Some(message);
+            }
+        }
+    }
+    group.wake.notify_one();
+}
+
+async fn make_instance(group: &str, resolver: &dyn PluginResolver, job: &ProvisionJob) -> Result<InstanceId> {
+    let instance: Arc<dyn InstancePlugin> = resolver.instance(&job.blocks.instance.plugin).await?;
+    let flavor = resolver.flavor(&job.blocks.flavor.plugin).await?;
+    let mut owned = group_tags(group);
+    owned.insert(tags::CONFIG_HASH.to_string(), job.config_hash.clone());
+    if let Some(l) = &job.logical_id {
+        owned.insert(tags::LOGICAL_ID.to_string(), l.clone());
+    }
+    let spec = Spec {
+        properties: job.blocks.instance.properties.clone(),
+        tags: owned.clone(),
+        logical_id: job.logical_id.clone(),
+        ..Spec::default()
+    };
+    let index = Index {
+        group: group.to_string(),
+        sequence: job.sequence,
+    };
+    let props = job.blocks.flavor.properties.clone().unwrap_or_default();
+    let mut spec = flavor
+        .prepare(&props, spec, &job.allocation, &index)
+        .await
+        .map_err(|e| e.context(format!("flavor '{}' Prepare", job.blocks.flavor.plugin)))?;
+    // The controller's own tags are authoritative: a flavor cannot move an instance to another
+    // group or version by accident.
+    spec.tags.extend(owned);
+    spec.logical_id = job.logical_id.clone();
+    instance
+        .provision(spec)
+        .await
+        .map_err(|e| e.context(format!("instance plugin '{}' Provision", job.blocks.instance.plugin)))
+}
+
+async fn destroy(group: Arc<Group>, ctx: Arc<Ctx>, d: Description, reason: DestroyReason, blocks: Option<Blocks>) {
+    let result = {
+        let _permit = ctx.permits.acquire().await;
+        drain_and_destroy(&group.id, ctx.resolver.as_ref(), &d, reason, blocks).await
+    };
+    {
+        let mut s = group.state();
+        s.destroying.remove(&d.id);
+        s.health.remove(&d.id);
+        match result {
+            Ok(()) => tracing::info!(group = %group.id, instance = %d.id, %reason, "destroyed"),
+            Err(e) => {
+                let message = format!("destroying {} of group '{}' failed (will retry): {e}", d.id, group.id);
+                tracing::warn!("{message}");
+                s.view.error = Some(message);
+            }
+        }
+    }
+    group.wake.notify_one();
+}
+
+async fn drain_and_destroy(
+    group: &str,
+    resolver: &dyn PluginResolver,
+    d: &Description,
+    reason: DestroyReason,
+    blocks: Option<Blocks>,
+) -> Result<()> {
+    let Some(blocks) = blocks else {
+        return Err(infrakit_sdk::Error::internal(format!(
+            "no stored version of group '{group}' to find the plugins of {}",
+            d.id
+        )));
+    };
+    let flavor = resolver.flavor(&blocks.flavor.plugin).await?;
+    let props = blocks.flavor.properties.clone().unwrap_or_default();
+    // A drain that fails is logged and the destroy goes ahead: otherwise a dead instance that
+    // cannot answer its flavor could never be replaced.
+    if let Err(e) = flavor.drain(&props, d).await {
+        tracing::warn!(group, instance = %d.id, "drain failed, destroying anyway: {e}");
+    }
+    let instance = resolver.instance(&blocks.instance.plugin).await?;
+    match instance.destroy(&d.id, DestroyContext { reason }).await {
+        Ok(()) => Ok(()),
+        // Already gone is what we wanted.
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.context(format!("instance plugin '{}' Destroy", blocks.instance.plugin))),
+    }
+}
+
+/// Destroys named instances now (for `DestroyInstances`), registering them so the core does not
+/// pick them again.
+pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]) {
+    let mut s = group.state();
+    let record = s.record.clone();
+    for id in ids {
+        if !s.destroying.insert(id.clone()) {
+            continue;
+        }
+        let d = s
+            .view
+            .instances
+            .iter()
+            .find(|d| &d.id == id)
+            .cloned()
+            .unwrap_or_else(|| Description {
+                id: id.clone(),
+                ..Description::default()
+            });
+        let hash = d.tags.get(tags::CONFIG_HASH).cloned().unwrap_or_default();
+        let blocks = record
+            .versions
+            .get(&hash)
+            .or_else(|| record.versions.get(&decision_hash(&record)))
+            .cloned();
+        tokio::spawn(destroy(group.clone(), ctx.clone(), d, DestroyReason::Terminate, blocks));
+    }
+}

@@ -1,0 +1,267 @@
+//! `infrakit group ...`: commit, inspect and steer groups through the group plugin.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use infrakit_sdk::discovery::Discovery;
+use infrakit_sdk::rpc::client::GroupClient;
+use infrakit_sdk::spi::group::{GroupDescription, GroupPlugin, GroupSpec};
+use serde_json::json;
+
+use super::input::read_json;
+use super::OutputFlags;
+use crate::output::{self, Format};
+
+#[derive(Args, Debug)]
+pub struct GroupArgs {
+    /// The group plugin's name.
+    #[arg(long, short = 'n', default_value = "group")]
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutputFlags,
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Commit a group file ({"ID": ..., "Properties": {...}}); with --pretend only show the plan.
+    Commit {
+        file: String,
+        /// Change nothing; print what the commit would do.
+        #[arg(long)]
+        pretend: bool,
+    },
+    /// List managed groups.
+    Ls,
+    /// Show a group's instances, their health, the target and whether it has converged.
+    Describe { id: String },
+    /// Print a group's committed spec.
+    Inspect { id: String },
+    /// Stop managing a group; its instances are left alone.
+    Free { id: String },
+    /// Drain and destroy every instance of a group, then forget it.
+    Destroy {
+        id: String,
+        /// Return at once instead of waiting until no instance is left.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long (e.g. 5m).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        timeout: Duration,
+    },
+    /// Set a cattle group's size.
+    Scale { id: String, size: u64 },
+    /// Destroy named instances of a group (cattle: the size shrinks by as many).
+    DestroyInstances {
+        id: String,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Follow a group until it has converged.
+    Watch {
+        id: String,
+        /// Give up after this long (e.g. 90s); 0 waits forever.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        timeout: Duration,
+    },
+}
+
+pub async fn client(name: &str) -> Result<GroupClient> {
+    Ok(GroupClient::new(Discovery::from_env().find(name).await?))
+}
+
+pub async fn run(args: GroupArgs) -> Result<()> {
+    let group = client(&args.name).await?;
+    let format = args.out.format();
+    match args.command {
+        GroupCommand::Commit { file, pretend } => {
+            let spec: GroupSpec = read_json(&file, "group spec")?;
+            let r = group.commit_group(spec, pretend).await?;
+            match format {
+                Format::Json => output::json(&json!({"Details": r.details, "Plan": r.plan}))?,
+                _ => println!("{}", r.details),
+            }
+        }
+        GroupCommand::Ls => {
+            let specs = group.inspect_groups().await?;
+            let mut rows = Vec::new();
+            let mut all = Vec::new();
+            for s in &specs {
+                let d = group.describe_group(&s.id).await?;
+                rows.push(vec![
+                    s.id.clone(),
+                    d.target.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    d.instances.len().to_string(),
+                    if d.converged { "yes".into() } else { "no".into() },
+                    update_state(&d),
+                ]);
+                all.push(json!({"ID": s.id, "Description": d}));
+            }
+            match format {
+                Format::Json => output::json(&all)?,
+                Format::Quiet => output::lines(specs.into_iter().map(|s| s.id))?,
+                Format::Table => output::table(&["ID", "TARGET", "INSTANCES", "CONVERGED", "UPDATE"], &rows)?,
+            }
+        }
+        GroupCommand::Describe { id } => {
+            let d = group.describe_group(&id).await?;
+            match format {
+                Format::Json => output::json(&d)?,
+                Format::Quiet => output::lines(d.instances.into_iter().map(|i| i.id))?,
+                Format::Table => print_description(&id, &d)?,
+            }
+        }
+        GroupCommand::Inspect { id } => {
+            let specs = group.inspect_groups().await?;
+            let Some(spec) = specs.into_iter().find(|s| s.id == id) else {
+                bail!("no group '{id}' is managed by '{}'", args.name);
+            };
+            output::json(&spec)?;
+        }
+        GroupCommand::Free { id } => {
+            group.free_group(&id).await?;
+            if format != Format::Quiet {
+                println!("freed group '{id}': its instances are no longer managed");
+            }
+        }
+        GroupCommand::Destroy { id, no_wait, timeout } => {
+            group.destroy_group(&id).await?;
+            if !no_wait {
+                wait_gone(&group, &id, timeout).await?;
+            }
+            if format != Format::Quiet {
+                println!("destroyed group '{id}'");
+            }
+        }
+        GroupCommand::Scale { id, size } => {
+            group.set_size(&id, size).await?;
+            if format != Format::Quiet {
+                println!("group '{id}' target size is now {size}");
+            }
+        }
+        GroupCommand::DestroyInstances { id, instances } => {
+            group.destroy_instances(&id, &instances).await?;
+            if format != Format::Quiet {
+                output::lines(instances)?;
+            }
+        }
+        GroupCommand::Watch { id, timeout } => watch(&group, &id, timeout).await?,
+    }
+    Ok(())
+}
+
+fn update_state(d: &GroupDescription) -> String {
+    d.update
+        .as_ref()
+        .and_then(|u| u.get("State"))
+        .and_then(|s| s.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
+    println!(
+        "group {id}: {} of {} instances, {}",
+        d.instances.len(),
+        d.target.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+        if d.converged { "converged" } else { "converging" }
+    );
+    if let Some(u) = &d.update {
+        println!("update: {}", u.get("Message").and_then(|m| m.as_str()).unwrap_or(&u.to_string()));
+    }
+    if !d.message.is_empty() {
+        println!("note: {}", d.message);
+    }
+    let rows: Vec<Vec<String>> = d
+        .status
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.logical_id.clone().unwrap_or_else(|| "-".into()),
+                s.health.to_string(),
+                if s.current { "current".into() } else { "outdated".into() },
+            ]
+        })
+        .collect();
+    output::table(&["ID", "LOGICAL", "HEALTH", "VERSION"], &rows)
+}
+
+/// Polls until the group reports converged. On a terminal a progress bar, otherwise a line per change.
+pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_prefix(id.to_string());
+        b
+    });
+    let mut last = String::new();
+    loop {
+        let d = group.describe_group(id).await.context("cannot follow the group")?;
+        let target = d.target.unwrap_or(0);
+        let ready = d
+            .status
+            .iter()
+            .filter(|s| s.current && s.health == infrakit_sdk::spi::flavor::Health::Healthy)
+            .count() as u64;
+        let line = format!(
+            "{} instances, {ready} current and healthy, target {target}{}{}",
+            d.instances.len(),
+            match &d.update {
+                Some(u) => format!(", update {}", u.get("State").and_then(|s| s.as_str()).unwrap_or("?")),
+                None => String::new(),
+            },
+            if d.message.is_empty() { String::new() } else { format!(" ({})", d.message) }
+        );
+        match &bar {
+            Some(b) => {
+                b.set_length(target);
+                b.set_position(ready.min(target));
+                b.set_message(line.clone());
+                b.tick();
+            }
+            None if line != last => println!("{id}: {line}"),
+            None => {}
+        }
+        last = line;
+        if d.converged {
+            if let Some(b) = &bar {
+                b.finish_with_message(format!("converged: {last}"));
+            } else {
+                println!("{id}: converged in {:.1}s", start.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        if !timeout.is_zero() && start.elapsed() > timeout {
+            bail!("group '{id}' has not converged after {timeout:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_gone(group: &GroupClient, id: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match group.describe_group(id).await {
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(d) => {
+                if start.elapsed() > timeout {
+                    bail!(
+                        "group '{id}' still has {} instances after {timeout:?}; it stays marked for destruction",
+                        d.instances.len()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,88 @@
+//! The command line: clap definitions and dispatch. Each subcommand lives in its own module.
+
+mod flavor;
+mod group;
+mod input;
+mod instance;
+mod plugin;
+mod serve;
+mod up;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "infrakit",
+    version,
+    about = "Declarative, self-healing infrastructure: groups of instances that converge by themselves",
+    long_about = "infrakit runs and talks to InfraKit plugins: instance plugins make instances, flavor plugins \
+                  give them meaning, and a group controller keeps groups of them as their spec says.\n\n\
+                  Plugins are found by name in the plugins directory ($INFRAKIT_PLUGINS_DIR, default \
+                  ~/.infrakit/plugins), then in Docker's legacy plugin locations.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or tracing's syntax (env INFRAKIT_LOG).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputFlags {
+    /// Print JSON (for scripts) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only IDs (or names), one per line.
+    #[arg(short, long, global = true, conflicts_with = "json")]
+    pub quiet: bool,
+}
+
+impl OutputFlags {
+    pub fn format(self) -> Format {
+        Format::from_flags(self.json, self.quiet)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List, run and inspect plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
+    /// Talk to an instance plugin.
+    Instance(instance::InstanceArgs),
+    /// Talk to a flavor plugin.
+    Flavor(flavor::FlavorArgs),
+    /// Commit, inspect and steer groups (through the group plugin).
+    Group(group::GroupArgs),
+    /// Quick start: run the controller and built-in plugins here, commit FILE, watch it converge.
+    Up(up::UpArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Plugin {
+            command: plugin::PluginCommand::Serve(args),
+        } => serve::run(args),
+        Command::Plugin { command } => block_on(plugin::run(command)),
+        Command::Instance(args) => block_on(instance::run(args)),
+        Command::Flavor(args) => block_on(flavor::run(args)),
+        Command::Group(args) => block_on(group::run(args)),
+        Command::Up(args) => up::run(args),
+    }
+}
+
+/// One-shot commands run on a single-threaded runtime: they make a few calls and exit.
+fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

@@ -1,0 +1,100 @@
+//! `infrakit plugin ls`: every plugin discovery can see, what it implements and where it was found.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use infrakit_sdk::discovery::Discovery;
+use infrakit_sdk::rpc::client::{Endpoint, RpcClient};
+use infrakit_sdk::spi::INSTANCE;
+use serde::Serialize;
+
+use super::serve::ServeArgs;
+use super::OutputFlags;
+use crate::output::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// List the plugins discovery finds: name, interfaces/versions, where found, socket.
+    Ls {
+        #[command(flatten)]
+        out: OutputFlags,
+    },
+    /// Run one plugin in the foreground until SIGTERM/SIGINT (the managed plugins' entrypoint).
+    Serve(ServeArgs),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Row {
+    name: String,
+    implements: Vec<String>,
+    source: String,
+    socket: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub async fn run(cmd: PluginCommand) -> Result<()> {
+    match cmd {
+        PluginCommand::Ls { out } => ls(out.format()).await,
+        PluginCommand::Serve(_) => unreachable_serve(),
+    }
+}
+
+fn unreachable_serve() -> Result<()> {
+    anyhow::bail!("internal: serve is dispatched before the async runtime starts")
+}
+
+async fn ls(format: Format) -> Result<()> {
+    let found = Discovery::from_env().list().await?;
+    // Ask every plugin at once what it implements; one that does not answer is shown, not hidden.
+    let tasks: Vec<_> = found
+        .into_iter()
+        .map(|f| {
+            tokio::spawn(async move {
+                let client = RpcClient::with_timeout(
+                    Endpoint::new(&f.name, &f.socket),
+                    INSTANCE,
+                    Duration::from_secs(3),
+                );
+                let (implements, error) = match client.activate().await {
+                    Ok(i) => (i, None),
+                    Err(e) => (Vec::new(), Some(e.message)),
+                };
+                Row {
+                    name: f.name,
+                    implements,
+                    source: f.source,
+                    socket: f.socket.display().to_string(),
+                    error,
+                }
+            })
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for t in tasks {
+        rows.push(t.await?);
+    }
+    match format {
+        Format::Json => output::json(&rows),
+        Format::Quiet => output::lines(rows.into_iter().map(|r| r.name)),
+        Format::Table => output::table(
+            &["NAME", "INTERFACES", "FOUND IN", "SOCKET"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        match &r.error {
+                            Some(e) => format!("(not answering: {e})"),
+                            None => r.implements.join(","),
+                        },
+                        r.source.clone(),
+                        r.socket.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+}

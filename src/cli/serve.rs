@@ -1,0 +1,153 @@
+//! `infrakit plugin serve <kind>`: runs one plugin on a unix socket until SIGTERM/SIGINT.
+//!
+//! The socket is bound before any start-up work, so a Docker engine enabling the plugin sees it at
+//! once; the plugin is then built and served.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use infrakit_controller::{FileStore, GroupController, Options};
+use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
+use infrakit_plugins::flavor_vanilla::VanillaFlavor;
+use infrakit_plugins::instance_file::{self, FileInstancePlugin};
+use infrakit_sdk::discovery::{self, Discovery, PluginsDir};
+use infrakit_sdk::resolve::DiscoveryResolver;
+use infrakit_sdk::rpc::server::{Plugins, Server};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// The group controller: keeps committed groups as their specs say.
+    Group,
+    /// Instances are JSON files in a directory (--dir).
+    InstanceFile,
+    /// Adds Init lines, Tags and Attachments from its properties; always healthy.
+    FlavorVanilla,
+    /// Runs a list of child flavors in order and merges what they add.
+    FlavorCombo,
+}
+
+impl Kind {
+    fn default_name(self) -> &'static str {
+        match self {
+            Kind::Group => "group",
+            Kind::InstanceFile => "instance-file",
+            Kind::FlavorVanilla => "flavor-vanilla",
+            Kind::FlavorCombo => "flavor-combo",
+        }
+    }
+}
+
+/// The group controller's knobs, shared by `plugin serve group` and `up`.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// group: where committed groups are stored (default ~/.infrakit/groups).
+    #[arg(long, env = "INFRAKIT_GROUP_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// group: how often each group is observed for drift when nothing else wakes it.
+    #[arg(long, env = "INFRAKIT_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub poll_interval: Duration,
+    /// group: how long a Healthy verdict is trusted before the flavor is asked again.
+    #[arg(long, env = "INFRAKIT_HEALTH_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub health_interval: Duration,
+    /// group: provisions and destroys running at once.
+    #[arg(long, env = "INFRAKIT_MAX_PARALLEL", default_value_t = 32)]
+    pub max_parallel: usize,
+}
+
+impl ControllerArgs {
+    pub fn options(&self) -> Result<Options> {
+        if self.poll_interval < Duration::from_millis(10) {
+            anyhow::bail!("--poll-interval {:?} is too short; use at least 10ms", self.poll_interval);
+        }
+        if self.max_parallel == 0 {
+            anyhow::bail!("--max-parallel must be at least 1");
+        }
+        Ok(Options {
+            poll_interval: self.poll_interval,
+            health_interval: self.health_interval,
+            max_parallel: self.max_parallel,
+        })
+    }
+
+    pub fn open_store(&self) -> Result<FileStore> {
+        let dir = self.store.clone().unwrap_or_else(infrakit_controller::store::default_dir);
+        Ok(FileStore::open(&dir)?)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  infrakit plugin serve group --store /var/lib/infrakit/groups --poll-interval 2s\n  \
+    infrakit plugin serve instance-file --dir /var/lib/instances\n  \
+    infrakit plugin serve flavor-vanilla --name vanilla-2\n  \
+    infrakit plugin serve flavor-combo --socket /run/docker/plugins/combo.sock")]
+pub struct ServeArgs {
+    /// Which plugin to run.
+    #[arg(value_enum)]
+    pub kind: Kind,
+    /// The name others find it by (default: the kind, e.g. instance-file).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Socket path (default: <plugins dir>/<name>.sock).
+    #[arg(long, env = "INFRAKIT_PLUGIN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// instance-file: the directory holding the instance files.
+    #[arg(long, env = "INFRAKIT_INSTANCE_FILE_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    // Two workers: plugins are IO-bound, and a small footprint matters when every plugin is a process.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+/// The socket for plugin `name`: `--socket`, else `<plugins dir>/<name>.sock`.
+pub fn socket_for(name: &str, explicit: Option<&PathBuf>) -> PathBuf {
+    match explicit {
+        Some(s) => s.clone(),
+        None => PluginsDir::new(discovery::default_plugins_dir()).socket_for(name),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| args.kind.default_name().to_string());
+    discovery::validate_name(&name)?;
+    let socket = socket_for(&name, args.socket.as_ref());
+    let server = Server::bind(&socket).with_context(|| format!("cannot serve plugin '{name}'"))?;
+    let plugins = build(&args).await?;
+    tracing::info!(name, kind = ?args.kind, socket = %socket.display(), "plugin ready");
+    server.serve(plugins).await?;
+    Ok(())
+}
+
+async fn build(args: &ServeArgs) -> Result<Plugins> {
+    Ok(match args.kind {
+        Kind::Group => {
+            let options = args.controller.options()?;
+            let store = args.controller.open_store()?;
+            tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
+            let resolver = Arc::new(DiscoveryResolver::new(Discovery::from_env()));
+            Plugins::new().group(GroupController::start(resolver, store, options)?)
+        }
+        Kind::InstanceFile => {
+            let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);
+            let plugin = FileInstancePlugin::new(&dir)
+                .with_context(|| format!("cannot use instance directory {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), "instance files");
+            Plugins::new().instance(plugin)
+        }
+        Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::default()),
+        Kind::FlavorCombo => {
+            let resolver = ComboResolver::new(Discovery::from_env());
+            Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
+        }
+    })
+}

@@ -1,0 +1,189 @@
+//! The CLI against real plugin processes: instance and flavor round trips, combo, discovery, and the
+//! errors a user meets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+
+use common::World;
+use serde_json::{json, Value};
+
+#[test]
+fn instance_file_round_trip_through_the_cli() {
+    let w = World::new();
+    let dir = w.path("instances");
+    let _p = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+
+    let spec = w.write(
+        "spec.json",
+        r#"{"Properties": {"Note": "v1"}, "Tags": {"infrakit.group": "web", "tier": "front"}, "Init": "echo hello"}"#,
+    );
+    let id = w.ok(&["instance", "provision", spec.to_str().unwrap()]).trim().to_string();
+    assert!(id.starts_with("instance-"), "{id}");
+    assert!(dir.join(format!("{id}.json")).exists(), "one file per instance");
+    let other = w.write("other.json", r#"{"Tags": {"infrakit.group": "db"}}"#);
+    let id2 = w.ok(&["instance", "provision", other.to_str().unwrap()]).trim().to_string();
+
+    let all: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let web = w.ok(&["instance", "describe", "-q", "--tags", "infrakit.group=web"]);
+    assert_eq!(web.trim(), id);
+    let table = w.ok(&["instance", "describe", "--tags", "tier=front"]);
+    assert!(table.starts_with("ID") && table.contains(&id) && !table.contains(&id2), "{table}");
+
+    // Properties only when asked for.
+    let plain: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "tier=front"])).unwrap();
+    assert!(plain[0].get("Properties").is_none(), "{plain}");
+    let with: Value = serde_json::from_str(&w.ok(&[
+        "instance", "describe", "--json", "-t", "tier=front", "--properties",
+    ]))
+    .unwrap();
+    assert!(with[0]["Properties"].to_string().contains("v1"), "{with}");
+
+    w.ok(&["instance", "label", &id, "owner=ops", "tier=back"]);
+    let labeled: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "owner=ops"])).unwrap();
+    assert_eq!(labeled[0]["Tags"]["tier"], json!("back"));
+    assert_eq!(labeled[0]["Tags"]["infrakit.group"], json!("web"));
+
+    w.ok(&["instance", "destroy", &id, "--reason", "rolling-update"]);
+    assert_eq!(w.ok(&["instance", "describe", "-q"]).trim(), id2);
+    let err = w.fails(&["instance", "destroy", &id]);
+    assert!(err.contains(&id), "{err}");
+
+    let err = w.fails(&["instance", "label", &id2, "nopair"]);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let bad = w.write("bad.json", "{\"Tags\": ");
+    let err = w.fails(&["instance", "provision", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.json") && err.contains("not a valid instance spec"), "{err}");
+}
+
+#[test]
+fn combo_of_two_vanillas_merges_in_order() {
+    let w = World::new();
+    let _a = w.serve("vanilla-a", &["flavor-vanilla"]);
+    let _b = w.serve("vanilla-b", &["flavor-vanilla"]);
+    let _c = w.serve("flavor-combo", &["flavor-combo"]);
+    let props = w.write(
+        "combo.json",
+        r#"{"Flavors": [
+              {"Plugin": "vanilla-a", "Properties": {"Init": ["echo a1", "echo a2"], "Tags": {"tier": "a", "from-a": "yes"},
+                                                      "Attachments": [{"ID": "vol-a", "Type": "volume"}]}},
+              {"Plugin": "vanilla-b", "Properties": {"Init": ["echo b"], "Tags": {"tier": "b"},
+                                                      "Attachments": [{"ID": "vol-b", "Type": "volume"}]}}
+           ]}"#,
+    );
+    let spec = w.write("spec.json", r#"{"Init": "echo base", "Tags": {"infrakit.group": "g"}}"#);
+    let out: Value = serde_json::from_str(&w.ok(&[
+        "flavor",
+        "--name",
+        "flavor-combo",
+        "prepare",
+        props.to_str().unwrap(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--size",
+        "3",
+    ]))
+    .unwrap();
+    assert_eq!(out["Init"], json!("echo base\necho a1\necho a2\necho b"), "{out}");
+    assert_eq!(out["Tags"]["tier"], json!("b"), "later flavor wins: {out}");
+    assert_eq!(out["Tags"]["from-a"], json!("yes"));
+    assert_eq!(out["Tags"]["infrakit.group"], json!("g"));
+    assert_eq!(out["Attachments"], json!([{"ID": "vol-a", "Type": "volume"}, {"ID": "vol-b", "Type": "volume"}]));
+
+    let health = w.ok(&["flavor", "-n", "flavor-combo", "healthy", props.to_str().unwrap(), "--id", "i-1"]);
+    assert_eq!(health.trim(), "healthy");
+    w.ok(&["flavor", "-n", "flavor-combo", "drain", props.to_str().unwrap(), "--id", "i-1"]);
+    w.ok(&["flavor", "-n", "flavor-combo", "validate", props.to_str().unwrap()]);
+
+    // A child that does not exist is named in the error.
+    let broken = w.write("broken.json", r#"{"Flavors": [{"Plugin": "vanilla-zz"}]}"#);
+    let err = w.fails(&["flavor", "-n", "flavor-combo", "validate", broken.to_str().unwrap()]);
+    assert!(err.contains("vanilla-zz"), "{err}");
+    // A typo in a vanilla property is refused with the field's name.
+    let typo = w.write("typo.json", r#"{"Inits": ["x"]}"#);
+    let err = w.fails(&["flavor", "-n", "vanilla-a", "validate", typo.to_str().unwrap()]);
+    assert!(err.contains("Inits"), "{err}");
+}
+
+/// A fake plugin that speaks a future major version of the instance interface.
+fn serve_fake(listener: UnixListener, implements: &'static str) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let reply = format!(r#"{{"Implements":["{implements}"]}}"#);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn a_different_major_version_is_refused_with_both_versions() {
+    let w = World::new();
+    std::fs::create_dir_all(w.plugins_dir()).unwrap();
+    serve_fake(UnixListener::bind(w.socket("future")).unwrap(), "infrakit.instance/2.3");
+    let err = w.fails(&["instance", "--name", "future", "describe"]);
+    assert!(
+        err.contains("infrakit.instance/2.3") && err.contains("infrakit.instance/1.0"),
+        "{err}"
+    );
+
+    // The wrong kind of plugin is refused too, naming what it does implement.
+    let _v = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let err = w.fails(&["instance", "--name", "flavor-vanilla", "describe"]);
+    assert!(err.contains("does not implement infrakit.instance") && err.contains("infrakit.flavor/1.0"), "{err}");
+}
+
+#[test]
+fn plugin_ls_and_not_found() {
+    let w = World::new();
+    let dir = w.path("instances");
+    let _i = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+    let _v = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    // A stale socket shows up as not answering rather than breaking the listing.
+    drop(UnixListener::bind(w.socket("dead")).unwrap());
+
+    let table = w.ok(&["plugin", "ls"]);
+    assert!(table.contains("NAME") && table.contains("SOCKET"), "{table}");
+    assert!(table.contains("infrakit.instance/1.0") && table.contains("infrakit.flavor/1.0"), "{table}");
+    assert!(table.contains("not answering"), "{table}");
+    let names = w.ok(&["plugin", "ls", "-q"]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), vec!["dead", "flavor-vanilla", "instance-file"]);
+    let rows: Value = serde_json::from_str(&w.ok(&["plugin", "ls", "--json"])).unwrap();
+    assert_eq!(rows[1]["Source"], json!("dir"));
+
+    let err = w.fails(&["instance", "--name", "nowhere", "describe"]);
+    assert!(err.contains("plugin 'nowhere' not found") && err.contains("nowhere.sock"), "{err}");
+    let err = w.fails(&["instance", "--name", "dead", "describe"]);
+    assert!(err.contains("is the plugin running"), "{err}");
+}
+
+#[test]
+fn help_lists_the_plugin_kinds() {
+    let w = World::new();
+    let help = w.ok(&["plugin", "serve", "--help"]);
+    for kind in ["instance-file", "flavor-vanilla", "flavor-combo"] {
+        assert!(help.contains(kind), "{help}");
+    }
+}
