@@ -1,1 +1,14 @@
+//! InfraKit's built-in plugins, each usable in-process (as a trait object) or served on a socket
+//! with `infrakit_sdk::rpc::server`:
+//!
+//! - [`instance_file`]: an instance plugin whose instances are JSON files in a directory. It is the
+//!   backend for trying InfraKit out and for tests: deleting a file by hand "kills" an instance.
+//! - [`flavor_vanilla`]: a flavor that adds fixed init lines, tags and attachments, and calls every
+//!   instance healthy.
+//! - [`flavor_combo`]: a flavor made of other flavors, applied in order, reached through a
+//!   [`flavor_combo::FlavorResolver`] (plugin discovery in production, a map in tests).
 
+pub mod flavor_combo;
+pub mod flavor_vanilla;
+pub mod instance_file;
+mod serde_util;

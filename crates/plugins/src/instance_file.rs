@@ -1,0 +1,920 @@
+//! `instance-file`: an instance plugin whose instances are JSON files in one directory.
+//!
+//! Each instance is `<dir>/<ID>.json`:
+//!
+//! ```json
+//! {"ID": "instance-1f0c9a7e5b2d4c68",
+//!  "LogicalID": "10.0.0.1",
+//!  "Tags": {"infrakit.group": "cattle"},
+//!  "Spec": {"Properties": {...}, "Tags": {...}, "Init": "...", ...},
+//!  "Created": "2026-11-24T17:21:36Z"}
+//! ```
+//!
+//! The directory is the truth, and people are expected to change it by hand: `rm` a file and the
+//! instance is dead at the next `DescribeInstances`; edit its `Tags` and the next describe shows
+//! them. So:
+//! - the instance's ID is its file name without `.json` (that is what `Destroy` and `Label` remove
+//!   and rewrite); the `ID` field inside is informational;
+//! - `Tags` (not `Spec.Tags`, which records what was asked for) are the instance's tags, and
+//!   `Label` merges into them;
+//! - with `properties = true`, a description's `Properties` is the whole stored record as it is on
+//!   disk (including any fields added by hand), which is what "backend state" means for a file;
+//! - files whose name starts with `.` (our temporary files) or does not end in `.json`, and anything
+//!   that is not a regular file, are ignored; a file that is not a valid record is skipped with a
+//!   warning (logged once per modification, not on every describe).
+//!
+//! Writes are atomic (a temporary `.<name>.tmp-<rand>` file, synced, then renamed over the target),
+//! so a describe never sees half a file.
+//!
+//! `DescribeInstances` is called often (every poll of every group), so it does not re-read every
+//! file each time: a cache keyed by file name keeps each file's parsed record with its stamp
+//! (modification time with nanoseconds, size, inode). Each describe lists the directory and stats
+//! every file (cheap), re-reads only files whose stamp changed, and drops entries of vanished
+//! files. File systems record modification times at a coarse granularity, so a file changed twice
+//! within one tick keeps its stamp; like git's "racily clean" check, a file whose modification time
+//! is within [`RACY_WINDOW`] of the moment we looked is re-read until it is older than that.
+
+use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use infrakit_sdk::spi::instance::{
+    tags_match, Description, DestroyContext, InstanceId, InstancePlugin, LogicalId, Spec, Tags,
+};
+use infrakit_sdk::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::serde_util::null_as_default;
+
+/// The environment variable naming the instance directory.
+pub const INSTANCE_FILE_DIR_ENV: &str = "INFRAKIT_INSTANCE_FILE_DIR";
+
+/// A file modified this recently (relative to when we looked) may change again without its stamp
+/// changing, so its cached content is not trusted. One second covers file systems that keep
+/// whole-second modification times as well as the coarse kernel clock of the others.
+pub const RACY_WINDOW: Duration = Duration::from_secs(1);
+
+const SUFFIX: &str = ".json";
+
+/// `$INFRAKIT_INSTANCE_FILE_DIR`, else `~/.infrakit/instance-file`, else (no home, as inside a
+/// managed plugin) `/run/infrakit/instance-file`.
+pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(INSTANCE_FILE_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".infrakit").join("instance-file"),
+        None => PathBuf::from("/run/infrakit/instance-file"),
+    }
+}
+
+/// What provision writes.
+#[derive(Serialize)]
+struct Record<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    #[serde(rename = "LogicalID", skip_serializing_if = "Option::is_none")]
+    logical_id: Option<&'a LogicalId>,
+    #[serde(rename = "Tags")]
+    tags: &'a Tags,
+    #[serde(rename = "Spec")]
+    spec: &'a Spec,
+    #[serde(rename = "Created")]
+    created: String,
+}
+
+/// What describe needs from a record; everything else is tolerated (and shown with properties).
+#[derive(Deserialize)]
+struct RecordView {
+    #[serde(rename = "LogicalID", default)]
+    logical_id: Option<LogicalId>,
+    #[serde(rename = "Tags", default, deserialize_with = "null_as_default")]
+    tags: Tags,
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    size: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            // Linux always has modification times; the epoch fallback only forces a re-read.
+            modified: meta.modified().unwrap_or(UNIX_EPOCH),
+            size: meta.size(),
+            inode: meta.ino(),
+        }
+    }
+
+    /// True when the file's content could still change without changing this stamp.
+    fn is_racy(&self, looked_at: SystemTime) -> bool {
+        self.modified
+            .checked_add(RACY_WINDOW)
+            .is_none_or(|settled| settled >= looked_at)
+    }
+}
+
+/// A parsed, valid record.
+struct Instance {
+    id: InstanceId,
+    logical_id: Option<LogicalId>,
+    tags: Tags,
+    record: Value,
+}
+
+impl Instance {
+    fn describe(&self, properties: bool) -> Description {
+        Description {
+            id: self.id.clone(),
+            logical_id: self.logical_id.clone(),
+            tags: self.tags.clone(),
+            properties: properties.then(|| self.record.clone()),
+        }
+    }
+}
+
+/// One cached file: its stamp when read, whether that read can be trusted, and what it held.
+struct Entry {
+    stamp: Stamp,
+    settled: bool,
+    /// The scan that last listed the file; entries of earlier scans are of vanished files.
+    seen: u64,
+    /// `None` for a file that could not be read or parsed (already warned about for this stamp).
+    instance: Option<Instance>,
+}
+
+/// The parsed files by file name (sorted, so describe answers in ID order).
+#[derive(Default)]
+struct Cache {
+    /// Counts scans, to tell listed entries from those of vanished files.
+    generation: u64,
+    files: BTreeMap<String, Entry>,
+}
+
+/// What the plugin shares with its blocking tasks.
+struct Shared {
+    dir: PathBuf,
+    cache: Mutex<Cache>,
+    /// Serializes read-modify-write (label) against removal (destroy) so a label cannot resurrect a
+    /// file destroyed in between.
+    writes: Mutex<()>,
+    /// Files read by describe, so tests can see the cache at work.
+    reads: AtomicU64,
+    /// Warnings about unreadable files, so tests can see they are not repeated.
+    warnings: AtomicU64,
+}
+
+/// The file instance plugin. Cheap to share: every call works on the directory.
+pub struct FileInstancePlugin {
+    shared: Arc<Shared>,
+}
+
+impl FileInstancePlugin {
+    /// Uses `dir` (created if missing) for the instance files.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<FileInstancePlugin> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            let err = Error::from(e);
+            Error::new(
+                err.kind,
+                format!(
+                    "cannot create instance directory {}: {}; choose a writable directory \
+                     (--dir or ${INSTANCE_FILE_DIR_ENV})",
+                    dir.display(),
+                    err.message
+                ),
+            )
+        })?;
+        Ok(FileInstancePlugin {
+            shared: Arc::new(Shared {
+                dir,
+                cache: Mutex::new(Cache::default()),
+                writes: Mutex::new(()),
+                reads: AtomicU64::new(0),
+                warnings: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The directory holding the instance files.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Runs file system work off the async runtime's threads.
+    async fn blocking<T, F>(&self, what: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || work(&shared))
+            .await
+            .map_err(|e| Error::internal(format!("instance-file {what} did not finish: {e}")))?
+    }
+}
+
+#[async_trait]
+impl InstancePlugin for FileInstancePlugin {
+    async fn validate(&self, properties: &Value) -> Result<()> {
+        validate_properties(properties)
+    }
+
+    async fn provision(&self, spec: Spec) -> Result<InstanceId> {
+        if let Some(properties) = &spec.properties {
+            validate_properties(properties)?;
+        }
+        let id = self
+            .blocking("provision", move |shared| provision(&shared.dir, &spec))
+            .await?;
+        tracing::info!(instance = %id, "provisioned");
+        Ok(id)
+    }
+
+    async fn label(&self, id: &str, labels: Tags) -> Result<()> {
+        let id = id.to_string();
+        self.blocking("label", move |shared| {
+            let _writing = lock(&shared.writes);
+            label(&shared.dir, &id, &labels)
+        })
+        .await
+    }
+
+    async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()> {
+        let owned = id.to_string();
+        self.blocking("destroy", move |shared| {
+            let _writing = lock(&shared.writes);
+            destroy(&shared.dir, &owned)
+        })
+        .await?;
+        tracing::info!(instance = %id, reason = %context.reason, "destroyed");
+        Ok(())
+    }
+
+    async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
+        let tags = tags.clone();
+        self.blocking("describe", move |shared| {
+            describe(shared, &tags, properties)
+        })
+        .await
+    }
+}
+
+/// Any JSON object (or nothing) is fine: a file keeps whatever it is given.
+fn validate_properties(properties: &Value) -> Result<()> {
+    let kind = match properties {
+        Value::Null | Value::Object(_) => return Ok(()),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+    };
+    Err(Error::invalid(format!(
+        "instance-file properties must be a JSON object (or absent), not {kind}: \
+         write e.g. {{\"Note\": \"v1\"}}"
+    )))
+}
+
+/// Recovers from a poisoned lock: the cache and the write token stay consistent even if a holder
+/// panicked (at worst a cache entry is stale and gets re-read).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps the SDK's mapping of I/O error kinds (not found, invalid, internal) and says what failed.
+fn io_error(what: String, e: std::io::Error) -> Error {
+    Error::from(e).context(what)
+}
+
+/// The file of instance `id`, refusing IDs that are not plain file names in `dir`.
+fn instance_path(dir: &Path, id: &str) -> Result<PathBuf> {
+    let plain = !id.is_empty() && !id.starts_with('.') && !id.contains(['/', '\0']);
+    if !plain {
+        return Err(Error::invalid(format!(
+            "invalid instance ID '{id}': an instance-file ID is a file name in {} \
+             (not empty, no '/', not starting with '.')",
+            dir.display()
+        )));
+    }
+    Ok(dir.join(format!("{id}{SUFFIX}")))
+}
+
+fn not_found(dir: &Path, id: &str) -> Error {
+    Error::not_found(format!(
+        "instance {id} not found: no file {id}{SUFFIX} in {}",
+        dir.display()
+    ))
+}
+
+fn new_id() -> InstanceId {
+    format!("instance-{:016x}", fastrand::u64(..))
+}
+
+fn provision(dir: &Path, spec: &Spec) -> Result<InstanceId> {
+    // 64 random bits make a clash practically impossible; checking costs one stat and turns
+    // "practically" into "never within this directory".
+    let mut id = new_id();
+    while dir.join(format!("{id}{SUFFIX}")).exists() {
+        id = new_id();
+    }
+    let record = Record {
+        id: &id,
+        logical_id: spec.logical_id.as_ref(),
+        tags: &spec.tags,
+        spec,
+        created: rfc3339(SystemTime::now()),
+    };
+    let bytes = serde_json::to_vec_pretty(&record)
+        .map_err(|e| Error::internal(format!("cannot encode instance {id}: {e}")))?;
+    write_atomic(dir, &format!("{id}{SUFFIX}"), &bytes)?;
+    Ok(id)
+}
+
+fn label(dir: &Path, id: &str, labels: &Tags) -> Result<()> {
+    let path = instance_path(dir, id)?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(dir, id)),
+        Err(e) => return Err(io_error(format!("cannot read {}", path.display()), e)),
+    };
+    // Edit the JSON as it is, so fields added by hand survive a label.
+    let mut record: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(format!(
+            "cannot label instance {id}: {} is not valid JSON ({e}); fix or delete the file",
+            path.display()
+        ))
+    })?;
+    merge_tags(&mut record, labels).map_err(|problem| {
+        Error::invalid(format!(
+            "cannot label instance {id}: in {}, {problem}; fix or delete the file",
+            path.display()
+        ))
+    })?;
+    let bytes = serde_json::to_vec_pretty(&record)
+        .map_err(|e| Error::internal(format!("cannot encode instance {id}: {e}")))?;
+    write_atomic(dir, &format!("{id}{SUFFIX}"), &bytes)
+}
+
+/// Merges `labels` into the record's `"Tags"` object (created when missing or null).
+fn merge_tags(record: &mut Value, labels: &Tags) -> std::result::Result<(), &'static str> {
+    let fields = record
+        .as_object_mut()
+        .ok_or("the record is not a JSON object")?;
+    let tags = fields
+        .entry("Tags")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if tags.is_null() {
+        *tags = Value::Object(Map::new());
+    }
+    let tags = tags
+        .as_object_mut()
+        .ok_or("\"Tags\" is not a JSON object")?;
+    for (k, v) in labels {
+        tags.insert(k.clone(), Value::String(v.clone()));
+    }
+    Ok(())
+}
+
+fn destroy(dir: &Path, id: &str) -> Result<()> {
+    let path = instance_path(dir, id)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found(dir, id)),
+        Err(e) => Err(io_error(format!("cannot remove {}", path.display()), e)),
+    }
+}
+
+/// Writes `dir/name` so that readers see either the old or the new content, never a mix.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{:08x}", fastrand::u32(..)));
+    let target = dir.join(name);
+    let written = (|| {
+        let mut file = File::create_new(&tmp)?;
+        file.write_all(bytes)?;
+        // Sync before the rename: after a crash the file is either absent or complete.
+        file.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    })();
+    written.map_err(|e| {
+        // Best effort: a leftover temporary file is ignored by describe anyway.
+        let _ = std::fs::remove_file(&tmp);
+        io_error(format!("cannot write {}", target.display()), e)
+    })
+}
+
+fn describe(shared: &Shared, want: &Tags, properties: bool) -> Result<Vec<Description>> {
+    let mut cache = lock(&shared.cache);
+    scan(shared, &mut cache)?;
+    Ok(cache
+        .files
+        .values()
+        .filter_map(|entry| entry.instance.as_ref())
+        .filter(|instance| tags_match(&instance.tags, want))
+        .map(|instance| instance.describe(properties))
+        .collect())
+}
+
+/// The instance ID a directory entry stands for, or `None` for files that are not instances.
+fn id_of(file_name: &str) -> Option<&str> {
+    if file_name.starts_with('.') {
+        return None;
+    }
+    file_name.strip_suffix(SUFFIX).filter(|id| !id.is_empty())
+}
+
+/// Lists the directory and brings the cache up to date in place (no rebuild: this runs on every
+/// describe): unchanged settled files are kept as they are, changed or new ones are read, and
+/// entries of vanished files are dropped.
+fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
+    // Taken before any stat, so a change made after a stat is never judged older than it is.
+    let looked_at = SystemTime::now();
+    let dir = &shared.dir;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::unavailable(format!(
+            "cannot list instance directory {}: {e}; recreate it or restart the plugin",
+            dir.display()
+        ))
+    })?;
+    cache.generation = cache.generation.wrapping_add(1);
+    let generation = cache.generation;
+    for dir_entry in entries {
+        let dir_entry = match dir_entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot list an entry: {e}");
+                continue;
+            }
+        };
+        let os_name = dir_entry.file_name();
+        let Some(name) = os_name.to_str() else {
+            continue;
+        };
+        let Some(id) = id_of(name) else { continue };
+        // Without following symlinks: a regular file is an instance, anything else is not ours.
+        let meta = match dir_entry.metadata() {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(file = %dir_entry.path().display(), "cannot stat: {e}");
+                continue;
+            }
+        };
+        let stamp = Stamp::of(&meta);
+        if let Some(entry) = cache.files.get_mut(name) {
+            if entry.settled && entry.stamp == stamp {
+                entry.seen = generation;
+                continue;
+            }
+        }
+        let old = cache.files.get(name);
+        if let Some(entry) = read_entry(shared, name, id, stamp, old, looked_at, generation) {
+            cache.files.insert(name.to_string(), entry);
+        }
+    }
+    cache.files.retain(|_, entry| entry.seen == generation);
+    Ok(())
+}
+
+/// Reads and parses one file; `None` when it vanished since it was listed.
+fn read_entry(
+    shared: &Shared,
+    name: &str,
+    id: &str,
+    stamp: Stamp,
+    old: Option<&Entry>,
+    looked_at: SystemTime,
+    generation: u64,
+) -> Option<Entry> {
+    shared.reads.fetch_add(1, Ordering::Relaxed);
+    let path = shared.dir.join(name);
+    let parsed = match std::fs::read(&path) {
+        Ok(bytes) => parse(id, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => Err(format!("cannot read it: {e}")),
+    };
+    let instance = match parsed {
+        Ok(instance) => Some(instance),
+        Err(problem) => {
+            // Warn once per version of the file: the same broken file is seen on every poll.
+            let warned = old.is_some_and(|old| old.instance.is_none() && old.stamp == stamp);
+            if !warned {
+                shared.warnings.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    file = %path.display(),
+                    "skipping instance file: {problem}; fix or delete it"
+                );
+            }
+            None
+        }
+    };
+    Some(Entry {
+        stamp,
+        settled: !stamp.is_racy(looked_at),
+        seen: generation,
+        instance,
+    })
+}
+
+fn parse(id: &str, bytes: &[u8]) -> std::result::Result<Instance, String> {
+    let record: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+    let view =
+        RecordView::deserialize(&record).map_err(|e| format!("not an instance record ({e})"))?;
+    Ok(Instance {
+        id: id.to_string(),
+        logical_id: view.logical_id,
+        tags: view.tags,
+        record,
+    })
+}
+
+/// `t` as RFC 3339 in UTC with whole seconds (`2026-11-24T17:21:36Z`).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`
+/// (unsigned because times before 1970 do not occur here).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrakit_sdk::ErrorKind;
+    use serde_json::json;
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn spec(pairs: &[(&str, &str)]) -> Spec {
+        Spec {
+            tags: tags(pairs),
+            ..Spec::default()
+        }
+    }
+
+    fn plugin() -> (tempfile::TempDir, FileInstancePlugin) {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugin = FileInstancePlugin::new(tmp.path().join("instances")).unwrap();
+        (tmp, plugin)
+    }
+
+    async fn ids(plugin: &FileInstancePlugin, want: &[(&str, &str)]) -> Vec<String> {
+        let found = plugin.describe_instances(&tags(want), false).await.unwrap();
+        found.into_iter().map(|d| d.id).collect()
+    }
+
+    fn reads(plugin: &FileInstancePlugin) -> u64 {
+        plugin.shared.reads.load(Ordering::Relaxed)
+    }
+
+    /// Moves a file's modification time an hour back, so the cache may trust it.
+    fn age(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn provision_describe_label_destroy_round_trip() {
+        let (_tmp, plugin) = plugin();
+        let spec = Spec {
+            properties: Some(json!({"Note": "v1"})),
+            tags: tags(&[("infrakit.group", "g"), ("tier", "web")]),
+            init: "echo hi".into(),
+            logical_id: Some("10.0.0.1".into()),
+            attachments: Vec::new(),
+        };
+        let id = plugin.provision(spec.clone()).await.unwrap();
+        assert!(
+            id.starts_with("instance-") && id.len() == "instance-".len() + 16,
+            "{id}"
+        );
+        assert!(plugin.dir().join(format!("{id}.json")).is_file());
+
+        let found = plugin
+            .describe_instances(&Tags::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, id);
+        assert_eq!(found[0].logical_id.as_deref(), Some("10.0.0.1"));
+        assert_eq!(found[0].tags, spec.tags);
+        assert_eq!(found[0].properties, None);
+
+        let found = plugin.describe_instances(&Tags::new(), true).await.unwrap();
+        let record = found[0].properties.clone().unwrap();
+        assert_eq!(record["ID"], json!(id));
+        assert_eq!(record["Spec"]["Properties"], json!({"Note": "v1"}));
+        assert_eq!(record["Spec"]["Init"], json!("echo hi"));
+        assert!(record["Created"].as_str().unwrap().ends_with('Z'));
+
+        plugin
+            .label(&id, tags(&[("tier", "db"), ("new", "yes")]))
+            .await
+            .unwrap();
+        let found = plugin
+            .describe_instances(&Tags::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            found[0].tags,
+            tags(&[("infrakit.group", "g"), ("tier", "db"), ("new", "yes")])
+        );
+
+        plugin
+            .destroy(&id, DestroyContext::default())
+            .await
+            .unwrap();
+        assert!(ids(&plugin, &[]).await.is_empty());
+        let err = plugin
+            .destroy(&id, DestroyContext::default())
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        assert!(err.message.contains(&id), "{err}");
+        assert!(
+            err.message.contains(&plugin.dir().display().to_string()),
+            "{err}"
+        );
+        let err = plugin.label(&id, Tags::new()).await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(plugin.dir()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn describe_filters_by_all_requested_tags() {
+        let (_tmp, plugin) = plugin();
+        let a = plugin
+            .provision(spec(&[("g", "1"), ("t", "x")]))
+            .await
+            .unwrap();
+        let b = plugin
+            .provision(spec(&[("g", "1"), ("t", "y")]))
+            .await
+            .unwrap();
+        let c = plugin
+            .provision(spec(&[("g", "2"), ("t", "x")]))
+            .await
+            .unwrap();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            ids(&plugin, &[]).await,
+            sorted(vec![a.clone(), b.clone(), c.clone()])
+        );
+        assert_eq!(
+            ids(&plugin, &[("g", "1")]).await,
+            sorted(vec![a.clone(), b])
+        );
+        assert_eq!(
+            ids(&plugin, &[("g", "1"), ("t", "x")]).await,
+            vec![a.clone()]
+        );
+        assert_eq!(ids(&plugin, &[("t", "x")]).await, sorted(vec![a, c]));
+        assert!(ids(&plugin, &[("g", "3")]).await.is_empty());
+        assert!(ids(&plugin, &[("other", "1")]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn hand_deleted_and_hand_edited_files_show_at_the_next_describe() {
+        let (_tmp, plugin) = plugin();
+        let a = plugin.provision(spec(&[("tier", "a")])).await.unwrap();
+        let b = plugin.provision(spec(&[("tier", "a")])).await.unwrap();
+        assert_eq!(ids(&plugin, &[]).await.len(), 2);
+
+        std::fs::remove_file(plugin.dir().join(format!("{a}.json"))).unwrap();
+        assert_eq!(ids(&plugin, &[]).await, vec![b.clone()]);
+
+        // Same size, same inode, written in place right after the last read: only the racy-window
+        // check makes this visible.
+        let path = plugin.dir().join(format!("{b}.json"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"tier\": \"a\"", "\"tier\": \"b\"")).unwrap();
+        assert_eq!(ids(&plugin, &[("tier", "b")]).await, vec![b.clone()]);
+        assert!(ids(&plugin, &[("tier", "a")]).await.is_empty());
+
+        // An old file edited by hand (new mtime, still in the past) is seen too.
+        age(&path);
+        assert_eq!(ids(&plugin, &[("tier", "b")]).await, vec![b.clone()]);
+        std::fs::write(&path, json!({"ID": b, "Tags": {"tier": "c"}}).to_string()).unwrap();
+        age(&path);
+        assert_eq!(ids(&plugin, &[("tier", "c")]).await, vec![b]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_and_foreign_files_are_skipped_with_one_warning() {
+        let (_tmp, plugin) = plugin();
+        let good = plugin.provision(spec(&[])).await.unwrap();
+        let dir = plugin.dir().to_path_buf();
+        std::fs::write(dir.join("broken.json"), "{not json").unwrap();
+        std::fs::write(dir.join("array.json"), "[1, 2]").unwrap();
+        std::fs::write(dir.join("badtags.json"), r#"{"Tags": {"a": 1}}"#).unwrap();
+        std::fs::write(dir.join(".hidden.json"), "{}").unwrap();
+        std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+        std::fs::create_dir(dir.join("sub.json")).unwrap();
+        std::fs::write(dir.join("minimal.json"), r#"{"Tags": null}"#).unwrap();
+
+        assert_eq!(
+            ids(&plugin, &[]).await,
+            vec![good.clone(), "minimal".to_string()]
+        );
+        assert_eq!(plugin.shared.warnings.load(Ordering::Relaxed), 3);
+        // Seen again (even re-read, as the files are recent): no new warning.
+        assert_eq!(ids(&plugin, &[]).await.len(), 2);
+        assert_eq!(plugin.shared.warnings.load(Ordering::Relaxed), 3);
+
+        // Fixed by hand: it becomes an instance.
+        std::fs::write(dir.join("broken.json"), "{}").unwrap();
+        assert_eq!(ids(&plugin, &[]).await.len(), 3);
+
+        let err = plugin
+            .label("array", tags(&[("a", "b")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert!(err.message.contains("array.json"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn describe_of_1000_files_is_served_from_the_cache() {
+        let (_tmp, plugin) = plugin();
+        let dir = plugin.dir().to_path_buf();
+        for i in 0..1000 {
+            let path = dir.join(format!("instance-{i:016x}.json"));
+            let record = json!({"ID": format!("instance-{i:016x}"),
+                                "Tags": {"infrakit.group": "g", "n": i.to_string()}});
+            std::fs::write(&path, record.to_string()).unwrap();
+            age(&path);
+        }
+        let want = tags(&[("infrakit.group", "g")]);
+        assert_eq!(
+            plugin.describe_instances(&want, false).await.unwrap().len(),
+            1000
+        );
+        assert_eq!(reads(&plugin), 1000);
+
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert_eq!(
+                plugin.describe_instances(&want, false).await.unwrap().len(),
+                1000
+            );
+        }
+        eprintln!(
+            "cached describe of 1000 files: {:?} per call",
+            started.elapsed() / 10
+        );
+        assert_eq!(reads(&plugin), 1000, "unchanged files were re-read");
+
+        // One changed file is re-read; one removed file is dropped without any read.
+        let changed = dir.join(format!("instance-{:016x}.json", 7));
+        std::fs::write(
+            &changed,
+            json!({"Tags": {"infrakit.group": "h"}}).to_string(),
+        )
+        .unwrap();
+        age(&changed);
+        std::fs::remove_file(dir.join(format!("instance-{:016x}.json", 8))).unwrap();
+        assert_eq!(
+            plugin.describe_instances(&want, false).await.unwrap().len(),
+            998
+        );
+        assert_eq!(reads(&plugin), 1001);
+        assert_eq!(plugin.shared.cache.lock().unwrap().files.len(), 999);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_calls_are_safe() {
+        let (_tmp, plugin) = plugin();
+        let plugin = Arc::new(plugin);
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let plugin = plugin.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = plugin.provision(spec(&[("g", "1")])).await.unwrap();
+                plugin
+                    .label(&id, tags(&[("i", &i.to_string())]))
+                    .await
+                    .unwrap();
+                plugin
+                    .describe_instances(&Tags::new(), false)
+                    .await
+                    .unwrap();
+                id
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let found = plugin
+            .describe_instances(&tags(&[("g", "1")]), false)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 16);
+        assert!(found.iter().all(|d| d.tags.contains_key("i")));
+    }
+
+    #[tokio::test]
+    async fn validate_accepts_objects_and_null_only() {
+        let (_tmp, plugin) = plugin();
+        plugin.validate(&Value::Null).await.unwrap();
+        plugin.validate(&json!({"any": ["thing"]})).await.unwrap();
+        for bad in [json!([1]), json!("x"), json!(3), json!(true)] {
+            let err = plugin.validate(&bad).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Invalid);
+            assert!(err.message.contains("must be a JSON object"), "{err}");
+        }
+        let bad_spec = Spec {
+            properties: Some(json!([1])),
+            ..Spec::default()
+        };
+        assert!(plugin.provision(bad_spec).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn ids_outside_the_directory_are_refused() {
+        let (tmp, plugin) = plugin();
+        std::fs::write(tmp.path().join("victim.json"), "{}").unwrap();
+        for id in ["../victim", "", ".hidden", "a/b"] {
+            let err = plugin
+                .destroy(id, DestroyContext::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Invalid, "{id}: {err}");
+        }
+        assert!(tmp.path().join("victim.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_is_an_error_not_an_empty_group() {
+        let (_tmp, plugin) = plugin();
+        std::fs::remove_dir(plugin.dir()).unwrap();
+        let err = plugin
+            .describe_instances(&Tags::new(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        assert!(err.message.contains("instances"), "{err}");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let at = |secs| rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn default_dir_honours_the_environment() {
+        // The only test that touches this variable.
+        std::env::set_var(INSTANCE_FILE_DIR_ENV, "/tmp/somewhere");
+        assert_eq!(default_dir(), PathBuf::from("/tmp/somewhere"));
+        std::env::remove_var(INSTANCE_FILE_DIR_ENV);
+        assert!(default_dir().ends_with("instance-file"));
+    }
+}
