@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt bench setup clean
+.PHONY: all build test lint fmt bench setup clean up
 
 all: build
 
@@ -32,3 +32,8 @@ bench:
 clean:
 	$(CARGO) clean
 	rm -rf rootfs plugins/*/rootfs
+
+## The quick start: controller + built-in plugins in one process, commits examples/cattle.json.
+FILE ?= examples/cattle.json
+up: setup
+	$(CARGO) run --release --locked --bin infrakit -- up $(FILE)

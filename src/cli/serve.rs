@@ -144,7 +144,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             tracing::info!(dir = %dir.display(), "instance files");
             Plugins::new().instance(plugin)
         }
-        Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::default()),
+        Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::new()),
         Kind::FlavorCombo => {
             let resolver = ComboResolver::new(Discovery::from_env());
             Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))

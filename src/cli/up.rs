@@ -61,7 +61,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let files: Arc<dyn InstancePlugin> = Arc::new(
         FileInstancePlugin::new(&dir).with_context(|| format!("cannot use instance directory {}", dir.display()))?,
     );
-    let vanilla: Arc<dyn FlavorPlugin> = Arc::new(VanillaFlavor::default());
+    let vanilla: Arc<dyn FlavorPlugin> = Arc::new(VanillaFlavor::new());
     let combo: Arc<dyn FlavorPlugin> =
         Arc::new(ComboFlavor::new(Arc::new(ComboResolver::new(Discovery::from_env()))));
     let resolver: Arc<dyn PluginResolver> = Arc::new(

@@ -1,0 +1,355 @@
+//! The group controller end to end: real plugin processes (instance-file, flavor-vanilla, group) on
+//! sockets, driven through the CLI. InfraKit's own acceptance story, pets, crash recovery mid-update,
+//! and the errors a user meets.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Plugin, World};
+use serde_json::{json, Value};
+
+/// A world with instance-file, flavor-vanilla and the group controller running.
+struct Stack {
+    w: World,
+    _files: Plugin,
+    _vanilla: Plugin,
+    group: Option<Plugin>,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let w = World::new();
+        let files = w.serve("instance-file", &["instance-file", "--dir", w.path("instances").to_str().unwrap()]);
+        let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+        let mut s = Stack {
+            w,
+            _files: files,
+            _vanilla: vanilla,
+            group: None,
+        };
+        s.start_group();
+        s
+    }
+
+    fn start_group(&mut self) {
+        let store = self.w.path("store");
+        self.group = Some(self.w.serve(
+            "group",
+            &[
+                "group",
+                "--store",
+                store.to_str().unwrap(),
+                "--poll-interval",
+                "200ms",
+                "--health-interval",
+                "1s",
+            ],
+        ));
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.w.path("instances")
+    }
+
+    fn commit(&self, id: &str, props: Value) -> String {
+        let f = self.w.write(&format!("{id}-{}.json", fastrand_suffix()), &json!({"ID": id, "Properties": props}).to_string());
+        self.w.ok(&["group", "commit", f.to_str().unwrap()])
+    }
+
+    fn watch(&self, id: &str) {
+        self.w.ok(&["group", "watch", id, "--timeout", "60s"]);
+    }
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+fn cattle(size: u64, note: &str) -> Value {
+    json!({
+        "Allocation": {"Size": size},
+        "Instance": {"Plugin": "instance-file", "Properties": {"Note": note}},
+        "Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo hello"], "Tags": {"tier": "web"}}}
+    })
+}
+
+/// Every instance file: ID → its tags.
+fn instances(dir: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+        let tags: BTreeMap<String, String> = serde_json::from_value(v["Tags"].clone()).unwrap_or_default();
+        out.insert(v["ID"].as_str().unwrap_or(&name).to_string(), tags);
+    }
+    out
+}
+
+fn hashes(dir: &Path) -> BTreeSet<String> {
+    instances(dir)
+        .values()
+        .filter_map(|t| t.get("infrakit.config.hash").cloned())
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+#[test]
+fn infrakit_acceptance_story() {
+    let s = Stack::new();
+    let dir = s.dir();
+
+    // Commit a group of 5 → 5 instance files.
+    let out = s.commit("cattle", cattle(5, "v1"));
+    assert!(out.contains("cattle"), "{out}");
+    s.watch("cattle");
+    let v1 = instances(&dir);
+    assert_eq!(v1.len(), 5);
+    assert_eq!(hashes(&dir).len(), 1);
+    for tags in v1.values() {
+        assert_eq!(tags["infrakit.group"], "cattle");
+        assert_eq!(tags["tier"], "web", "the flavor's tags are applied");
+    }
+
+    // --pretend of a changed spec prints the plan and changes nothing.
+    let f = s.w.write("v2.json", &json!({"ID": "cattle", "Properties": cattle(10, "v2")}).to_string());
+    let plan = s.w.ok(&["group", "commit", "--pretend", f.to_str().unwrap()]);
+    assert!(plan.contains("rolling update on 5 instances"), "{plan}");
+    assert!(plan.contains("adding 5 instances to reach 10"), "{plan}");
+    let structured: Value = serde_json::from_str(&s.w.ok(&["group", "commit", "--pretend", "--json", f.to_str().unwrap()])).unwrap();
+    assert_eq!(structured["Plan"]["Create"], json!(5), "{structured}");
+    assert_eq!(structured["Plan"]["Replace"].as_array().unwrap().len(), 5, "{structured}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(instances(&dir), v1, "pretend changed nothing");
+
+    // Commit it → rolling update plus growth to 10, every instance carries the new hash.
+    s.w.ok(&["group", "commit", f.to_str().unwrap()]);
+    s.watch("cattle");
+    let v2 = instances(&dir);
+    assert_eq!(v2.len(), 10);
+    let h = hashes(&dir);
+    assert_eq!(h.len(), 1, "one hash: {h:?}");
+    assert_ne!(h, v1.values().map(|t| t["infrakit.config.hash"].clone()).collect(), "new hash");
+    assert!(v1.keys().all(|id| !v2.contains_key(id)), "every v1 instance was replaced");
+
+    // Delete 3 instance files by hand → back to 10.
+    for id in v2.keys().take(3) {
+        std::fs::remove_file(dir.join(format!("{id}.json"))).unwrap();
+    }
+    wait_until("10 instances again", Duration::from_secs(30), || instances(&dir).len() == 10);
+    s.watch("cattle");
+
+    // Scale to 5.
+    s.w.ok(&["group", "scale", "cattle", "5"]);
+    wait_until("5 instances", Duration::from_secs(30), || instances(&dir).len() == 5);
+    s.watch("cattle");
+    assert_eq!(s.w.ok(&["group", "ls", "-q"]).trim(), "cattle");
+
+    // Free and re-commit → same instances adopted, none created.
+    let before = instances(&dir);
+    s.w.ok(&["group", "free", "cattle"]);
+    assert!(s.w.ok(&["group", "ls", "-q"]).trim().is_empty());
+    let f5 = s.w.write("v2-5.json", &json!({"ID": "cattle", "Properties": cattle(5, "v2")}).to_string());
+    s.w.ok(&["group", "commit", f5.to_str().unwrap()]);
+    s.watch("cattle");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(instances(&dir).keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>(), "adopted, none created");
+
+    // Destroy → 0 files, no orphans, group forgotten.
+    s.w.ok(&["group", "destroy", "cattle"]);
+    assert!(instances(&dir).is_empty());
+    let err = s.w.fails(&["group", "describe", "cattle"]);
+    assert!(err.contains("no group 'cattle'"), "{err}");
+    assert!(!s.w.path("store/cattle.json").exists(), "record removed");
+}
+
+#[test]
+fn pets_keep_one_instance_per_logical_id() {
+    let s = Stack::new();
+    let dir = s.dir();
+    let pets = |ids: &[&str]| {
+        json!({
+            "Allocation": {"LogicalIDs": ids},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Note": "pet"}},
+            "Flavor": {"Plugin": "flavor-vanilla"}
+        })
+    };
+    let by_logical = |dir: &Path| -> BTreeMap<String, Vec<String>> {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, tags) in instances(dir) {
+            m.entry(tags.get("infrakit.logical_id").cloned().unwrap_or_default()).or_default().push(id);
+        }
+        m
+    };
+    s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
+    s.watch("zk");
+    let m = by_logical(&dir);
+    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    assert!(m.values().all(|v| v.len() == 1));
+
+    // Kill one → re-created with the same logical ID.
+    let victim = m["10.0.0.2"][0].clone();
+    std::fs::remove_file(dir.join(format!("{victim}.json"))).unwrap();
+    wait_until("10.0.0.2 re-created", Duration::from_secs(30), || {
+        by_logical(&dir).get("10.0.0.2").is_some_and(|v| v.len() == 1 && v[0] != victim)
+    });
+
+    // Plant a duplicate → removed.
+    let original = by_logical(&dir)["10.0.0.1"][0].clone();
+    let text = std::fs::read_to_string(dir.join(format!("{original}.json"))).unwrap();
+    let planted = text.replace(&original, "instance-planted");
+    std::fs::write(dir.join("instance-planted.json"), planted).unwrap();
+    wait_until("duplicate removed", Duration::from_secs(30), || {
+        by_logical(&dir).get("10.0.0.1").is_some_and(|v| v.len() == 1)
+    });
+    s.watch("zk");
+
+    // Add a fourth ID → one created.
+    let before: BTreeSet<String> = instances(&dir).keys().cloned().collect();
+    s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]));
+    s.watch("zk");
+    let after: BTreeSet<String> = instances(&dir).keys().cloned().collect();
+    assert_eq!(after.len(), 4);
+    assert_eq!(after.difference(&before).count(), 1, "exactly one created");
+    assert_eq!(by_logical(&dir)["10.0.0.4"].len(), 1);
+
+    // Remove an ID → its member goes.
+    s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.4"]));
+    s.watch("zk");
+    let m = by_logical(&dir);
+    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
+}
+
+#[test]
+fn kill_9_mid_rolling_update_resumes_within_bounds() {
+    for kill_after in [1usize, 7, 15] {
+        let mut s = Stack::new();
+        let dir = s.dir();
+        s.commit("big", cattle(20, "v1"));
+        s.watch("big");
+        let v1: BTreeSet<String> = hashes(&dir);
+
+        // Sample the instance count all the time: never below 19, never above 20.
+        let stop = Arc::new(AtomicBool::new(false));
+        let min = Arc::new(AtomicUsize::new(usize::MAX));
+        let max = Arc::new(AtomicUsize::new(0));
+        let sampler = {
+            let (stop, min, max, dir) = (stop.clone(), min.clone(), max.clone(), dir.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = instances(&dir).len();
+                    min.fetch_min(n, Ordering::Relaxed);
+                    max.fetch_max(n, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+
+        s.commit("big", cattle(20, "v2"));
+        wait_until(&format!("{kill_after} replaced"), Duration::from_secs(60), || {
+            instances(&dir)
+                .values()
+                .filter(|t| !v1.contains(&t["infrakit.config.hash"]))
+                .count()
+                >= kill_after
+        });
+        let mut g = s.group.take().unwrap();
+        g.signal(9);
+        g.wait_exit(Duration::from_secs(5)).expect("killed");
+        drop(g);
+        std::thread::sleep(Duration::from_millis(300));
+        s.start_group();
+        s.watch("big");
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+
+        let now = instances(&dir);
+        assert_eq!(now.len(), 20, "kill after {kill_after}");
+        let h = hashes(&dir);
+        assert_eq!(h.len(), 1, "every instance current (kill after {kill_after})");
+        assert!(h.is_disjoint(&v1));
+        let (lo, hi) = (min.load(Ordering::Relaxed), max.load(Ordering::Relaxed));
+        println!("kill -9 after {kill_after} replacements: instance count stayed within [{lo}, {hi}]");
+        assert!(lo >= 19, "fell to {lo} (kill after {kill_after})");
+        assert!(hi <= 20, "rose to {hi} (kill after {kill_after})");
+    }
+}
+
+#[test]
+fn bad_group_files_are_refused_and_running_groups_untouched() {
+    let s = Stack::new();
+    let dir = s.dir();
+    s.commit("ok", cattle(2, "v1"));
+    s.watch("ok");
+    let before = instances(&dir);
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "missing allocation",
+            json!({"ID": "ok", "Properties": {"Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "Allocation",
+        ),
+        (
+            "both allocations",
+            json!({"ID": "ok", "Properties": {"Allocation": {"Size": 2, "LogicalIDs": ["a"]},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "both Size and LogicalIDs",
+        ),
+        (
+            "unknown plugin",
+            json!({"ID": "ok", "Properties": {"Allocation": {"Size": 2},
+                "Instance": {"Plugin": "instance-nope"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "instance-nope",
+        ),
+        (
+            "typo in a field",
+            json!({"ID": "ok", "Properties": {"Alocation": {"Size": 2},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "Alocation",
+        ),
+        ("bad JSON", "{\"ID\": \"ok\", \"Properties\": {".to_string(), "not a valid group spec"),
+    ];
+    for (what, text, needle) in cases {
+        let f = s.w.write("bad.json", &text);
+        let err = s.w.fails(&["group", "commit", f.to_str().unwrap()]);
+        assert!(err.contains(needle), "{what}: {err}");
+    }
+
+    // A plugin that is down: a clear error naming it.
+    let mut down = s.w.serve("flavor-down", &["flavor-vanilla"]);
+    down.signal(9);
+    down.wait_exit(Duration::from_secs(5));
+    let f = s.w.write(
+        "down.json",
+        &json!({"ID": "other", "Properties": {"Allocation": {"Size": 1},
+            "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-down"}}})
+        .to_string(),
+    );
+    let err = s.w.fails(&["group", "commit", f.to_str().unwrap()]);
+    assert!(err.contains("flavor-down"), "{err}");
+
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(instances(&dir), before, "the running group is untouched");
+    assert_eq!(s.w.ok(&["group", "ls", "-q"]).trim(), "ok");
+    let d: Value = serde_json::from_str(&s.w.ok(&["group", "describe", "ok", "--json"])).unwrap();
+    assert_eq!(d["Converged"], json!(true), "{d}");
+}
