@@ -28,6 +28,8 @@ fmt:
 ## Benchmarks (release build): protocol round trips, DescribeInstances over 1,000 files, ...
 bench:
 	$(CARGO) bench --locked --bench rpc
+	$(CARGO) bench --locked --bench group
+	$(CARGO) bench --locked -p infrakit-group --bench plan
 
 clean:
 	$(CARGO) clean

@@ -106,13 +106,19 @@ async fn main() {
     );
     let filter: Tags = [("infrakit.group".to_string(), "bench".to_string())].into();
     let first = Instant::now();
-    let got = inst.describe_instances(&filter, false).await.expect("describe");
+    let got = inst
+        .describe_instances(&filter, false)
+        .await
+        .expect("describe");
     let first = first.elapsed();
     assert_eq!(got.len(), 1000);
     let mut samples = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        let got = inst.describe_instances(&filter, false).await.expect("describe");
+        let got = inst
+            .describe_instances(&filter, false)
+            .await
+            .expect("describe");
         samples.push(t.elapsed());
         assert_eq!(got.len(), 1000);
     }
@@ -131,8 +137,13 @@ async fn main() {
         touched += 1;
     }
     let t = Instant::now();
-    inst.describe_instances(&filter, false).await.expect("describe");
-    println!("DescribeInstances after {touched} files rewritten by hand: {}", ms(t.elapsed()));
+    inst.describe_instances(&filter, false)
+        .await
+        .expect("describe");
+    println!(
+        "DescribeInstances after {touched} files rewritten by hand: {}",
+        ms(t.elapsed())
+    );
 
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();

@@ -13,36 +13,60 @@ use serde_json::{json, Value};
 fn instance_file_round_trip_through_the_cli() {
     let w = World::new();
     let dir = w.path("instances");
-    let _p = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+    let _p = w.serve(
+        "instance-file",
+        &["instance-file", "--dir", dir.to_str().unwrap()],
+    );
 
     let spec = w.write(
         "spec.json",
         r#"{"Properties": {"Note": "v1"}, "Tags": {"infrakit.group": "web", "tier": "front"}, "Init": "echo hello"}"#,
     );
-    let id = w.ok(&["instance", "provision", spec.to_str().unwrap()]).trim().to_string();
+    let id = w
+        .ok(&["instance", "provision", spec.to_str().unwrap()])
+        .trim()
+        .to_string();
     assert!(id.starts_with("instance-"), "{id}");
-    assert!(dir.join(format!("{id}.json")).exists(), "one file per instance");
+    assert!(
+        dir.join(format!("{id}.json")).exists(),
+        "one file per instance"
+    );
     let other = w.write("other.json", r#"{"Tags": {"infrakit.group": "db"}}"#);
-    let id2 = w.ok(&["instance", "provision", other.to_str().unwrap()]).trim().to_string();
+    let id2 = w
+        .ok(&["instance", "provision", other.to_str().unwrap()])
+        .trim()
+        .to_string();
 
     let all: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json"])).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 2);
     let web = w.ok(&["instance", "describe", "-q", "--tags", "infrakit.group=web"]);
     assert_eq!(web.trim(), id);
     let table = w.ok(&["instance", "describe", "--tags", "tier=front"]);
-    assert!(table.starts_with("ID") && table.contains(&id) && !table.contains(&id2), "{table}");
+    assert!(
+        table.starts_with("ID") && table.contains(&id) && !table.contains(&id2),
+        "{table}"
+    );
 
     // Properties only when asked for.
-    let plain: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "tier=front"])).unwrap();
+    let plain: Value =
+        serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "tier=front"]))
+            .unwrap();
     assert!(plain[0].get("Properties").is_none(), "{plain}");
     let with: Value = serde_json::from_str(&w.ok(&[
-        "instance", "describe", "--json", "-t", "tier=front", "--properties",
+        "instance",
+        "describe",
+        "--json",
+        "-t",
+        "tier=front",
+        "--properties",
     ]))
     .unwrap();
     assert!(with[0]["Properties"].to_string().contains("v1"), "{with}");
 
     w.ok(&["instance", "label", &id, "owner=ops", "tier=back"]);
-    let labeled: Value = serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "owner=ops"])).unwrap();
+    let labeled: Value =
+        serde_json::from_str(&w.ok(&["instance", "describe", "--json", "-t", "owner=ops"]))
+            .unwrap();
     assert_eq!(labeled[0]["Tags"]["tier"], json!("back"));
     assert_eq!(labeled[0]["Tags"]["infrakit.group"], json!("web"));
 
@@ -55,7 +79,10 @@ fn instance_file_round_trip_through_the_cli() {
     assert!(err.contains("KEY=VALUE"), "{err}");
     let bad = w.write("bad.json", "{\"Tags\": ");
     let err = w.fails(&["instance", "provision", bad.to_str().unwrap()]);
-    assert!(err.contains("bad.json") && err.contains("not a valid instance spec"), "{err}");
+    assert!(
+        err.contains("bad.json") && err.contains("not a valid instance spec"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -73,7 +100,10 @@ fn combo_of_two_vanillas_merges_in_order() {
                                                       "Attachments": [{"ID": "vol-b", "Type": "volume"}]}}
            ]}"#,
     );
-    let spec = w.write("spec.json", r#"{"Init": "echo base", "Tags": {"infrakit.group": "g"}}"#);
+    let spec = w.write(
+        "spec.json",
+        r#"{"Init": "echo base", "Tags": {"infrakit.group": "g"}}"#,
+    );
     let out: Value = serde_json::from_str(&w.ok(&[
         "flavor",
         "--name",
@@ -86,24 +116,65 @@ fn combo_of_two_vanillas_merges_in_order() {
         "3",
     ]))
     .unwrap();
-    assert_eq!(out["Init"], json!("echo base\necho a1\necho a2\necho b"), "{out}");
+    assert_eq!(
+        out["Init"],
+        json!("echo base\necho a1\necho a2\necho b"),
+        "{out}"
+    );
     assert_eq!(out["Tags"]["tier"], json!("b"), "later flavor wins: {out}");
     assert_eq!(out["Tags"]["from-a"], json!("yes"));
     assert_eq!(out["Tags"]["infrakit.group"], json!("g"));
-    assert_eq!(out["Attachments"], json!([{"ID": "vol-a", "Type": "volume"}, {"ID": "vol-b", "Type": "volume"}]));
+    assert_eq!(
+        out["Attachments"],
+        json!([{"ID": "vol-a", "Type": "volume"}, {"ID": "vol-b", "Type": "volume"}])
+    );
 
-    let health = w.ok(&["flavor", "-n", "flavor-combo", "healthy", props.to_str().unwrap(), "--id", "i-1"]);
+    let health = w.ok(&[
+        "flavor",
+        "-n",
+        "flavor-combo",
+        "healthy",
+        props.to_str().unwrap(),
+        "--id",
+        "i-1",
+    ]);
     assert_eq!(health.trim(), "healthy");
-    w.ok(&["flavor", "-n", "flavor-combo", "drain", props.to_str().unwrap(), "--id", "i-1"]);
-    w.ok(&["flavor", "-n", "flavor-combo", "validate", props.to_str().unwrap()]);
+    w.ok(&[
+        "flavor",
+        "-n",
+        "flavor-combo",
+        "drain",
+        props.to_str().unwrap(),
+        "--id",
+        "i-1",
+    ]);
+    w.ok(&[
+        "flavor",
+        "-n",
+        "flavor-combo",
+        "validate",
+        props.to_str().unwrap(),
+    ]);
 
     // A child that does not exist is named in the error.
     let broken = w.write("broken.json", r#"{"Flavors": [{"Plugin": "vanilla-zz"}]}"#);
-    let err = w.fails(&["flavor", "-n", "flavor-combo", "validate", broken.to_str().unwrap()]);
+    let err = w.fails(&[
+        "flavor",
+        "-n",
+        "flavor-combo",
+        "validate",
+        broken.to_str().unwrap(),
+    ]);
     assert!(err.contains("vanilla-zz"), "{err}");
     // A typo in a vanilla property is refused with the field's name.
     let typo = w.write("typo.json", r#"{"Inits": ["x"]}"#);
-    let err = w.fails(&["flavor", "-n", "vanilla-a", "validate", typo.to_str().unwrap()]);
+    let err = w.fails(&[
+        "flavor",
+        "-n",
+        "vanilla-a",
+        "validate",
+        typo.to_str().unwrap(),
+    ]);
     assert!(err.contains("Inits"), "{err}");
 }
 
@@ -142,7 +213,10 @@ fn serve_fake(listener: UnixListener, implements: &'static str) {
 fn a_different_major_version_is_refused_with_both_versions() {
     let w = World::new();
     std::fs::create_dir_all(w.plugins_dir()).unwrap();
-    serve_fake(UnixListener::bind(w.socket("future")).unwrap(), "infrakit.instance/2.3");
+    serve_fake(
+        UnixListener::bind(w.socket("future")).unwrap(),
+        "infrakit.instance/2.3",
+    );
     let err = w.fails(&["instance", "--name", "future", "describe"]);
     assert!(
         err.contains("infrakit.instance/2.3") && err.contains("infrakit.instance/1.0"),
@@ -152,29 +226,47 @@ fn a_different_major_version_is_refused_with_both_versions() {
     // The wrong kind of plugin is refused too, naming what it does implement.
     let _v = w.serve("flavor-vanilla", &["flavor-vanilla"]);
     let err = w.fails(&["instance", "--name", "flavor-vanilla", "describe"]);
-    assert!(err.contains("does not implement infrakit.instance") && err.contains("infrakit.flavor/1.0"), "{err}");
+    assert!(
+        err.contains("does not implement infrakit.instance") && err.contains("infrakit.flavor/1.0"),
+        "{err}"
+    );
 }
 
 #[test]
 fn plugin_ls_and_not_found() {
     let w = World::new();
     let dir = w.path("instances");
-    let _i = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+    let _i = w.serve(
+        "instance-file",
+        &["instance-file", "--dir", dir.to_str().unwrap()],
+    );
     let _v = w.serve("flavor-vanilla", &["flavor-vanilla"]);
     // A stale socket shows up as not answering rather than breaking the listing.
     drop(UnixListener::bind(w.socket("dead")).unwrap());
 
     let table = w.ok(&["plugin", "ls"]);
-    assert!(table.contains("NAME") && table.contains("SOCKET"), "{table}");
-    assert!(table.contains("infrakit.instance/1.0") && table.contains("infrakit.flavor/1.0"), "{table}");
+    assert!(
+        table.contains("NAME") && table.contains("SOCKET"),
+        "{table}"
+    );
+    assert!(
+        table.contains("infrakit.instance/1.0") && table.contains("infrakit.flavor/1.0"),
+        "{table}"
+    );
     assert!(table.contains("not answering"), "{table}");
     let names = w.ok(&["plugin", "ls", "-q"]);
-    assert_eq!(names.lines().collect::<Vec<_>>(), vec!["dead", "flavor-vanilla", "instance-file"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        vec!["dead", "flavor-vanilla", "instance-file"]
+    );
     let rows: Value = serde_json::from_str(&w.ok(&["plugin", "ls", "--json"])).unwrap();
     assert_eq!(rows[1]["Source"], json!("dir"));
 
     let err = w.fails(&["instance", "--name", "nowhere", "describe"]);
-    assert!(err.contains("plugin 'nowhere' not found") && err.contains("nowhere.sock"), "{err}");
+    assert!(
+        err.contains("plugin 'nowhere' not found") && err.contains("nowhere.sock"),
+        "{err}"
+    );
     let err = w.fails(&["instance", "--name", "dead", "describe"]);
     assert!(err.contains("is the plugin running"), "{err}");
 }

@@ -24,7 +24,14 @@ struct Stack {
 impl Stack {
     fn new() -> Stack {
         let w = World::new();
-        let files = w.serve("instance-file", &["instance-file", "--dir", w.path("instances").to_str().unwrap()]);
+        let files = w.serve(
+            "instance-file",
+            &[
+                "instance-file",
+                "--dir",
+                w.path("instances").to_str().unwrap(),
+            ],
+        );
         let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
         let mut s = Stack {
             w,
@@ -57,7 +64,10 @@ impl Stack {
     }
 
     fn commit(&self, id: &str, props: Value) -> String {
-        let f = self.w.write(&format!("{id}-{}.json", fastrand_suffix()), &json!({"ID": id, "Properties": props}).to_string());
+        let f = self.w.write(
+            &format!("{id}-{}.json", fastrand_suffix()),
+            &json!({"ID": id, "Properties": props}).to_string(),
+        );
         self.w.ok(&["group", "commit", f.to_str().unwrap()])
     }
 
@@ -67,7 +77,10 @@ impl Stack {
 }
 
 fn fastrand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn cattle(size: u64, note: &str) -> Value {
@@ -81,15 +94,22 @@ fn cattle(size: u64, note: &str) -> Value {
 /// Every instance file: ID → its tags.
 fn instances(dir: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-        let tags: BTreeMap<String, String> = serde_json::from_value(v["Tags"].clone()).unwrap_or_default();
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let tags: BTreeMap<String, String> =
+            serde_json::from_value(v["Tags"].clone()).unwrap_or_default();
         out.insert(v["ID"].as_str().unwrap_or(&name).to_string(), tags);
     }
     out
@@ -131,13 +151,28 @@ fn infrakit_acceptance_story() {
     }
 
     // --pretend of a changed spec prints the plan and changes nothing.
-    let f = s.w.write("v2.json", &json!({"ID": "cattle", "Properties": cattle(10, "v2")}).to_string());
-    let plan = s.w.ok(&["group", "commit", "--pretend", f.to_str().unwrap()]);
+    let f = s.w.write(
+        "v2.json",
+        &json!({"ID": "cattle", "Properties": cattle(10, "v2")}).to_string(),
+    );
+    let plan =
+        s.w.ok(&["group", "commit", "--pretend", f.to_str().unwrap()]);
     assert!(plan.contains("rolling update on 5 instances"), "{plan}");
     assert!(plan.contains("adding 5 instances to reach 10"), "{plan}");
-    let structured: Value = serde_json::from_str(&s.w.ok(&["group", "commit", "--pretend", "--json", f.to_str().unwrap()])).unwrap();
+    let structured: Value = serde_json::from_str(&s.w.ok(&[
+        "group",
+        "commit",
+        "--pretend",
+        "--json",
+        f.to_str().unwrap(),
+    ]))
+    .unwrap();
     assert_eq!(structured["Plan"]["Create"], json!(5), "{structured}");
-    assert_eq!(structured["Plan"]["Replace"].as_array().unwrap().len(), 5, "{structured}");
+    assert_eq!(
+        structured["Plan"]["Replace"].as_array().unwrap().len(),
+        5,
+        "{structured}"
+    );
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(instances(&dir), v1, "pretend changed nothing");
 
@@ -148,19 +183,32 @@ fn infrakit_acceptance_story() {
     assert_eq!(v2.len(), 10);
     let h = hashes(&dir);
     assert_eq!(h.len(), 1, "one hash: {h:?}");
-    assert_ne!(h, v1.values().map(|t| t["infrakit.config.hash"].clone()).collect(), "new hash");
-    assert!(v1.keys().all(|id| !v2.contains_key(id)), "every v1 instance was replaced");
+    assert_ne!(
+        h,
+        v1.values()
+            .map(|t| t["infrakit.config.hash"].clone())
+            .collect(),
+        "new hash"
+    );
+    assert!(
+        v1.keys().all(|id| !v2.contains_key(id)),
+        "every v1 instance was replaced"
+    );
 
     // Delete 3 instance files by hand → back to 10.
     for id in v2.keys().take(3) {
         std::fs::remove_file(dir.join(format!("{id}.json"))).unwrap();
     }
-    wait_until("10 instances again", Duration::from_secs(30), || instances(&dir).len() == 10);
+    wait_until("10 instances again", Duration::from_secs(30), || {
+        instances(&dir).len() == 10
+    });
     s.watch("cattle");
 
     // Scale to 5.
     s.w.ok(&["group", "scale", "cattle", "5"]);
-    wait_until("5 instances", Duration::from_secs(30), || instances(&dir).len() == 5);
+    wait_until("5 instances", Duration::from_secs(30), || {
+        instances(&dir).len() == 5
+    });
     s.watch("cattle");
     assert_eq!(s.w.ok(&["group", "ls", "-q"]).trim(), "cattle");
 
@@ -168,11 +216,18 @@ fn infrakit_acceptance_story() {
     let before = instances(&dir);
     s.w.ok(&["group", "free", "cattle"]);
     assert!(s.w.ok(&["group", "ls", "-q"]).trim().is_empty());
-    let f5 = s.w.write("v2-5.json", &json!({"ID": "cattle", "Properties": cattle(5, "v2")}).to_string());
+    let f5 = s.w.write(
+        "v2-5.json",
+        &json!({"ID": "cattle", "Properties": cattle(5, "v2")}).to_string(),
+    );
     s.w.ok(&["group", "commit", f5.to_str().unwrap()]);
     s.watch("cattle");
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(instances(&dir).keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>(), "adopted, none created");
+    assert_eq!(
+        instances(&dir).keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "adopted, none created"
+    );
 
     // Destroy → 0 files, no orphans, group forgotten.
     s.w.ok(&["group", "destroy", "cattle"]);
@@ -196,21 +251,28 @@ fn pets_keep_one_instance_per_logical_id() {
     let by_logical = |dir: &Path| -> BTreeMap<String, Vec<String>> {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (id, tags) in instances(dir) {
-            m.entry(tags.get("infrakit.logical_id").cloned().unwrap_or_default()).or_default().push(id);
+            m.entry(tags.get("infrakit.logical_id").cloned().unwrap_or_default())
+                .or_default()
+                .push(id);
         }
         m
     };
     s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
     s.watch("zk");
     let m = by_logical(&dir);
-    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    assert_eq!(
+        m.keys().collect::<Vec<_>>(),
+        vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    );
     assert!(m.values().all(|v| v.len() == 1));
 
     // Kill one → re-created with the same logical ID.
     let victim = m["10.0.0.2"][0].clone();
     std::fs::remove_file(dir.join(format!("{victim}.json"))).unwrap();
     wait_until("10.0.0.2 re-created", Duration::from_secs(30), || {
-        by_logical(&dir).get("10.0.0.2").is_some_and(|v| v.len() == 1 && v[0] != victim)
+        by_logical(&dir)
+            .get("10.0.0.2")
+            .is_some_and(|v| v.len() == 1 && v[0] != victim)
     });
 
     // Plant a duplicate → removed.
@@ -219,13 +281,18 @@ fn pets_keep_one_instance_per_logical_id() {
     let planted = text.replace(&original, "instance-planted");
     std::fs::write(dir.join("instance-planted.json"), planted).unwrap();
     wait_until("duplicate removed", Duration::from_secs(30), || {
-        by_logical(&dir).get("10.0.0.1").is_some_and(|v| v.len() == 1)
+        by_logical(&dir)
+            .get("10.0.0.1")
+            .is_some_and(|v| v.len() == 1)
     });
     s.watch("zk");
 
     // Add a fourth ID → one created.
     let before: BTreeSet<String> = instances(&dir).keys().cloned().collect();
-    s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]));
+    s.commit(
+        "zk",
+        pets(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+    );
     s.watch("zk");
     let after: BTreeSet<String> = instances(&dir).keys().cloned().collect();
     assert_eq!(after.len(), 4);
@@ -236,7 +303,10 @@ fn pets_keep_one_instance_per_logical_id() {
     s.commit("zk", pets(&["10.0.0.1", "10.0.0.2", "10.0.0.4"]));
     s.watch("zk");
     let m = by_logical(&dir);
-    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
+    assert_eq!(
+        m.keys().collect::<Vec<_>>(),
+        vec!["10.0.0.1", "10.0.0.2", "10.0.0.4"]
+    );
 }
 
 #[test]
@@ -265,13 +335,17 @@ fn kill_9_mid_rolling_update_resumes_within_bounds() {
         };
 
         s.commit("big", cattle(20, "v2"));
-        wait_until(&format!("{kill_after} replaced"), Duration::from_secs(60), || {
-            instances(&dir)
-                .values()
-                .filter(|t| !v1.contains(&t["infrakit.config.hash"]))
-                .count()
-                >= kill_after
-        });
+        wait_until(
+            &format!("{kill_after} replaced"),
+            Duration::from_secs(60),
+            || {
+                instances(&dir)
+                    .values()
+                    .filter(|t| !v1.contains(&t["infrakit.config.hash"]))
+                    .count()
+                    >= kill_after
+            },
+        );
         let mut g = s.group.take().unwrap();
         g.signal(9);
         g.wait_exit(Duration::from_secs(5)).expect("killed");
@@ -285,10 +359,16 @@ fn kill_9_mid_rolling_update_resumes_within_bounds() {
         let now = instances(&dir);
         assert_eq!(now.len(), 20, "kill after {kill_after}");
         let h = hashes(&dir);
-        assert_eq!(h.len(), 1, "every instance current (kill after {kill_after})");
+        assert_eq!(
+            h.len(),
+            1,
+            "every instance current (kill after {kill_after})"
+        );
         assert!(h.is_disjoint(&v1));
         let (lo, hi) = (min.load(Ordering::Relaxed), max.load(Ordering::Relaxed));
-        println!("kill -9 after {kill_after} replacements: instance count stayed within [{lo}, {hi}]");
+        println!(
+            "kill -9 after {kill_after} replacements: instance count stayed within [{lo}, {hi}]"
+        );
         assert!(lo >= 19, "fell to {lo} (kill after {kill_after})");
         assert!(hi <= 20, "rose to {hi} (kill after {kill_after})");
     }

@@ -10,11 +10,17 @@ use common::{post, request, World};
 fn activate_and_provision_over_raw_http() {
     let w = World::new();
     let dir = w.path("instances");
-    let p = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+    let p = w.serve(
+        "instance-file",
+        &["instance-file", "--dir", dir.to_str().unwrap()],
+    );
 
     let r = post(&p.socket, "/Plugin.Activate", b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["Implements"], serde_json::json!(["infrakit.instance/1.0"]));
+    assert_eq!(
+        r.json()["Implements"],
+        serde_json::json!(["infrakit.instance/1.0"])
+    );
     assert!(
         r.headers
             .to_ascii_lowercase()
@@ -23,19 +29,38 @@ fn activate_and_provision_over_raw_http() {
         r.headers
     );
 
-    let body = br#"{"Spec":{"Tags":{"infrakit.group":"g"},"Init":"echo hi","LogicalID":"10.0.0.1"}}"#;
+    let body =
+        br#"{"Spec":{"Tags":{"infrakit.group":"g"},"Init":"echo hi","LogicalID":"10.0.0.1"}}"#;
     let r = post(&p.socket, "/Instance.Provision", body).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let id = r.json()["ID"].as_str().expect("ID").to_string();
 
-    let r = post(&p.socket, "/Instance.DescribeInstances", br#"{"Tags":{"infrakit.group":"g"}}"#).unwrap();
+    let r = post(
+        &p.socket,
+        "/Instance.DescribeInstances",
+        br#"{"Tags":{"infrakit.group":"g"}}"#,
+    )
+    .unwrap();
     let d = r.json();
     assert_eq!(d["Descriptions"][0]["ID"], serde_json::json!(id));
-    assert_eq!(d["Descriptions"][0]["LogicalID"], serde_json::json!("10.0.0.1"));
+    assert_eq!(
+        d["Descriptions"][0]["LogicalID"],
+        serde_json::json!("10.0.0.1")
+    );
 
-    let r = post(&p.socket, "/Instance.Destroy", format!(r#"{{"Instance":"{id}"}}"#).as_bytes()).unwrap();
+    let r = post(
+        &p.socket,
+        "/Instance.Destroy",
+        format!(r#"{{"Instance":"{id}"}}"#).as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = post(&p.socket, "/Instance.Destroy", format!(r#"{{"Instance":"{id}"}}"#).as_bytes()).unwrap();
+    let r = post(
+        &p.socket,
+        "/Instance.Destroy",
+        format!(r#"{{"Instance":"{id}"}}"#).as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 404, "destroying twice is NotFound: {}", r.body);
     assert!(r.json()["Err"].as_str().unwrap().contains(&id));
 }
@@ -44,25 +69,46 @@ fn activate_and_provision_over_raw_http() {
 fn bad_requests_get_4xx_with_err_and_the_server_keeps_serving() {
     let w = World::new();
     let dir = w.path("instances");
-    let p = w.serve("instance-file", &["instance-file", "--dir", dir.to_str().unwrap()]);
+    let p = w.serve(
+        "instance-file",
+        &["instance-file", "--dir", dir.to_str().unwrap()],
+    );
 
     let r = post(&p.socket, "/Instance.Provision", b"{\"Spec\": {").unwrap();
     assert_eq!(r.status, 400);
     let err = r.json()["Err"].as_str().unwrap().to_string();
-    assert!(err.contains("malformed JSON") && err.contains("Instance.Provision"), "{err}");
+    assert!(
+        err.contains("malformed JSON") && err.contains("Instance.Provision"),
+        "{err}"
+    );
 
-    let r = post(&p.socket, "/Instance.Provision", br#"{"Spec": {"Tags": "not a map"}}"#).unwrap();
+    let r = post(
+        &p.socket,
+        "/Instance.Provision",
+        br#"{"Spec": {"Tags": "not a map"}}"#,
+    )
+    .unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.json()["Err"].as_str().unwrap().contains("invalid type"), "{}", r.body);
+    assert!(
+        r.json()["Err"].as_str().unwrap().contains("invalid type"),
+        "{}",
+        r.body
+    );
 
     let r = post(&p.socket, "/Instance.Frobnicate", b"{}").unwrap();
     assert_eq!(r.status, 404);
     let err = r.json()["Err"].as_str().unwrap().to_string();
-    assert!(err.contains("Frobnicate") && err.contains("Provision"), "{err}");
+    assert!(
+        err.contains("Frobnicate") && err.contains("Provision"),
+        "{err}"
+    );
 
     let r = post(&p.socket, "/Flavor.Prepare", b"{}").unwrap();
     assert_eq!(r.status, 404);
-    assert!(r.json()["Err"].as_str().unwrap().contains("does not implement Flavor"));
+    assert!(r.json()["Err"]
+        .as_str()
+        .unwrap()
+        .contains("does not implement Flavor"));
 
     let r = post(&p.socket, "/Nonsense", b"{}").unwrap();
     assert_eq!(r.status, 404);
@@ -77,9 +123,21 @@ fn bad_requests_get_4xx_with_err_and_the_server_keeps_serving() {
     assert_eq!(r.status, 405);
     assert!(r.json()["Err"].as_str().unwrap().contains("POST"));
 
-    let r = post(&p.socket, "/Instance.Provision", br#"{"Spec":{},"Type":"nope"}"#).unwrap();
+    let r = post(
+        &p.socket,
+        "/Instance.Provision",
+        br#"{"Spec":{},"Type":"nope"}"#,
+    )
+    .unwrap();
     assert_eq!(r.status, 404);
-    assert!(r.json()["Err"].as_str().unwrap().contains("sub-type 'nope'"), "{}", r.body);
+    assert!(
+        r.json()["Err"]
+            .as_str()
+            .unwrap()
+            .contains("sub-type 'nope'"),
+        "{}",
+        r.body
+    );
 
     // Still alive and well after all of that.
     let r = post(&p.socket, "/Plugin.Activate", b"{}").unwrap();
@@ -95,15 +153,23 @@ fn stale_socket_is_replaced_and_a_live_one_refused() {
     assert!(w.socket("flavor-vanilla").exists());
     let p = w.serve("flavor-vanilla", &["flavor-vanilla"]);
     let r = post(&p.socket, "/Plugin.Activate", b"{}").unwrap();
-    assert_eq!(r.json()["Implements"], serde_json::json!(["infrakit.flavor/1.0"]));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p.socket).unwrap().permissions());
+    assert_eq!(
+        r.json()["Implements"],
+        serde_json::json!(["infrakit.flavor/1.0"])
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&p.socket).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "socket mode");
 
     // A second server on the same live socket is refused with a clear error.
     let err = w.fails(&["plugin", "serve", "flavor-vanilla"]);
     assert!(err.contains("already listening"), "{err}");
     // ...and the first one is unharmed.
-    assert_eq!(post(&p.socket, "/Plugin.Activate", b"{}").unwrap().status, 200);
+    assert_eq!(
+        post(&p.socket, "/Plugin.Activate", b"{}").unwrap().status,
+        200
+    );
 }
 
 #[test]
@@ -117,10 +183,15 @@ fn sigterm_exits_within_a_second_even_with_an_idle_keepalive_connection() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     p.signal(15);
-    let took = p.wait_exit(Duration::from_secs(5)).expect("plugin did not exit after SIGTERM");
+    let took = p
+        .wait_exit(Duration::from_secs(5))
+        .expect("plugin did not exit after SIGTERM");
     println!("SIGTERM to exit: {took:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert!(p.child.try_wait().unwrap().unwrap().success(), "clean exit status");
+    assert!(
+        p.child.try_wait().unwrap().unwrap().success(),
+        "clean exit status"
+    );
     assert!(!p.socket.exists(), "socket file removed on exit");
 }
 
@@ -129,6 +200,8 @@ fn sigint_exits_cleanly_too() {
     let w = World::new();
     let mut p = w.serve("flavor-vanilla", &["flavor-vanilla"]);
     p.signal(2);
-    let took = p.wait_exit(Duration::from_secs(5)).expect("plugin did not exit after SIGINT");
+    let took = p
+        .wait_exit(Duration::from_secs(5))
+        .expect("plugin did not exit after SIGINT");
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }

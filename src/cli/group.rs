@@ -93,9 +93,15 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 let d = group.describe_group(&s.id).await?;
                 rows.push(vec![
                     s.id.clone(),
-                    d.target.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    d.target
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     d.instances.len().to_string(),
-                    if d.converged { "yes".into() } else { "no".into() },
+                    if d.converged {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                     update_state(&d),
                 ]);
                 all.push(json!({"ID": s.id, "Description": d}));
@@ -103,7 +109,9 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             match format {
                 Format::Json => output::json(&all)?,
                 Format::Quiet => output::lines(specs.into_iter().map(|s| s.id))?,
-                Format::Table => output::table(&["ID", "TARGET", "INSTANCES", "CONVERGED", "UPDATE"], &rows)?,
+                Format::Table => {
+                    output::table(&["ID", "TARGET", "INSTANCES", "CONVERGED", "UPDATE"], &rows)?
+                }
             }
         }
         GroupCommand::Describe { id } => {
@@ -127,7 +135,11 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 println!("freed group '{id}': its instances are no longer managed");
             }
         }
-        GroupCommand::Destroy { id, no_wait, timeout } => {
+        GroupCommand::Destroy {
+            id,
+            no_wait,
+            timeout,
+        } => {
             group.destroy_group(&id).await?;
             if !no_wait {
                 wait_gone(&group, &id, timeout).await?;
@@ -166,11 +178,22 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
     println!(
         "group {id}: {} of {} instances, {}",
         d.instances.len(),
-        d.target.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
-        if d.converged { "converged" } else { "converging" }
+        d.target
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        if d.converged {
+            "converged"
+        } else {
+            "converging"
+        }
     );
     if let Some(u) = &d.update {
-        println!("update: {}", u.get("Message").and_then(|m| m.as_str()).unwrap_or(&u.to_string()));
+        println!(
+            "update: {}",
+            u.get("Message")
+                .and_then(|m| m.as_str())
+                .unwrap_or(&u.to_string())
+        );
     }
     if !d.message.is_empty() {
         println!("note: {}", d.message);
@@ -183,7 +206,11 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
                 s.id.clone(),
                 s.logical_id.clone().unwrap_or_else(|| "-".into()),
                 s.health.to_string(),
-                if s.current { "current".into() } else { "outdated".into() },
+                if s.current {
+                    "current".into()
+                } else {
+                    "outdated".into()
+                },
             ]
         })
         .collect();
@@ -197,15 +224,20 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_prefix(id.to_string());
         b
     });
     let mut last = String::new();
     loop {
-        let d = group.describe_group(id).await.context("cannot follow the group")?;
+        let d = group
+            .describe_group(id)
+            .await
+            .context("cannot follow the group")?;
         let target = d.target.unwrap_or(0);
         let ready = d
             .status
@@ -216,10 +248,17 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
             "{} instances, {ready} current and healthy, target {target}{}{}",
             d.instances.len(),
             match &d.update {
-                Some(u) => format!(", update {}", u.get("State").and_then(|s| s.as_str()).unwrap_or("?")),
+                Some(u) => format!(
+                    ", update {}",
+                    u.get("State").and_then(|s| s.as_str()).unwrap_or("?")
+                ),
                 None => String::new(),
             },
-            if d.message.is_empty() { String::new() } else { format!(" ({})", d.message) }
+            if d.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.message)
+            }
         );
         match &bar {
             Some(b) => {

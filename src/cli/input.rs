@@ -14,7 +14,8 @@ pub fn read_json<T: DeserializeOwned>(path: &str, what: &str) -> Result<T> {
             .context("cannot read standard input")?;
         s
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {what} file '{path}'"))?
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {what} file '{path}'"))?
     };
     let name = if path == "-" { "standard input" } else { path };
     serde_json::from_str(&text).map_err(|e| anyhow!("{name} is not a valid {what}: {e}"))

@@ -122,7 +122,12 @@ pub async fn run(args: InstanceArgs) -> Result<()> {
                                 output::tags(&d.tags),
                             ];
                             if properties {
-                                row.push(d.properties.as_ref().map(Value::to_string).unwrap_or_default());
+                                row.push(
+                                    d.properties
+                                        .as_ref()
+                                        .map(Value::to_string)
+                                        .unwrap_or_default(),
+                                );
                             }
                             row
                         })

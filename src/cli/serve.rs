@@ -60,7 +60,10 @@ pub struct ControllerArgs {
 impl ControllerArgs {
     pub fn options(&self) -> Result<Options> {
         if self.poll_interval < Duration::from_millis(10) {
-            anyhow::bail!("--poll-interval {:?} is too short; use at least 10ms", self.poll_interval);
+            anyhow::bail!(
+                "--poll-interval {:?} is too short; use at least 10ms",
+                self.poll_interval
+            );
         }
         if self.max_parallel == 0 {
             anyhow::bail!("--max-parallel must be at least 1");
@@ -73,16 +76,21 @@ impl ControllerArgs {
     }
 
     pub fn open_store(&self) -> Result<FileStore> {
-        let dir = self.store.clone().unwrap_or_else(infrakit_controller::store::default_dir);
+        let dir = self
+            .store
+            .clone()
+            .unwrap_or_else(infrakit_controller::store::default_dir);
         Ok(FileStore::open(&dir)?)
     }
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  infrakit plugin serve group --store /var/lib/infrakit/groups --poll-interval 2s\n  \
+#[command(
+    after_help = "Examples:\n  infrakit plugin serve group --store /var/lib/infrakit/groups --poll-interval 2s\n  \
     infrakit plugin serve instance-file --dir /var/lib/instances\n  \
     infrakit plugin serve flavor-vanilla --name vanilla-2\n  \
-    infrakit plugin serve flavor-combo --socket /run/docker/plugins/combo.sock")]
+    infrakit plugin serve flavor-combo --socket /run/docker/plugins/combo.sock"
+)]
 pub struct ServeArgs {
     /// Which plugin to run.
     #[arg(value_enum)]
@@ -118,7 +126,10 @@ pub fn socket_for(name: &str, explicit: Option<&PathBuf>) -> PathBuf {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let name = args.name.clone().unwrap_or_else(|| args.kind.default_name().to_string());
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.kind.default_name().to_string());
     discovery::validate_name(&name)?;
     let socket = socket_for(&name, args.socket.as_ref());
     let server = Server::bind(&socket).with_context(|| format!("cannot serve plugin '{name}'"))?;

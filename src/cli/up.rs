@@ -54,21 +54,26 @@ pub fn run(args: UpArgs) -> Result<()> {
 async fn up(args: UpArgs) -> Result<()> {
     let spec: GroupSpec = read_json(&args.file, "group spec")?;
     let group_socket = socket_for("group", None);
-    let group_server = Server::bind(&group_socket)
-        .context("cannot start the group controller (is another `infrakit up` or group plugin running?)")?;
+    let group_server = Server::bind(&group_socket).context(
+        "cannot start the group controller (is another `infrakit up` or group plugin running?)",
+    )?;
 
     let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);
     let files: Arc<dyn InstancePlugin> = Arc::new(
-        FileInstancePlugin::new(&dir).with_context(|| format!("cannot use instance directory {}", dir.display()))?,
+        FileInstancePlugin::new(&dir)
+            .with_context(|| format!("cannot use instance directory {}", dir.display()))?,
     );
     let vanilla: Arc<dyn FlavorPlugin> = Arc::new(VanillaFlavor::new());
-    let combo: Arc<dyn FlavorPlugin> =
-        Arc::new(ComboFlavor::new(Arc::new(ComboResolver::new(Discovery::from_env()))));
+    let combo: Arc<dyn FlavorPlugin> = Arc::new(ComboFlavor::new(Arc::new(ComboResolver::new(
+        Discovery::from_env(),
+    ))));
     let resolver: Arc<dyn PluginResolver> = Arc::new(
-        LocalResolver::new(Some(Arc::new(DiscoveryResolver::new(Discovery::from_env()))))
-            .with_instance("instance-file", files.clone())
-            .with_flavor("flavor-vanilla", vanilla.clone())
-            .with_flavor("flavor-combo", combo.clone()),
+        LocalResolver::new(Some(Arc::new(
+            DiscoveryResolver::new(Discovery::from_env()),
+        )))
+        .with_instance("instance-file", files.clone())
+        .with_flavor("flavor-vanilla", vanilla.clone())
+        .with_flavor("flavor-combo", combo.clone()),
     );
     let store = args.controller.open_store()?;
     eprintln!(
@@ -76,7 +81,11 @@ async fn up(args: UpArgs) -> Result<()> {
         dir.display(),
         store.dir().display()
     );
-    let controller = Arc::new(GroupController::start(resolver, store, args.controller.options()?)?);
+    let controller = Arc::new(GroupController::start(
+        resolver,
+        store,
+        args.controller.options()?,
+    )?);
 
     // Serve the built-ins too, where nobody else already does, for the other CLI commands.
     for (name, plugins) in [

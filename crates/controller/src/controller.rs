@@ -28,7 +28,11 @@ pub struct GroupController {
 
 impl GroupController {
     /// Loads every stored group and starts managing it. Must run inside a tokio runtime.
-    pub fn start(resolver: Arc<dyn PluginResolver>, store: FileStore, options: Options) -> Result<GroupController> {
+    pub fn start(
+        resolver: Arc<dyn PluginResolver>,
+        store: FileStore,
+        options: Options,
+    ) -> Result<GroupController> {
         let records = store.load_all()?;
         let ctx = Arc::new(Ctx {
             resolver,
@@ -37,7 +41,10 @@ impl GroupController {
             options,
             groups: Mutex::new(BTreeMap::new()),
         });
-        for record in records {
+        for mut record in records {
+            // Provisions the previous process had in flight are not ours to wait for; if they
+            // finished, their instances simply show up and are adopted.
+            record.memory.after_restart();
             tracing::info!(group = %record.id(), "resuming group from the store");
             spawn(&ctx, Group::new(record));
         }
@@ -46,7 +53,9 @@ impl GroupController {
 
     fn group(&self, id: &str) -> Result<Arc<Group>> {
         self.ctx.groups().get(id).cloned().ok_or_else(|| {
-            Error::not_found(format!("no group '{id}' is managed here (see `infrakit group ls`)"))
+            Error::not_found(format!(
+                "no group '{id}' is managed here (see `infrakit group ls`)"
+            ))
         })
     }
 
@@ -70,18 +79,35 @@ impl GroupController {
         instance
             .validate(&ip.properties.clone().unwrap_or_default())
             .await
-            .map_err(|e| e.context(format!("group '{id}': instance plugin '{}' refused Instance.Properties", ip.plugin)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "group '{id}': instance plugin '{}' refused Instance.Properties",
+                    ip.plugin
+                ))
+            })?;
         flavor
-            .validate(&fp.properties.clone().unwrap_or_default(), &allocation(&parsed.desired.allocation))
+            .validate(
+                &fp.properties.clone().unwrap_or_default(),
+                &allocation(&parsed.desired.allocation),
+            )
             .await
-            .map_err(|e| e.context(format!("group '{id}': flavor plugin '{}' refused Flavor.Properties", fp.plugin)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "group '{id}': flavor plugin '{}' refused Flavor.Properties",
+                    fp.plugin
+                ))
+            })?;
         Ok(())
     }
 
     /// Observes the group's instances now, for a plan.
     async fn observe(&self, parsed: &Parsed) -> Result<Observed> {
         let id = &parsed.desired.group;
-        let instance = self.ctx.resolver.instance(&parsed.props.instance.plugin).await?;
+        let instance = self
+            .ctx
+            .resolver
+            .instance(&parsed.props.instance.plugin)
+            .await?;
         let described = instance
             .describe_instances(&group_tags(id), false)
             .await
@@ -104,7 +130,11 @@ impl GroupController {
     }
 
     /// Persists a changed record and wakes the group; on a failed save nothing changes.
-    fn update(&self, group: &Arc<Group>, change: impl FnOnce(&mut GroupRecord) -> Result<()>) -> Result<()> {
+    fn update(
+        &self,
+        group: &Arc<Group>,
+        change: impl FnOnce(&mut GroupRecord) -> Result<()>,
+    ) -> Result<()> {
         let mut s = group.state();
         let mut record = s.record.clone();
         change(&mut record)?;
@@ -190,9 +220,16 @@ impl GroupPlugin for GroupController {
         let view = &s.view;
         let status = view.status.clone();
         let current_hash = desired.config_hash.clone();
-        let mut message = status.as_ref().map(|st| st.message.clone()).unwrap_or_default();
-        if let Some(e) = &view.error {
-            message = if message.is_empty() { e.clone() } else { format!("{message}; {e}") };
+        let mut message = status
+            .as_ref()
+            .map(|st| st.message.clone())
+            .unwrap_or_default();
+        for e in [&view.error, &s.backoff.message].into_iter().flatten() {
+            message = if message.is_empty() {
+                e.clone()
+            } else {
+                format!("{message}; {e}")
+            };
         }
         if !view.observed {
             message = if message.is_empty() {
@@ -208,6 +245,8 @@ impl GroupPlugin for GroupController {
         Ok(GroupDescription {
             instances: view.instances.clone(),
             converged: view.observed
+                && view.error.is_none()
+                && view.generation == s.generation
                 && !s.record.deleting
                 && status.as_ref().is_some_and(|st| st.converged),
             target: status.as_ref().map(|st| st.target),
@@ -216,7 +255,10 @@ impl GroupPlugin for GroupController {
                 .iter()
                 .map(|d| InstanceStatus {
                     id: d.id.clone(),
-                    logical_id: d.logical_id.clone().or_else(|| d.tags.get(tags::LOGICAL_ID).cloned()),
+                    logical_id: d
+                        .logical_id
+                        .clone()
+                        .or_else(|| d.tags.get(tags::LOGICAL_ID).cloned()),
                     health: view.health.get(&d.id).copied().unwrap_or_default(),
                     current: d.tags.get(tags::CONFIG_HASH) == Some(&current_hash),
                 })
@@ -236,7 +278,10 @@ impl GroupPlugin for GroupController {
             r.deleting = true;
             Ok(())
         })?;
-        tracing::info!(group = id, "destroying: draining and destroying every instance");
+        tracing::info!(
+            group = id,
+            "destroying: draining and destroying every instance"
+        );
         Ok(())
     }
 
@@ -261,7 +306,11 @@ impl GroupPlugin for GroupController {
         if !unknown.is_empty() {
             return Err(Error::not_found(format!(
                 "group '{id}' has no instance {} (see `infrakit group describe {id}`)",
-                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                unknown
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         if is_cattle {

@@ -61,8 +61,8 @@ pub fn parse_with(spec: &GroupSpec, stored: bool) -> Result<Parsed> {
             "group '{id}' has no Properties: it needs Allocation, Instance and Flavor"
         ))
     })?;
-    let props: GroupProperties = serde_json::from_value(raw)
-        .map_err(|e| Error::invalid(format!("group '{id}': {e}")))?;
+    let props: GroupProperties =
+        serde_json::from_value(raw).map_err(|e| Error::invalid(format!("group '{id}': {e}")))?;
     let allocation = match (props.allocation.size, props.allocation.logical_ids.is_empty()) {
         (0, true) if stored => Allocation::Size(0),
         (0, true) => {
@@ -94,10 +94,14 @@ pub fn parse_with(spec: &GroupSpec, stored: bool) -> Result<Parsed> {
         }
     };
     if props.instance.plugin.is_empty() {
-        return Err(Error::invalid(format!("group '{id}': Instance.Plugin is empty")));
+        return Err(Error::invalid(format!(
+            "group '{id}': Instance.Plugin is empty"
+        )));
     }
     if props.flavor.plugin.is_empty() {
-        return Err(Error::invalid(format!("group '{id}': Flavor.Plugin is empty")));
+        return Err(Error::invalid(format!(
+            "group '{id}': Flavor.Plugin is empty"
+        )));
     }
     let policy = Policy::from_json(props.policies.as_ref())
         .map_err(|e| Error::invalid(format!("group '{id}': Policies: {e}")))?;
@@ -148,10 +152,16 @@ impl GroupRecord {
                 flavor: parsed.props.flavor.clone(),
             },
         );
-        let keep: Vec<String> = [Some(parsed.hash.clone()), self.memory.previous_hash()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let keep: Vec<String> = [
+            Some(parsed.hash.clone()),
+            self.memory
+                .update
+                .as_ref()
+                .and_then(|u| u.previous_hash.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if self.versions.len() > 2 {
             // Keep the current one, the rollback target, and whatever instances still run (the
             // caller prunes by observation; here we only bound growth).
@@ -161,7 +171,10 @@ impl GroupRecord {
                 .filter(|h| !keep.contains(h))
                 .cloned()
                 .collect();
-            for h in extra.into_iter().take(self.versions.len().saturating_sub(4)) {
+            for h in extra
+                .into_iter()
+                .take(self.versions.len().saturating_sub(4))
+            {
                 self.versions.remove(&h);
             }
         }
@@ -191,7 +204,8 @@ impl GroupRecord {
         let mut props = parsed.props;
         props.allocation.size = size;
         self.spec.properties = Some(
-            serde_json::to_value(&props).map_err(|e| Error::internal(format!("cannot encode group: {e}")))?,
+            serde_json::to_value(&props)
+                .map_err(|e| Error::internal(format!("cannot encode group: {e}")))?,
         );
         Ok(())
     }

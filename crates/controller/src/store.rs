@@ -38,7 +38,9 @@ pub fn validate_group_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -52,8 +54,12 @@ impl FileStore {
     /// Opens (creating) `dir` and takes its lock; a second controller on the same store is refused.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::internal(format!("cannot create the group store {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::internal(format!(
+                "cannot create the group store {}: {e}",
+                dir.display()
+            ))
+        })?;
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -87,8 +93,12 @@ impl FileStore {
     /// person may want it back.
     pub fn load_all(&self) -> Result<Vec<GroupRecord>> {
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::internal(format!("cannot read the group store {}: {e}", self.dir.display())))?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            Error::internal(format!(
+                "cannot read the group store {}: {e}",
+                self.dir.display()
+            ))
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
@@ -96,11 +106,14 @@ impl FileStore {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<GroupRecord>(&b).map_err(|e| e.to_string())
-            }) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<GroupRecord>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::error!(file = %path.display(), "skipping unreadable group record: {e}"),
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "skipping unreadable group record: {e}")
+                }
             }
         }
         out.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
@@ -109,8 +122,9 @@ impl FileStore {
 
     pub fn save(&self, record: &GroupRecord) -> Result<()> {
         validate_group_id(&record.spec.id)?;
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::internal(format!("cannot encode group '{}': {e}", record.spec.id)))?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
+            Error::internal(format!("cannot encode group '{}': {e}", record.spec.id))
+        })?;
         let target = self.path(&record.spec.id);
         let tmp = self
             .dir
@@ -124,7 +138,11 @@ impl FileStore {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            Error::internal(format!("cannot save group '{}' to {}: {e}", record.spec.id, target.display()))
+            Error::internal(format!(
+                "cannot save group '{}' to {}: {e}",
+                record.spec.id,
+                target.display()
+            ))
         })
     }
 
@@ -132,7 +150,11 @@ impl FileStore {
         match std::fs::remove_file(self.path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::internal(format!("cannot remove group '{id}' from the store: {e}"))),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot remove group '{id}' from the store: {e}"
+                )))
+            }
         }
         let _ = File::open(&self.dir).and_then(|d| d.sync_all());
         Ok(())

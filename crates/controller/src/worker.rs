@@ -15,7 +15,9 @@ use infrakit_group::core::{
 };
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
-use infrakit_sdk::spi::instance::{Description, DestroyContext, DestroyReason, InstanceId, InstancePlugin, Spec, Tags};
+use infrakit_sdk::spi::instance::{
+    Description, DestroyContext, DestroyReason, InstanceId, InstancePlugin, Spec, Tags,
+};
 use infrakit_sdk::Result;
 use tokio::sync::{Notify, Semaphore};
 
@@ -89,12 +91,17 @@ pub(crate) struct View {
     pub status: Option<Status>,
     pub error: Option<String>,
     pub observed: bool,
+    /// The record generation the status was decided for: a status older than the last commit
+    /// says nothing about whether the new spec has converged.
+    pub generation: u64,
 }
 
 #[derive(Default)]
-struct Backoff {
-    failures: u32,
+pub(crate) struct Backoff {
+    pub failures: u32,
     until: Option<Instant>,
+    /// The last provision failure, shown by `DescribeGroup` until a provision succeeds.
+    pub message: Option<String>,
 }
 
 pub(crate) struct GroupState {
@@ -107,7 +114,7 @@ pub(crate) struct GroupState {
     pub view: View,
     pub stopped: bool,
     next_token: u64,
-    backoff: Backoff,
+    pub backoff: Backoff,
 }
 
 pub(crate) struct Group {
@@ -195,31 +202,46 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     let desired = match record.desired() {
         Ok(d) => d,
         Err(e) => {
-            group.set_error(format!("stored spec of group '{}' is unusable: {e}", group.id));
+            group.set_error(format!(
+                "stored spec of group '{}' is unusable: {e}",
+                group.id
+            ));
             return None;
         }
     };
     let Some(blocks) = record.versions.get(&desired.config_hash).cloned() else {
-        group.set_error(format!("group '{}': no stored version for its config hash", group.id));
+        group.set_error(format!(
+            "group '{}': no stored version for its config hash",
+            group.id
+        ));
         return None;
     };
     let instance = match ctx.resolver.instance(&blocks.instance.plugin).await {
         Ok(p) => p,
         Err(e) => {
-            group.set_error(format!("instance plugin '{}': {e}; retrying", blocks.instance.plugin));
+            group.set_error(format!(
+                "instance plugin '{}': {e}; retrying",
+                blocks.instance.plugin
+            ));
             return None;
         }
     };
     let flavor = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
         Ok(p) => p,
         Err(e) => {
-            group.set_error(format!("flavor plugin '{}': {e}; retrying", blocks.flavor.plugin));
+            group.set_error(format!(
+                "flavor plugin '{}': {e}; retrying",
+                blocks.flavor.plugin
+            ));
             return None;
         }
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    let described = match instance.describe_instances(&group_tags(&group.id), false).await {
+    let described = match instance
+        .describe_instances(&group_tags(&group.id), false)
+        .await
+    {
         Ok(d) => d,
         Err(e) => {
             group.set_error(format!(
@@ -267,6 +289,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             status: Some(decision.status.clone()),
             error: None,
             observed: true,
+            generation,
         };
     }
     if saved {
@@ -277,7 +300,14 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             return None;
         }
     }
-    let deadline = execute(group, ctx, &record, &desired.allocation, &decision, &described);
+    let deadline = execute(
+        group,
+        ctx,
+        &record,
+        &desired.allocation,
+        &decision,
+        &described,
+    );
     if record.deleting && forget_if_gone(group, ctx, &described) {
         return None;
     }
@@ -344,7 +374,10 @@ async fn check_health(
     for (id, h) in fresh {
         s.health.insert(id, (h, now));
     }
-    s.health.iter().map(|(id, (h, _))| (id.clone(), *h)).collect()
+    s.health
+        .iter()
+        .map(|(id, (h, _))| (id.clone(), *h))
+        .collect()
 }
 
 /// Registers and starts the decision's actions. Returns when a provision backoff ends, if one is
@@ -361,7 +394,10 @@ fn execute(
     let backing_off = s.backoff.until.filter(|u| *u > Instant::now());
     for action in &decision.actions {
         match action {
-            Action::Provision { logical_id, config_hash } => {
+            Action::Provision {
+                logical_id,
+                config_hash,
+            } => {
                 if backing_off.is_some() {
                     continue;
                 }
@@ -468,21 +504,27 @@ async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
                 s.backoff.failures = s.backoff.failures.saturating_add(1);
                 // 1 s, 2 s, 4 s ... up to a minute: a backend that refuses every provision must not
                 // be hammered (no container storm), and one that recovers is used again quickly.
-                let delay = Duration::from_secs(1u64 << s.backoff.failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+                let delay =
+                    Duration::from_secs(1u64 << s.backoff.failures.min(6).saturating_sub(1))
+                        .min(Duration::from_secs(60));
                 s.backoff.until = Some(Instant::now() + delay);
                 let message = format!(
                     "provisioning an instance of group '{}' failed ({} in a row; next try in {:?}): {e}",
                     group.id, s.backoff.failures, delay
                 );
                 tracing::warn!("{message}");
-                s.view.error = Some(message);
+                s.backoff.message = Some(message);
             }
         }
     }
     group.wake.notify_one();
 }
 
-async fn make_instance(group: &str, resolver: &dyn PluginResolver, job: &ProvisionJob) -> Result<InstanceId> {
+async fn make_instance(
+    group: &str,
+    resolver: &dyn PluginResolver,
+    job: &ProvisionJob,
+) -> Result<InstanceId> {
     let instance: Arc<dyn InstancePlugin> = resolver.instance(&job.blocks.instance.plugin).await?;
     let flavor = resolver.flavor(&job.blocks.flavor.plugin).await?;
     let mut owned = group_tags(group);
@@ -509,13 +551,21 @@ async fn make_instance(group: &str, resolver: &dyn PluginResolver, job: &Provisi
     // group or version by accident.
     spec.tags.extend(owned);
     spec.logical_id = job.logical_id.clone();
-    instance
-        .provision(spec)
-        .await
-        .map_err(|e| e.context(format!("instance plugin '{}' Provision", job.blocks.instance.plugin)))
+    instance.provision(spec).await.map_err(|e| {
+        e.context(format!(
+            "instance plugin '{}' Provision",
+            job.blocks.instance.plugin
+        ))
+    })
 }
 
-async fn destroy(group: Arc<Group>, ctx: Arc<Ctx>, d: Description, reason: DestroyReason, blocks: Option<Blocks>) {
+async fn destroy(
+    group: Arc<Group>,
+    ctx: Arc<Ctx>,
+    d: Description,
+    reason: DestroyReason,
+    blocks: Option<Blocks>,
+) {
     let result = {
         let _permit = ctx.permits.acquire().await;
         drain_and_destroy(&group.id, ctx.resolver.as_ref(), &d, reason, blocks).await
@@ -527,7 +577,10 @@ async fn destroy(group: Arc<Group>, ctx: Arc<Ctx>, d: Description, reason: Destr
         match result {
             Ok(()) => tracing::info!(group = %group.id, instance = %d.id, %reason, "destroyed"),
             Err(e) => {
-                let message = format!("destroying {} of group '{}' failed (will retry): {e}", d.id, group.id);
+                let message = format!(
+                    "destroying {} of group '{}' failed (will retry): {e}",
+                    d.id, group.id
+                );
                 tracing::warn!("{message}");
                 s.view.error = Some(message);
             }
@@ -561,7 +614,10 @@ async fn drain_and_destroy(
         Ok(()) => Ok(()),
         // Already gone is what we wanted.
         Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(e.context(format!("instance plugin '{}' Destroy", blocks.instance.plugin))),
+        Err(e) => Err(e.context(format!(
+            "instance plugin '{}' Destroy",
+            blocks.instance.plugin
+        ))),
     }
 }
 
@@ -590,6 +646,12 @@ pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]
             .get(&hash)
             .or_else(|| record.versions.get(&decision_hash(&record)))
             .cloned();
-        tokio::spawn(destroy(group.clone(), ctx.clone(), d, DestroyReason::Terminate, blocks));
+        tokio::spawn(destroy(
+            group.clone(),
+            ctx.clone(),
+            d,
+            DestroyReason::Terminate,
+            blocks,
+        ));
     }
 }

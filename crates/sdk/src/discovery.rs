@@ -111,7 +111,12 @@ fn list_sockets(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot read {}: {e}",
+                dir.display()
+            )))
+        }
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
@@ -162,7 +167,12 @@ impl Legacy {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
         };
         // A .json spec is {"Name": ..., "Addr": "unix:///..."}; a .spec file is the address alone.
         let addr = if path.extension().is_some_and(|e| e == "json") {
@@ -223,7 +233,9 @@ impl Source for Legacy {
             out.extend(list_sockets(d)?);
         }
         for d in &self.spec_dirs {
-            let Ok(entries) = std::fs::read_dir(d) else { continue };
+            let Ok(entries) = std::fs::read_dir(d) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 let (Some(stem), Some(ext)) = (
@@ -283,7 +295,9 @@ impl Discovery {
         let mut looked = Vec::new();
         for s in &self.sources {
             match s.find(base).await {
-                Ok(Some(socket)) => return Ok((Endpoint::new(name, socket), s.label().to_string())),
+                Ok(Some(socket)) => {
+                    return Ok((Endpoint::new(name, socket), s.label().to_string()))
+                }
                 Ok(None) => looked.push(s.looked_at(base)),
                 Err(e) => looked.push(format!("{} ({})", s.looked_at(base), e.message)),
             }
@@ -334,17 +348,35 @@ mod tests {
         std::fs::write(specs.join("c.spec"), "tcp://127.0.0.1:80").unwrap();
         let d = Discovery::new(vec![
             Arc::new(PluginsDir::new(&dir)),
-            Arc::new(Legacy::new(vec![tmp.path().join("none")], vec![specs.clone()])),
+            Arc::new(Legacy::new(
+                vec![tmp.path().join("none")],
+                vec![specs.clone()],
+            )),
         ]);
         let (a, src) = d.locate("a/manager").await.unwrap();
-        assert_eq!((a.name.as_str(), a.sub_type.as_str(), src.as_str()), ("a", "manager", "dir"));
-        assert_eq!(d.find("b").await.unwrap().socket, PathBuf::from("/run/b.sock"));
+        assert_eq!(
+            (a.name.as_str(), a.sub_type.as_str(), src.as_str()),
+            ("a", "manager", "dir")
+        );
+        assert_eq!(
+            d.find("b").await.unwrap().socket,
+            PathBuf::from("/run/b.sock")
+        );
         let e = d.find("c").await.unwrap_err();
         assert!(e.message.contains("only unix://"), "{e}");
         let e = d.find("zz").await.unwrap_err();
-        assert!(e.message.contains("zz.sock") && e.message.contains("zz.spec"), "{e}");
+        assert!(
+            e.message.contains("zz.sock") && e.message.contains("zz.spec"),
+            "{e}"
+        );
         assert!(d.find("../etc").await.is_err());
-        let names: Vec<String> = d.list().await.unwrap().into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = d
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, vec!["a", "b"]);
     }
 }

@@ -38,12 +38,18 @@ impl DiscoveryResolver {
     }
 }
 
-fn cached<C>(map: &Mutex<HashMap<Endpoint, Arc<C>>>, ep: Endpoint, make: impl FnOnce(Endpoint) -> C) -> Arc<C> {
+fn cached<C>(
+    map: &Mutex<HashMap<Endpoint, Arc<C>>>,
+    ep: Endpoint,
+    make: impl FnOnce(Endpoint) -> C,
+) -> Arc<C> {
     let mut m = match map.lock() {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
     };
-    m.entry(ep.clone()).or_insert_with(|| Arc::new(make(ep))).clone()
+    m.entry(ep.clone())
+        .or_insert_with(|| Arc::new(make(ep)))
+        .clone()
 }
 
 #[async_trait]

@@ -38,14 +38,18 @@ fn pets_and_go_style_nulls_parse() {
     .unwrap();
     assert_eq!(props.allocation.logical_ids, vec!["10.0.0.1", "10.0.0.2"]);
     let back = serde_json::to_value(&props).unwrap();
-    assert_eq!(back["Allocation"], json!({"LogicalIDs": ["10.0.0.1", "10.0.0.2"]}));
+    assert_eq!(
+        back["Allocation"],
+        json!({"LogicalIDs": ["10.0.0.1", "10.0.0.2"]})
+    );
 
     // Go writes null for empty maps and slices.
     let d: Description =
         serde_json::from_value(json!({"ID": "i-1", "LogicalID": null, "Tags": null})).unwrap();
     assert_eq!(d.id, "i-1");
     assert!(d.tags.is_empty() && d.logical_id.is_none());
-    let s: Spec = serde_json::from_value(json!({"Tags": null, "Attachments": null, "Init": null})).unwrap();
+    let s: Spec =
+        serde_json::from_value(json!({"Tags": null, "Attachments": null, "Init": null})).unwrap();
     assert_eq!(s, Spec::default());
     assert_eq!(serde_json::to_value(&s).unwrap(), json!({}));
 }
@@ -63,8 +67,17 @@ fn a_typo_in_a_group_file_names_the_field() {
 
 #[test]
 fn health_reads_words_and_go_numbers() {
-    assert_eq!(serde_json::from_value::<Health>(json!(1)).unwrap(), Health::Healthy);
-    assert_eq!(serde_json::from_value::<Health>(json!("unhealthy")).unwrap(), Health::Unhealthy);
-    assert_eq!(serde_json::to_value(Health::Unknown).unwrap(), json!("unknown"));
+    assert_eq!(
+        serde_json::from_value::<Health>(json!(1)).unwrap(),
+        Health::Healthy
+    );
+    assert_eq!(
+        serde_json::from_value::<Health>(json!("unhealthy")).unwrap(),
+        Health::Unhealthy
+    );
+    assert_eq!(
+        serde_json::to_value(Health::Unknown).unwrap(),
+        json!("unknown")
+    );
     assert!(serde_json::from_value::<Health>(json!("meh")).is_err());
 }

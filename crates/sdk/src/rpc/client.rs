@@ -74,7 +74,11 @@ impl RpcClient {
         RpcClient::with_timeout(endpoint, interface, DEFAULT_TIMEOUT)
     }
 
-    pub fn with_timeout(endpoint: Endpoint, interface: InterfaceSpec, timeout: Duration) -> RpcClient {
+    pub fn with_timeout(
+        endpoint: Endpoint,
+        interface: InterfaceSpec,
+        timeout: Duration,
+    ) -> RpcClient {
         let transport = Arc::new(Transport::new(&endpoint.socket, timeout));
         RpcClient {
             endpoint,
@@ -94,7 +98,9 @@ impl RpcClient {
 
     /// Calls `Plugin.Activate` and returns what the plugin implements.
     pub async fn activate(&self) -> Result<Vec<String>> {
-        let r: ActivateResponse = self.post("Plugin.Activate", Bytes::from_static(b"{}")).await?;
+        let r: ActivateResponse = self
+            .post("Plugin.Activate", Bytes::from_static(b"{}"))
+            .await?;
         Ok(r.implements)
     }
 
@@ -113,12 +119,19 @@ impl RpcClient {
     }
 
     /// Calls `<Interface>.<method>` with `req`, after the version check.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(&self, method: &str, req: &Req) -> Result<Resp> {
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp> {
         self.ensure_compatible().await?;
         let body = serde_json::to_vec(req)
             .map_err(|e| Error::internal(format!("cannot encode the request: {e}")))?;
-        self.post(&format!("{}.{method}", self.interface.rpc_prefix), Bytes::from(body))
-            .await
+        self.post(
+            &format!("{}.{method}", self.interface.rpc_prefix),
+            Bytes::from(body),
+        )
+        .await
     }
 
     async fn post<Resp: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<Resp> {
@@ -135,7 +148,9 @@ impl RpcClient {
             return Err(Error::new(ErrorKind::from_status(status), message));
         }
         serde_json::from_slice(&reply).map_err(|e| {
-            Error::internal(format!("plugin '{name}' sent a reply to {path} that does not parse: {e}"))
+            Error::internal(format!(
+                "plugin '{name}' sent a reply to {path} that does not parse: {e}"
+            ))
         })
     }
 
@@ -163,7 +178,10 @@ impl InstancePlugin for InstanceClient {
             properties: properties.clone(),
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("Validate", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("Validate", &req)
+            .await
+            .map(|_| ())
     }
 
     async fn provision(&self, spec: Spec) -> Result<InstanceId> {
@@ -186,7 +204,10 @@ impl InstancePlugin for InstanceClient {
             labels,
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("Label", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("Label", &req)
+            .await
+            .map(|_| ())
     }
 
     async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()> {
@@ -195,7 +216,10 @@ impl InstancePlugin for InstanceClient {
             context,
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("Destroy", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("Destroy", &req)
+            .await
+            .map(|_| ())
     }
 
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
@@ -229,7 +253,10 @@ impl FlavorPlugin for FlavorClient {
             allocation: allocation.clone(),
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("Validate", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("Validate", &req)
+            .await
+            .map(|_| ())
     }
 
     async fn prepare(
@@ -266,7 +293,10 @@ impl FlavorPlugin for FlavorClient {
             instance: instance.clone(),
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("Drain", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("Drain", &req)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -350,6 +380,9 @@ impl GroupPlugin for GroupClient {
             size,
             r#type: self.0.sub_type(),
         };
-        self.0.call::<_, OkResponse>("SetSize", &req).await.map(|_| ())
+        self.0
+            .call::<_, OkResponse>("SetSize", &req)
+            .await
+            .map(|_| ())
     }
 }

@@ -43,7 +43,11 @@ pub struct ErrResponse {
 pub struct InstanceValidateRequest {
     #[serde(default)]
     pub properties: Value,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -52,7 +56,11 @@ pub struct InstanceValidateRequest {
 pub struct ProvisionRequest {
     #[serde(default)]
     pub spec: Spec,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -69,7 +77,11 @@ pub struct LabelRequest {
     pub instance: InstanceId,
     #[serde(default, deserialize_with = "null_as_default")]
     pub labels: Tags,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -80,7 +92,11 @@ pub struct DestroyRequest {
     pub instance: InstanceId,
     #[serde(default)]
     pub context: DestroyContext,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -91,7 +107,11 @@ pub struct DescribeInstancesRequest {
     pub tags: Tags,
     #[serde(default)]
     pub properties: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -111,7 +131,11 @@ pub struct FlavorValidateRequest {
     pub properties: Value,
     #[serde(default)]
     pub allocation: AllocationMethod,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -126,7 +150,11 @@ pub struct PrepareRequest {
     pub allocation: AllocationMethod,
     #[serde(default)]
     pub index: Index,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -145,7 +173,11 @@ pub struct FlavorInstanceRequest {
     pub properties: Value,
     #[serde(default)]
     pub instance: Description,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -165,7 +197,11 @@ pub struct CommitGroupRequest {
     pub spec: GroupSpec,
     #[serde(default)]
     pub pretend: bool,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -193,7 +229,11 @@ impl From<CommitResult> for CommitGroupResponse {
 pub struct GroupIdRequest {
     #[serde(rename = "ID", default)]
     pub id: String,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -218,7 +258,11 @@ pub struct DestroyInstancesRequest {
     pub id: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub instances: Vec<InstanceId>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }
 
@@ -236,6 +280,10 @@ pub struct SetSizeRequest {
     pub id: String,
     #[serde(default)]
     pub size: u64,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub r#type: String,
 }

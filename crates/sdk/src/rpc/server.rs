@@ -106,13 +106,15 @@ impl Server {
         let sigint = signal(SignalKind::interrupt())?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::internal(format!("cannot create the socket directory {}: {e}", dir.display()))
+                Error::internal(format!(
+                    "cannot create the socket directory {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
         remove_if_stale(&path)?;
-        let std_listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| {
-            Error::internal(format!("cannot listen on {}: {e}", path.display()))
-        })?;
+        let std_listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         std_listener.set_nonblocking(true)?;
         let inode = std::fs::metadata(&path)?.ino();
@@ -161,61 +163,70 @@ async fn run(
     plugins: Plugins,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
-        let router = Arc::new(Router { plugins });
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), "serving");
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
+    let router = Arc::new(Router { plugins });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), "serving");
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let router = router.clone();
+                let service = hyper::service::service_fn(move |req| {
                     let router = router.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let router = router.clone();
-                        async move { Ok::<_, Infallible>(router.handle(req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                    });
-                }
+                    async move { Ok::<_, Infallible>(router.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
             }
         }
-        drop(listener);
-        remove_if_ours(&path, inode);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting anyway");
-        }
-        Ok(())
+    }
+    drop(listener);
+    remove_if_ours(&path, inode);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
 }
 
 /// Binds `socket` and serves one instance plugin until SIGTERM/SIGINT: the one call a plugin author
 /// needs.
 pub async fn serve_instance(socket: impl AsRef<Path>, plugin: impl InstancePlugin) -> Result<()> {
-    Server::bind(socket)?.serve(Plugins::new().instance(plugin)).await
+    Server::bind(socket)?
+        .serve(Plugins::new().instance(plugin))
+        .await
 }
 
 /// As [`serve_instance`], for a flavor plugin.
 pub async fn serve_flavor(socket: impl AsRef<Path>, plugin: impl FlavorPlugin) -> Result<()> {
-    Server::bind(socket)?.serve(Plugins::new().flavor(plugin)).await
+    Server::bind(socket)?
+        .serve(Plugins::new().flavor(plugin))
+        .await
 }
 
 /// As [`serve_instance`], for a group plugin.
 pub async fn serve_group(socket: impl AsRef<Path>, plugin: impl GroupPlugin) -> Result<()> {
-    Server::bind(socket)?.serve(Plugins::new().group(plugin)).await
+    Server::bind(socket)?
+        .serve(Plugins::new().group(plugin))
+        .await
 }
 
 fn remove_if_stale(path: &Path) -> Result<()> {
@@ -249,7 +260,10 @@ fn remove_if_stale(path: &Path) -> Result<()> {
 /// Removes the socket file only if it is still the one we bound: a successor may already have
 /// replaced it.
 fn remove_if_ours(path: &Path, inode: u64) {
-    if std::fs::metadata(path).map(|m| m.ino() == inode).unwrap_or(false) {
+    if std::fs::metadata(path)
+        .map(|m| m.ino() == inode)
+        .unwrap_or(false)
+    {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -278,13 +292,22 @@ impl Router {
         if too_big {
             return too_large(&path);
         }
-        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
                 return too_large(&path)
             }
             Err(e) => {
-                return error_reply(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                )
             }
         };
         tracing::debug!(method = %path, bytes = body.len(), "call");
@@ -302,7 +325,8 @@ impl Router {
                     tracing::debug!(method = %path, "{}", e.message);
                 }
                 error_reply(
-                    StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    StatusCode::from_u16(e.kind.status())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     &e.message,
                 )
             }
@@ -383,11 +407,21 @@ fn unknown_method(path: &str, known: &[&str]) -> Error {
     }
 }
 
-fn pick<'a, P: ?Sized>(map: &'a BTreeMap<String, Arc<P>>, sub_type: &str, what: &str) -> Result<&'a Arc<P>> {
+fn pick<'a, P: ?Sized>(
+    map: &'a BTreeMap<String, Arc<P>>,
+    sub_type: &str,
+    what: &str,
+) -> Result<&'a Arc<P>> {
     map.get(sub_type).ok_or_else(|| {
         let have: Vec<String> = map
             .keys()
-            .map(|k| if k.is_empty() { "(default)".to_string() } else { k.clone() })
+            .map(|k| {
+                if k.is_empty() {
+                    "(default)".to_string()
+                } else {
+                    k.clone()
+                }
+            })
             .collect();
         if sub_type.is_empty() {
             Error::not_found(format!(
@@ -403,7 +437,13 @@ fn pick<'a, P: ?Sized>(map: &'a BTreeMap<String, Arc<P>>, sub_type: &str, what: 
     })
 }
 
-const INSTANCE_METHODS: &[&str] = &["Validate", "Provision", "Label", "Destroy", "DescribeInstances"];
+const INSTANCE_METHODS: &[&str] = &[
+    "Validate",
+    "Provision",
+    "Label",
+    "Destroy",
+    "DescribeInstances",
+];
 const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
 const GROUP_METHODS: &[&str] = &[
     "CommitGroup",
@@ -436,12 +476,16 @@ async fn dispatch_instance(
         }
         "Label" => {
             let r: LabelRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.label(&r.instance, r.labels).await?;
+            pick(map, &r.r#type, WHAT)?
+                .label(&r.instance, r.labels)
+                .await?;
             reply(&OkResponse { ok: true })
         }
         "Destroy" => {
             let r: DestroyRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.destroy(&r.instance, r.context).await?;
+            pick(map, &r.r#type, WHAT)?
+                .destroy(&r.instance, r.context)
+                .await?;
             reply(&OkResponse { ok: true })
         }
         "DescribeInstances" => {
@@ -465,7 +509,9 @@ async fn dispatch_flavor(
     match method {
         "Validate" => {
             let r: FlavorValidateRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.validate(&r.properties, &r.allocation).await?;
+            pick(map, &r.r#type, WHAT)?
+                .validate(&r.properties, &r.allocation)
+                .await?;
             reply(&OkResponse { ok: true })
         }
         "Prepare" => {
@@ -477,12 +523,16 @@ async fn dispatch_flavor(
         }
         "Healthy" => {
             let r: FlavorInstanceRequest = parse(path, body)?;
-            let health = pick(map, &r.r#type, WHAT)?.healthy(&r.properties, &r.instance).await?;
+            let health = pick(map, &r.r#type, WHAT)?
+                .healthy(&r.properties, &r.instance)
+                .await?;
             reply(&HealthyResponse { health })
         }
         "Drain" => {
             let r: FlavorInstanceRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.drain(&r.properties, &r.instance).await?;
+            pick(map, &r.r#type, WHAT)?
+                .drain(&r.properties, &r.instance)
+                .await?;
             reply(&OkResponse { ok: true })
         }
         _ => Err(unknown_method(path, FLAVOR_METHODS)),
@@ -499,7 +549,9 @@ async fn dispatch_group(
     match method {
         "CommitGroup" => {
             let r: CommitGroupRequest = parse(path, body)?;
-            let res = pick(map, &r.r#type, WHAT)?.commit_group(r.spec, r.pretend).await?;
+            let res = pick(map, &r.r#type, WHAT)?
+                .commit_group(r.spec, r.pretend)
+                .await?;
             reply(&CommitGroupResponse::from(res))
         }
         "FreeGroup" => {
@@ -524,7 +576,9 @@ async fn dispatch_group(
         }
         "DestroyInstances" => {
             let r: DestroyInstancesRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.destroy_instances(&r.id, &r.instances).await?;
+            pick(map, &r.r#type, WHAT)?
+                .destroy_instances(&r.id, &r.instances)
+                .await?;
             reply(&OkResponse { ok: true })
         }
         "Size" => {

@@ -131,7 +131,12 @@ impl Transport {
         })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| Error::unavailable(format!("handshake with {} failed: {e}", self.socket.display())))?;
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "handshake with {} failed: {e}",
+                    self.socket.display()
+                ))
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("plugin connection ended: {e}");

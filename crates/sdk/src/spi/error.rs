@@ -98,7 +98,9 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
         let kind = match e.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => ErrorKind::Invalid,
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                ErrorKind::Invalid
+            }
             _ => ErrorKind::Internal,
         };
         Error::new(kind, e.to_string())

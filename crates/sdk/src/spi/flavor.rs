@@ -67,7 +67,9 @@ impl<'de> Deserialize<'de> for Health {
                 Some(0) => Ok(Health::Unknown),
                 Some(1) => Ok(Health::Healthy),
                 Some(2) => Ok(Health::Unhealthy),
-                _ => Err(serde::de::Error::custom(format!("unknown health {n}: expected 0, 1 or 2"))),
+                _ => Err(serde::de::Error::custom(format!(
+                    "unknown health {n}: expected 0, 1 or 2"
+                ))),
             },
             Value::String(s) => match s.to_ascii_lowercase().as_str() {
                 "unknown" => Ok(Health::Unknown),
@@ -77,7 +79,9 @@ impl<'de> Deserialize<'de> for Health {
                     "unknown health '{s}': expected healthy, unhealthy or unknown"
                 ))),
             },
-            other => Err(serde::de::Error::custom(format!("health must be a word, not {other}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "health must be a word, not {other}"
+            ))),
         }
     }
 }

@@ -22,7 +22,11 @@ pub type GroupId = String;
 pub struct GroupSpec {
     #[serde(rename = "ID")]
     pub id: GroupId,
-    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Properties",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub properties: Option<Value>,
 }
 
@@ -32,7 +36,11 @@ pub struct GroupSpec {
 pub struct PluginSpec {
     #[serde(rename = "Plugin")]
     pub plugin: String,
-    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Properties",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub properties: Option<Value>,
 }
 
@@ -63,7 +71,11 @@ pub struct Plan {
     #[serde(default)]
     pub create: u64,
     /// Logical IDs to create (pets), a subset of `create`.
-    #[serde(rename = "CreateLogicalIDs", default, deserialize_with = "null_as_default")]
+    #[serde(
+        rename = "CreateLogicalIDs",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub create_logical_ids: Vec<LogicalId>,
     /// Outdated instances a rolling update will replace.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -115,7 +127,11 @@ pub struct GroupDescription {
     pub converged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<u64>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub status: Vec<InstanceStatus>,
     /// Update state and anything the controller wants a person to know (a paused update, an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,14 +32,26 @@ pub struct Spec {
     /// Backend-specific JSON, opaque to everyone but the instance plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Value>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub tags: Tags,
     /// The boot script.
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub init: String,
     #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
     pub logical_id: Option<LogicalId>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub attachments: Vec<Attachment>,
 }
 
@@ -58,7 +70,11 @@ pub struct Description {
     )]
     pub tags: Tags,
     /// Backend state (only when asked for with `properties = true`).
-    #[serde(rename = "Properties", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Properties",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub properties: Option<Value>,
 }
 

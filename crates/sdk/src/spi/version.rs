@@ -93,10 +93,22 @@ mod tests {
 
     #[test]
     fn same_major_is_accepted_other_major_refused() {
-        assert!(INSTANCE.check("p", &["infrakit.instance/1.7".into()]).is_ok());
-        let err = INSTANCE.check("p", &["infrakit.instance/2.0".into()]).unwrap_err();
-        assert!(err.contains("infrakit.instance/2.0") && err.contains("infrakit.instance/1.0"), "{err}");
-        let err = INSTANCE.check("p", &["infrakit.flavor/1.0".into()]).unwrap_err();
-        assert!(err.contains("does not implement infrakit.instance"), "{err}");
+        assert!(INSTANCE
+            .check("p", &["infrakit.instance/1.7".into()])
+            .is_ok());
+        let err = INSTANCE
+            .check("p", &["infrakit.instance/2.0".into()])
+            .unwrap_err();
+        assert!(
+            err.contains("infrakit.instance/2.0") && err.contains("infrakit.instance/1.0"),
+            "{err}"
+        );
+        let err = INSTANCE
+            .check("p", &["infrakit.flavor/1.0".into()])
+            .unwrap_err();
+        assert!(
+            err.contains("does not implement infrakit.instance"),
+            "{err}"
+        );
     }
 }
