@@ -9,7 +9,7 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
-    logging::init(args.log_level.as_deref());
+    logging::init(args.log_level.as_deref(), args.command.default_log_level());
     let code = match cli::run(args) {
         Ok(()) => 0,
         Err(e) => {

@@ -433,3 +433,50 @@ fn bad_group_files_are_refused_and_running_groups_untouched() {
     let d: Value = serde_json::from_str(&s.w.ok(&["group", "describe", "ok", "--json"])).unwrap();
     assert_eq!(d["Converged"], json!(true), "{d}");
 }
+
+#[test]
+fn quick_start_up_converges_the_example_and_cleans_its_sockets() {
+    let w = World::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cattle.json");
+    let dir = w.path("instances");
+    let out = w
+        .cmd(&[
+            "up",
+            example,
+            "--until-converged",
+            "--timeout",
+            "60s",
+            "--poll-interval",
+            "200ms",
+        ])
+        .env("HOME", w.path("home"))
+        .env("INFRAKIT_INSTANCE_FILE_DIR", &dir)
+        .env("INFRAKIT_GROUP_STORE", w.path("store"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("converged"), "{stdout}");
+    assert_eq!(instances(&dir).len(), 5);
+    assert!(w.path("store/cattle.json").exists(), "the group is stored");
+    let left: Vec<_> = std::fs::read_dir(w.plugins_dir())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "sockets removed on exit: {left:?}");
+
+    // Running it again adopts the same instances.
+    let before = instances(&dir);
+    let out = w
+        .cmd(&["up", example, "--until-converged", "--timeout", "60s"])
+        .env("INFRAKIT_INSTANCE_FILE_DIR", &dir)
+        .env("INFRAKIT_GROUP_STORE", w.path("store"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(instances(&dir), before);
+}

@@ -282,7 +282,7 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
         if !timeout.is_zero() && start.elapsed() > timeout {
             bail!("group '{id}' has not converged after {timeout:?}: {last}");
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

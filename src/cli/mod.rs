@@ -66,6 +66,18 @@ pub enum Command {
     Up(up::UpArgs),
 }
 
+impl Command {
+    /// Plugins log what they do; commands a person runs only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Plugin {
+                command: plugin::PluginCommand::Serve(_),
+            } => "info",
+            _ => "warn",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plugin {

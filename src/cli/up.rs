@@ -87,6 +87,13 @@ async fn up(args: UpArgs) -> Result<()> {
         args.controller.options()?,
     )?);
 
+    // One shutdown for every server: Ctrl-C/SIGTERM, or convergence with --until-converged. Each
+    // server then removes its socket file.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     // Serve the built-ins too, where nobody else already does, for the other CLI commands.
     for (name, plugins) in [
         ("instance-file", Plugins::new().instance_type("", files)),
@@ -95,26 +102,55 @@ async fn up(args: UpArgs) -> Result<()> {
     ] {
         match Server::bind(socket_for(name, None)) {
             Ok(server) => {
-                tokio::spawn(server.serve(plugins));
+                servers.spawn(server.serve_until(plugins, stopped(stop_rx.clone())));
             }
             Err(e) => tracing::info!("not serving {name} here: {e}"),
         }
     }
-    let served = controller.clone();
-    let group_task = tokio::spawn(async move {
-        group_server
-            .serve(Plugins::new().group_type("", served))
-            .await
+    servers.spawn(group_server.serve_until(
+        Plugins::new().group_type("", controller.clone()),
+        stopped(stop_rx),
+    ));
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
     });
 
     let id = spec.id.clone();
-    let result = controller.commit_group(spec, false).await?;
-    println!("{}", result.details);
-    watch(controller.as_ref(), &id, args.timeout).await?;
-    if args.until_converged {
-        return Ok(());
+    let outcome = async {
+        let result = controller.commit_group(spec, false).await?;
+        println!("{}", result.details);
+        watch(controller.as_ref(), &id, args.timeout).await
     }
-    eprintln!("infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)");
-    group_task.await??;
-    Ok(())
+    .await;
+    if outcome.is_ok() && !args.until_converged {
+        eprintln!(
+            "infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)"
+        );
+    } else {
+        let _ = stop_tx.send(true);
+    }
+    while let Some(r) = servers.join_next().await {
+        r??;
+    }
+    outcome
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+    eprintln!("infrakit up: stopping (the instances stay)");
 }
