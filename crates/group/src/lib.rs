@@ -1,1 +1,10 @@
 //! The group controller.
+//!
+//! - [`core`]: the pure decision core (no IO, no clock): what to provision and destroy, when.
+//! - [`policy`]: rollout, remediation and scale-down policies of a group spec.
+//! - [`sim`]: a simulated backend and invariant checker that drives the core with seeded faults.
+
+pub mod core;
+pub mod sim;
+
+pub use crate::core::policy;

@@ -1,0 +1,1 @@
+//! The simulated backend and invariant checker (see `tests/simulation.rs`).
