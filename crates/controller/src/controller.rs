@@ -115,7 +115,7 @@ impl GroupController {
         let (health, destroying) = match self.ctx.groups().get(id) {
             Some(g) => {
                 let s = g.state();
-                (s.view.health.clone(), s.destroying.clone())
+                ((*s.view.health).clone(), s.destroying.clone())
             }
             None => Default::default(),
         };
@@ -243,7 +243,7 @@ impl GroupPlugin for GroupController {
             extra.insert("Deleting".to_string(), serde_json::Value::Bool(true));
         }
         Ok(GroupDescription {
-            instances: view.instances.clone(),
+            instances: (*view.instances).clone(),
             converged: view.observed
                 && view.error.is_none()
                 && view.generation == s.generation

@@ -143,6 +143,17 @@ impl GroupRecord {
         &self.spec.id
     }
 
+    /// A copy without the core's memory (which is per instance and large).
+    pub fn config_only(&self) -> GroupRecord {
+        GroupRecord {
+            spec: self.spec.clone(),
+            versions: self.versions.clone(),
+            memory: Memory::default(),
+            deleting: self.deleting,
+            sequence: self.sequence,
+        }
+    }
+
     /// Keeps the blocks of `parsed` and of the version the core may roll back to; older ones go.
     pub fn remember_version(&mut self, parsed: &Parsed) {
         self.versions.insert(
