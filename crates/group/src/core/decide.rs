@@ -30,7 +30,8 @@ pub fn decide(desired: &Desired, observed: &Observed, memory: &Memory, now_ms: u
     mem.format = MEMORY_FORMAT;
 
     // Bookkeeping first: what finished, failed, became available since last time.
-    let events = observe::record(&mut mem, observed, now, min_ready);
+    let ghost_ms = policy.healthy_deadline_ms().unwrap_or(OWED_EXPIRY_MS);
+    let events = observe::record(&mut mem, observed, now, min_ready, ghost_ms);
     for (_, lid) in &events.newly_ready {
         backoff::record_success(&mut mem, pets, lid.as_deref());
     }
@@ -294,6 +295,10 @@ fn wake_at(
     for o in &mem.owed {
         times.push(o.since_ms.saturating_add(owed_expiry));
     }
+    // Ghost provisions expire after the same deadline.
+    for p in mem.inflight.iter().filter(|p| p.ghost) {
+        times.push(p.started_ms.saturating_add(owed_expiry));
+    }
     times.into_iter().filter(|t| *t > now).min()
 }
 
@@ -308,7 +313,7 @@ fn status(
     let update = mem.update_status();
     let running = update.as_ref().is_some_and(|u| u.state.is_running());
     let present = view.members.len() as u64;
-    let pending = view.pending_current.len() as u64 + view.pending_outdated;
+    let pending = view.pending_new() + view.pending_outdated;
     let current = view.members.iter().filter(|m| m.current).count() as u64;
     let nothing_moving = out.actions.is_empty()
         && view.retry.is_empty()

@@ -41,11 +41,22 @@ pub const MEMORY_FORMAT: u32 = 1;
 
 impl Memory {
     /// Call once on memory loaded from the store when the executor (re)starts. Provisions that were in
-    /// flight in the previous process are not in the new one's `pending`; without this they would be
-    /// taken for failed provisions and back their slots off. They may still finish: such an instance
-    /// then simply appears (and is adopted, or removed if it is one too many).
+    /// flight in the previous process are not in the new one's `pending`, and may or may not still
+    /// finish (a plugin in another process completes them; one in the dead process does not). They
+    /// become *ghosts*: counted like pending provisions (a pet's logical ID stays taken, cattle count
+    /// toward the target) until their instance appears or their healthy deadline passes, so a
+    /// restart neither creates a second instance for a logical ID nor overshoots the target. A
+    /// ghost that expires is forgotten without counting as a failure: its fate is unknown.
     pub fn after_restart(&mut self) {
-        self.inflight.clear();
+        for p in &mut self.inflight {
+            p.ghost = true;
+            p.token = None;
+        }
+        // Instances known before the restart are not a ghost's: while the previous process ran, it
+        // would have matched them to their provision.
+        for m in self.instances.values_mut() {
+            m.claimed = true;
+        }
     }
 
     /// The update as `describe` shows it.
@@ -170,11 +181,15 @@ pub struct InstanceMemory {
     pub unhealthy_since_ms: Option<u64>,
     /// Has been available at least once (its slot's backoff was reset then).
     pub ever_ready: bool,
-    /// Matched to the provision that made it.
+    /// Matched to the provision that made it, or known not to be a pending provision's.
     pub claimed: bool,
     /// When the provision that made it started (once claimed): its healthy deadline runs from here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub born_ms: Option<u64>,
+    /// The failure key of that provision: a provision counted as failed while it hung is not
+    /// counted again when its instance finally arrives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision_key: Option<String>,
     /// The controller decided to destroy it; the decision stands until it is gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doomed: Option<Doom>,
@@ -205,6 +220,9 @@ pub struct InflightProvision {
     pub config_hash: String,
     /// When it was asked for, or (once observed) when the executor started it.
     pub started_ms: u64,
+    /// Asked for by a previous process (see [`Memory::after_restart`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ghost: bool,
 }
 
 impl InflightProvision {

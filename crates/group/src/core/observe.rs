@@ -21,7 +21,13 @@ pub(crate) struct Events {
     pub newly_ready: Vec<(String, Option<LogicalId>)>,
 }
 
-pub(crate) fn record(mem: &mut Memory, observed: &Observed, now: u64, min_ready_ms: u64) -> Events {
+pub(crate) fn record(
+    mem: &mut Memory,
+    observed: &Observed,
+    now: u64,
+    min_ready_ms: u64,
+    ghost_ms: u64,
+) -> Events {
     let mut events = Events::default();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     for inst in &observed.instances {
@@ -77,7 +83,7 @@ pub(crate) fn record(mem: &mut Memory, observed: &Observed, now: u64, min_ready_
         }
     }
 
-    resolve_provisions(mem, observed, &mut events);
+    resolve_provisions(mem, observed, &mut events, now, ghost_ms);
     events
 }
 
@@ -85,7 +91,13 @@ pub(crate) fn record(mem: &mut Memory, observed: &Observed, now: u64, min_ready_
 /// else (one asked for last round) by logical ID and hash. Those no longer pending finished (an
 /// unclaimed instance with the same logical ID and hash, first seen since the provision started) or
 /// failed.
-fn resolve_provisions(mem: &mut Memory, observed: &Observed, events: &mut Events) {
+fn resolve_provisions(
+    mem: &mut Memory,
+    observed: &Observed,
+    events: &mut Events,
+    now: u64,
+    ghost_ms: u64,
+) {
     let inflight = std::mem::take(&mut mem.inflight);
     let mut matched = vec![false; inflight.len()];
     let by_token: BTreeMap<(u64, u64), usize> = inflight
@@ -97,7 +109,7 @@ fn resolve_provisions(mem: &mut Memory, observed: &Observed, events: &mut Events
     for (i, p) in inflight
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.token.is_none())
+        .filter(|(_, p)| p.token.is_none() && !p.ghost)
     {
         asked
             .entry((p.logical_id.as_deref(), p.config_hash.as_str()))
@@ -129,6 +141,7 @@ fn resolve_provisions(mem: &mut Memory, observed: &Observed, events: &mut Events
             logical_id: p.logical_id.clone(),
             config_hash: p.config_hash.clone(),
             started_ms: p.started_ms,
+            ghost: false,
         });
     }
     let mut finished: Vec<&InflightProvision> = inflight
@@ -138,9 +151,11 @@ fn resolve_provisions(mem: &mut Memory, observed: &Observed, events: &mut Events
         .map(|(p, _)| p)
         .collect();
     if !finished.is_empty() {
-        // Earliest first, so that an early provision is not starved by a later one discarding the
-        // instances that are too old for it.
-        finished.sort_by_key(|p| (p.started_ms, p.serial));
+        // This process's provisions before ghosts (a ghost must not take the instance of a provision
+        // that just finished, or that provision would look failed and the ghost's own instance,
+        // arriving later, would be one too many); earliest first within each, so that an early
+        // provision is not starved by a later one discarding the instances too old for it.
+        finished.sort_by_key(|p| (p.ghost, p.started_ms, p.serial));
         // Unclaimed instances by (logical ID, hash), oldest last (pop() takes the oldest).
         let mut candidates: BTreeMap<SlotHash, Vec<(u64, &str)>> = BTreeMap::new();
         for inst in &observed.instances {
@@ -166,14 +181,21 @@ fn resolve_provisions(mem: &mut Memory, observed: &Observed, events: &mut Events
                 None
             });
             match found {
-                Some(id) => claims.push((id.to_string(), p.started_ms)),
+                Some(id) => claims.push((id.to_string(), p.started_ms, p.failure_key())),
+                // A ghost is waited for until its deadline, then forgotten: its fate is unknown.
+                None if p.ghost => {
+                    if now < p.started_ms.saturating_add(ghost_ms) {
+                        still.push(p.clone());
+                    }
+                }
                 None => events.failed_provisions.push(p.clone()),
             }
         }
-        for (id, started) in claims {
+        for (id, started, key) in claims {
             if let Some(m) = mem.instances.get_mut(&id) {
                 m.claimed = true;
                 m.born_ms = Some(started);
+                m.provision_key = Some(key);
             }
         }
     }
@@ -189,5 +211,6 @@ pub(crate) fn asked(mem: &mut Memory, logical_id: Option<&str>, config_hash: &st
         logical_id: logical_id.map(str::to_string),
         config_hash: config_hash.to_string(),
         started_ms: now,
+        ghost: false,
     });
 }

@@ -65,7 +65,7 @@ pub fn preview(desired: &Desired, observed: &Observed, memory: &Memory) -> (Stri
         }
         create_ids.len() as u64
     } else {
-        let pending = view.pending_current.len() as u64 + view.pending_outdated;
+        let pending = view.pending_new() + view.pending_outdated;
         target.saturating_sub(kept.len() as u64 + pending)
     };
 

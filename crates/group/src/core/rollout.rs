@@ -1,7 +1,7 @@
 //! Rolling updates: the update's state machine (start, supersede, fail, roll back, complete) and the
 //! choice of which outdated instances to replace now.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::memory::{pending_key, Memory, UpdateProgress};
 use super::observe::Events;
@@ -150,6 +150,22 @@ pub(crate) fn progress(
         // Nothing running and every member current: this is now the configuration to return to.
         mem.stable_hash = Some(view.applied.clone());
     }
+    // Replacements whose provision already counted as failed (it hung past the deadline).
+    let late: BTreeSet<&str> = match &mem.update {
+        Some(u) if u.state.is_rolling() => view
+            .members
+            .iter()
+            .filter(|m| m.current && !m.ready)
+            .filter(|m| {
+                mem.instances
+                    .get(m.id())
+                    .and_then(|r| r.provision_key.as_ref())
+                    .is_some_and(|key| u.failed.contains(key))
+            })
+            .map(|m| m.id())
+            .collect(),
+        _ => BTreeSet::new(),
+    };
     let Some(u) = mem.update.as_mut() else {
         return out;
     };
@@ -164,7 +180,7 @@ pub(crate) fn progress(
     let mut unready_replacements = 0u64;
     for m in view.members.iter().filter(|m| m.current && !m.ready) {
         let key = format!("i:{}", m.id());
-        if u.failed.contains(&key) {
+        if u.failed.contains(&key) || late.contains(m.id()) {
             out.retry_failed.push(m.id().to_string());
             continue;
         }
@@ -256,10 +272,8 @@ pub(crate) fn progress(
     // group is full again (destroying the last outdated instance does not finish the update: its
     // replacement does).
     let current = view.members.iter().filter(|m| m.current).count() as u64;
-    let finished = remaining == 0
-        && view.pending_current.is_empty()
-        && unready_replacements == 0
-        && current >= target;
+    let finished =
+        remaining == 0 && view.pending_new() == 0 && unready_replacements == 0 && current >= target;
     if finished && out.retry_failed.is_empty() {
         if u.rolling_back {
             u.state = UpdateState::RolledBack;
@@ -315,7 +329,7 @@ pub(crate) fn choose_replacements<'v, 'a>(
     let new_members = live().filter(|m| m.current).count() as u64;
     let new_unready = live().filter(|m| m.current && !m.ready).count() as u64;
     let old_members = live().filter(|m| !m.current).count() as u64;
-    let pending_new = view.pending_current.len() as u64;
+    let pending_new = view.pending_new();
     let all = new_members + pending_new + old_members + view.pending_outdated;
     let max_down = all
         .saturating_sub(min_available)
@@ -323,8 +337,24 @@ pub(crate) fn choose_replacements<'v, 'a>(
     if max_down == 0 {
         return Vec::new();
     }
+    // Kubernetes' second limit: what is serving now may only drop to the floor. Pending provisions
+    // and unknown instances count for `max_down` above but serve nobody.
+    let serving = live().filter(|m| m.ready).count() as u64;
+    let mut spare = serving.saturating_sub(min_available);
     let mut old: Vec<&Inst> = live().filter(|m| !m.current && !blocked(m)).collect();
     old.sort_by(|a, b| removal_order(a, b, policy.scale_down.order));
-    old.truncate(usize::try_from(max_down).unwrap_or(usize::MAX));
-    old
+    let mut chosen = Vec::new();
+    for m in old {
+        if chosen.len() as u64 == max_down {
+            break;
+        }
+        if m.may_serve() {
+            if spare == 0 {
+                continue;
+            }
+            spare -= 1;
+        }
+        chosen.push(m);
+    }
+    chosen
 }

@@ -20,7 +20,7 @@ pub(crate) fn choose_shrink<'v, 'a>(
 ) -> Vec<&'v Inst<'a>> {
     let excess = if rolling {
         let current = view.members.iter().filter(|m| m.current).count() as u64;
-        (current + view.pending_current.len() as u64)
+        (current + view.pending_new())
             .saturating_sub(target)
             .min(current)
     } else {
@@ -115,7 +115,7 @@ pub(crate) fn choose_provisions(
         return out;
     }
     let live = || view.members.iter().filter(|m| !removed(m));
-    let current = live().filter(|m| m.current).count() as u64 + view.pending_current.len() as u64;
+    let current = live().filter(|m| m.current).count() as u64 + view.pending_new();
     let outdated = live().filter(|m| !m.current).count() as u64 + view.pending_outdated;
     let want = if rolling {
         target.saturating_sub(current)

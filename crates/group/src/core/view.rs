@@ -91,8 +91,10 @@ pub(crate) struct View<'a> {
     pub extras: Vec<(Inst<'a>, Cause)>,
     /// Pending provisions of the applied configuration (for listed IDs, with pets).
     pub pending_current: Vec<&'a PendingProvision>,
-    /// Pending provisions of another configuration (for listed IDs, with pets).
+    /// Pending provisions of another configuration (for listed IDs, with pets), ghosts included.
     pub pending_outdated: u64,
+    /// Provisions of the applied configuration asked for by a previous process (ghosts).
+    pub ghosts_current: u64,
     /// Pets: logical IDs with anything at all (instance, pending provision, destroy in flight).
     pub busy_ids: BTreeSet<&'a str>,
     /// Everything that exists or will: instances (being destroyed or not) plus pending provisions.
@@ -102,6 +104,11 @@ pub(crate) struct View<'a> {
 }
 
 impl View<'_> {
+    /// Provisions of the applied configuration on their way (pending and ghosts).
+    pub fn pending_new(&self) -> u64 {
+        self.pending_current.len() as u64 + self.ghosts_current
+    }
+
     pub fn outdated_members(&self) -> usize {
         self.members.iter().filter(|m| !m.current).count()
     }
@@ -129,6 +136,7 @@ pub(crate) fn classify<'a>(
         extras: Vec::new(),
         pending_current: Vec::new(),
         pending_outdated: 0,
+        ghosts_current: 0,
         busy_ids: BTreeSet::new(),
         physical: 0,
         destroying: 0,
@@ -203,7 +211,23 @@ pub(crate) fn classify<'a>(
             view.pending_outdated += 1;
         }
     }
+    let mut ghosts = 0u64;
+    for p in mem.inflight.iter().filter(|p| p.ghost) {
+        ghosts += 1;
+        let listed = p.logical_id.as_deref().and_then(|l| ids.get(l).copied());
+        if let Some(id) = listed {
+            view.busy_ids.insert(id);
+        }
+        if pets && listed.is_none() {
+            continue;
+        }
+        if p.config_hash == applied {
+            view.ghosts_current += 1;
+        } else {
+            view.pending_outdated += 1;
+        }
+    }
     view.destroying = observed.destroying.len() as u64;
-    view.physical = seen.len() as u64 + unlisted + observed.pending.len() as u64;
+    view.physical = seen.len() as u64 + unlisted + observed.pending.len() as u64 + ghosts;
     view
 }

@@ -1,1 +1,0 @@
-//! The simulated backend and invariant checker (see `tests/simulation.rs`).
