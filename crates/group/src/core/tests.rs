@@ -816,3 +816,78 @@ fn memory_round_trips_through_json() {
     let empty: Memory = serde_json::from_str("{}").expect("an empty record is a fresh memory");
     assert_eq!(empty, Memory::default());
 }
+
+#[test]
+fn a_provision_in_flight_at_a_restart_is_waited_for_not_repeated() {
+    let mut d = pets(&["a", "b"], "v1");
+    d.policy.update.healthy_deadline_seconds = 60;
+    let mut w = World::new(d).with(vec![inst("a1", Some("a"), "v1", Health::Healthy)]);
+    let a = w.step();
+    assert_eq!(
+        a,
+        vec![(
+            Action::Provision {
+                logical_id: Some("b".into()),
+                config_hash: "v1".into()
+            },
+            Cause::Fill
+        )]
+    );
+    w.step(); // the provision is observed pending
+              // Crash: the new executor has no pending list; the old provision may still finish.
+    let lost = std::mem::take(&mut w.observed.pending);
+    w.memory.after_restart();
+    w.tick(10 * S);
+    assert!(
+        w.step().is_empty(),
+        "logical ID b is still taken by the pre-restart provision"
+    );
+    assert_eq!(w.status().pending, 1);
+    // It finishes: adopted, nothing more to do.
+    w.observed.pending = lost;
+    w.finish(Health::Healthy);
+    w.observed.pending.clear();
+    assert!(w.step().is_empty());
+    assert!(w.status().converged, "{:?}", w.status());
+
+    // Had it died with the process, b is provisioned again once its deadline passes.
+    let mut d = pets(&["b"], "v1");
+    d.policy.update.healthy_deadline_seconds = 60;
+    let mut w = World::new(d);
+    let started = w.now;
+    w.step();
+    w.step();
+    w.observed.pending.clear();
+    w.memory.after_restart();
+    w.tick(S);
+    assert!(w.step().is_empty());
+    assert_eq!(
+        w.last.as_ref().and_then(|d| d.wake_at_ms),
+        Some(started + 60 * S)
+    );
+    w.now = started + 60 * S;
+    let a = w.step();
+    assert_eq!(
+        a,
+        vec![(
+            Action::Provision {
+                logical_id: Some("b".into()),
+                config_hash: "v1".into()
+            },
+            Cause::Fill
+        )]
+    );
+    assert!(
+        w.memory.backoff.is_empty(),
+        "an expired ghost is not a failure"
+    );
+}
+
+#[test]
+fn a_fast_failing_provision_is_noticed_even_if_never_seen_pending() {
+    let mut w = World::new(cattle(1, "v1"));
+    w.step();
+    w.fail_provisions(); // failed before the next decision
+    w.step();
+    assert_eq!(w.memory.backoff.get("group").map(|b| b.failures), Some(1));
+}
