@@ -30,7 +30,7 @@ pub fn decide(desired: &Desired, observed: &Observed, memory: &Memory, now_ms: u
     mem.format = MEMORY_FORMAT;
 
     // Bookkeeping first: what finished, failed, became available since last time.
-    let ghost_ms = policy.healthy_deadline_ms().unwrap_or(OWED_EXPIRY_MS);
+    let ghost_ms = policy.ghost_ms();
     let events = observe::record(&mut mem, observed, now, min_ready, ghost_ms);
     for (_, lid) in &events.newly_ready {
         backoff::record_success(&mut mem, pets, lid.as_deref());
@@ -295,9 +295,9 @@ fn wake_at(
     for o in &mem.owed {
         times.push(o.since_ms.saturating_add(owed_expiry));
     }
-    // Ghost provisions expire after the same deadline.
+    // Ghost provisions expire.
     for p in mem.inflight.iter().filter(|p| p.ghost) {
-        times.push(p.started_ms.saturating_add(owed_expiry));
+        times.push(p.ghost_expiry(policy.ghost_ms()));
     }
     times.into_iter().filter(|t| *t > now).min()
 }

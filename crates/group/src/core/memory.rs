@@ -44,13 +44,29 @@ impl Memory {
     /// flight in the previous process are not in the new one's `pending`, and may or may not still
     /// finish (a plugin in another process completes them; one in the dead process does not). They
     /// become *ghosts*: counted like pending provisions (a pet's logical ID stays taken, cattle count
-    /// toward the target) until their instance appears or their healthy deadline passes, so a
-    /// restart neither creates a second instance for a logical ID nor overshoots the target. A
-    /// ghost that expires is forgotten without counting as a failure: its fate is unknown.
+    /// toward the target) until their instance appears or `Policy::ghost_ms` after they started
+    /// (the healthy deadline, at most 30 s), so a restart neither creates a second instance for a
+    /// logical ID nor overshoots the target. A ghost that expires is forgotten without counting as
+    /// a failure: its fate is unknown.
     pub fn after_restart(&mut self) {
+        self.make_ghosts(None);
+    }
+
+    /// [`Memory::after_restart`] for an executor that knows how long its plugins may still finish
+    /// a provision: ghosts are waited for until `now_ms + wait_ms`. With `wait_ms` 0 (the instance
+    /// plugins ran in the process that died, as with `infrakit up`) there is nothing to wait for.
+    pub fn after_restart_within(&mut self, now_ms: u64, wait_ms: u64) {
+        if wait_ms == 0 {
+            self.inflight.clear();
+        }
+        self.make_ghosts(Some(now_ms.saturating_add(wait_ms)));
+    }
+
+    fn make_ghosts(&mut self, expires_ms: Option<u64>) {
         for p in &mut self.inflight {
             p.ghost = true;
             p.token = None;
+            p.expires_ms = expires_ms;
         }
         // Instances known before the restart are not a ghost's: while the previous process ran, it
         // would have matched them to their provision.
@@ -223,6 +239,18 @@ pub struct InflightProvision {
     /// Asked for by a previous process (see [`Memory::after_restart`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ghost: bool,
+    /// When a ghost stops being waited for, if the executor said (else `Policy::ghost_ms` after
+    /// `started_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+impl InflightProvision {
+    /// When a ghost is given up.
+    pub fn ghost_expiry(&self, ghost_ms: u64) -> u64 {
+        self.expires_ms
+            .unwrap_or_else(|| self.started_ms.saturating_add(ghost_ms))
+    }
 }
 
 impl InflightProvision {

@@ -142,6 +142,7 @@ fn resolve_provisions(
             config_hash: p.config_hash.clone(),
             started_ms: p.started_ms,
             ghost: false,
+            expires_ms: None,
         });
     }
     let mut finished: Vec<&InflightProvision> = inflight
@@ -184,7 +185,7 @@ fn resolve_provisions(
                 Some(id) => claims.push((id.to_string(), p.started_ms, p.failure_key())),
                 // A ghost is waited for until its deadline, then forgotten: its fate is unknown.
                 None if p.ghost => {
-                    if now < p.started_ms.saturating_add(ghost_ms) {
+                    if now < p.ghost_expiry(ghost_ms) {
                         still.push(p.clone());
                     }
                 }
@@ -212,5 +213,6 @@ pub(crate) fn asked(mem: &mut Memory, logical_id: Option<&str>, config_hash: &st
         config_hash: config_hash.to_string(),
         started_ms: now,
         ghost: false,
+        expires_ms: None,
     });
 }

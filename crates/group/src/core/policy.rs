@@ -211,6 +211,7 @@ pub struct Budget {
 }
 
 const SECOND_MS: u64 = 1000;
+const GHOST_MAX_MS: u64 = 30 * SECOND_MS;
 
 impl Policy {
     /// Parses `Properties.Policies` (absent or `null` means every default) and validates it.
@@ -321,6 +322,17 @@ impl Policy {
             0 => None,
             s => Some(s.saturating_mul(SECOND_MS)),
         }
+    }
+
+    /// How long a provision asked for by a previous process (a *ghost*, see
+    /// `Memory::after_restart`) is waited for: the healthy deadline, at most 30 s. A provision request
+    /// still unanswered half a minute after its controller died is taken as lost (an instance plugin
+    /// in the dead process took it along); one that still lands later is one too many and is
+    /// removed like any extra instance.
+    pub fn ghost_ms(&self) -> u64 {
+        self.healthy_deadline_ms()
+            .unwrap_or(GHOST_MAX_MS)
+            .min(GHOST_MAX_MS)
     }
 
     /// `None` when remediation is off.

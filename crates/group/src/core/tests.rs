@@ -850,7 +850,7 @@ fn a_provision_in_flight_at_a_restart_is_waited_for_not_repeated() {
     assert!(w.step().is_empty());
     assert!(w.status().converged, "{:?}", w.status());
 
-    // Had it died with the process, b is provisioned again once its deadline passes.
+    // Had it died with the process, b is provisioned again once the wait is over.
     let mut d = pets(&["b"], "v1");
     d.policy.update.healthy_deadline_seconds = 60;
     let mut w = World::new(d);
@@ -861,11 +861,12 @@ fn a_provision_in_flight_at_a_restart_is_waited_for_not_repeated() {
     w.memory.after_restart();
     w.tick(S);
     assert!(w.step().is_empty());
+    // Waited for at most 30 s (the healthy deadline, capped).
     assert_eq!(
         w.last.as_ref().and_then(|d| d.wake_at_ms),
-        Some(started + 60 * S)
+        Some(started + 30 * S)
     );
-    w.now = started + 60 * S;
+    w.now = started + 30 * S;
     let a = w.step();
     assert_eq!(
         a,
@@ -890,4 +891,35 @@ fn a_fast_failing_provision_is_noticed_even_if_never_seen_pending() {
     w.fail_provisions(); // failed before the next decision
     w.step();
     assert_eq!(w.memory.backoff.get("group").map(|b| b.failures), Some(1));
+}
+
+#[test]
+fn an_executor_whose_plugins_died_with_it_waits_for_no_ghost() {
+    let mut w = World::new(pets(&["b"], "v1"));
+    w.step();
+    w.step();
+    w.observed.pending.clear();
+    w.memory.after_restart_within(w.now, 0);
+    let a = w.step();
+    assert_eq!(
+        a,
+        vec![(
+            Action::Provision {
+                logical_id: Some("b".into()),
+                config_hash: "v1".into()
+            },
+            Cause::Fill
+        )]
+    );
+    // And one that knows its plugins answer within 5 s waits exactly that.
+    let mut w = World::new(pets(&["b"], "v1"));
+    w.step();
+    w.step();
+    w.observed.pending.clear();
+    w.memory.after_restart_within(w.now, 5 * S);
+    assert!(w.step().is_empty());
+    assert_eq!(
+        w.last.as_ref().and_then(|d| d.wake_at_ms),
+        Some(w.now + 5 * S)
+    );
 }

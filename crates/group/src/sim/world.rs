@@ -183,11 +183,7 @@ impl World {
 
     /// How long the core waits for a provision from before a restart (its ghost).
     pub fn deadline_ms(&self, gi: usize) -> u64 {
-        self.groups[gi]
-            .desired
-            .policy
-            .healthy_deadline_ms()
-            .unwrap_or(300_000)
+        self.groups[gi].desired.policy.ghost_ms()
     }
 
     fn group_index(&self, name: &str) -> Option<usize> {
