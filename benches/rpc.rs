@@ -136,7 +136,7 @@ async fn main() {
     let mut touched = 0;
     for entry in std::fs::read_dir(&dir).expect("dir").flatten().take(10) {
         let text = std::fs::read_to_string(entry.path()).expect("read");
-        std::fs::write(entry.path(), text.replace("bench", "bench")).expect("write");
+        std::fs::write(entry.path(), text.replace("bench", "BENCH")).expect("write");
         touched += 1;
     }
     let t = Instant::now();

@@ -72,6 +72,7 @@ impl ControllerArgs {
             poll_interval: self.poll_interval,
             health_interval: self.health_interval,
             max_parallel: self.max_parallel,
+            ..Options::default()
         })
     }
 

@@ -81,11 +81,13 @@ async fn up(args: UpArgs) -> Result<()> {
         dir.display(),
         store.dir().display()
     );
-    let controller = Arc::new(GroupController::start(
-        resolver,
-        store,
-        args.controller.options()?,
-    )?);
+    // The built-in instance plugin lives (and dies) with this process: nothing a previous run
+    // started can still finish, so there is nothing to wait for after a restart.
+    let options = infrakit_controller::Options {
+        restart_grace: Duration::ZERO,
+        ..args.controller.options()?
+    };
+    let controller = Arc::new(GroupController::start(resolver, store, options)?);
 
     // One shutdown for every server: Ctrl-C/SIGTERM, or convergence with --until-converged. Each
     // server then removes its socket file.

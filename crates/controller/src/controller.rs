@@ -44,7 +44,10 @@ impl GroupController {
         for mut record in records {
             // Provisions the previous process had in flight are not ours to wait for; if they
             // finished, their instances simply show up and are adopted.
-            record.memory.after_restart();
+            record.memory.after_restart_within(
+                worker::now_ms(),
+                ctx.options.restart_grace.as_millis() as u64,
+            );
             tracing::info!(group = %record.id(), "resuming group from the store");
             spawn(&ctx, Group::new(record));
         }

@@ -35,6 +35,10 @@ pub struct Options {
     pub health_interval: Duration,
     /// Provisions and destroys running at once, across all groups.
     pub max_parallel: usize,
+    /// After a restart, how long provisions the previous process had started may still finish in
+    /// their (separate) instance plugin processes; until then they count toward the target. Zero
+    /// when the instance plugins lived in the process that died (`infrakit up`).
+    pub restart_grace: Duration,
 }
 
 impl Default for Options {
@@ -43,6 +47,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(5),
             health_interval: Duration::from_secs(10),
             max_parallel: 32,
+            restart_grace: Duration::from_secs(30),
         }
     }
 }
