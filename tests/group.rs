@@ -480,3 +480,34 @@ fn quick_start_up_converges_the_example_and_cleans_its_sockets() {
     assert!(out.status.success());
     assert_eq!(instances(&dir), before);
 }
+
+#[test]
+fn an_instance_plugin_that_goes_away_is_reported_and_nothing_is_destroyed() {
+    let mut s = Stack::new();
+    let dir = s.dir();
+    s.commit("steady", cattle(3, "v1"));
+    s.watch("steady");
+    let before = instances(&dir);
+
+    // The instance plugin dies: the group reports it, decides nothing, destroys nothing.
+    s._files.signal(9);
+    s._files.wait_exit(Duration::from_secs(5)).expect("killed");
+    wait_until("the outage reported", Duration::from_secs(10), || {
+        let d: Value =
+            serde_json::from_str(&s.w.ok(&["group", "describe", "steady", "--json"])).unwrap();
+        d["Converged"] == json!(false)
+            && d["Message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("instance-file")
+    });
+    assert_eq!(instances(&dir), before);
+
+    // It comes back: the same instances, converged again.
+    s._files = s.w.serve(
+        "instance-file",
+        &["instance-file", "--dir", dir.to_str().unwrap()],
+    );
+    s.watch("steady");
+    assert_eq!(instances(&dir), before, "no instance re-created");
+}

@@ -103,10 +103,11 @@ pub(crate) struct View {
     pub generation: u64,
 }
 
+/// Provision failures in a row. The core decides when to try again (it backs off per logical ID,
+/// or per group for cattle); this only remembers what to tell a person.
 #[derive(Default)]
 pub(crate) struct Backoff {
     pub failures: u32,
-    until: Option<Instant>,
     /// The last provision failure, shown by `DescribeGroup` until a provision succeeds.
     pub message: Option<String>,
 }
@@ -348,7 +349,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             return None;
         }
     }
-    let deadline = execute(
+    execute(
         group,
         ctx,
         &record,
@@ -359,7 +360,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     if record.deleting && forget_if_gone(group, ctx, &described) {
         return None;
     }
-    [decision.wake_at_ms, deadline].into_iter().flatten().min()
+    decision.wake_at_ms
 }
 
 /// A deleted group is forgotten once nothing of it is left.
@@ -424,8 +425,8 @@ async fn check_health(
         .collect()
 }
 
-/// Registers and starts the decision's actions. Returns when a provision backoff ends, if one is
-/// holding provisions back.
+/// Registers and starts the decision's actions. Every action is carried out: the core counts a
+/// provision it asked for and never saw as a failure.
 fn execute(
     group: &Arc<Group>,
     ctx: &Arc<Ctx>,
@@ -433,18 +434,14 @@ fn execute(
     allocation: &Allocation,
     decision: &Decision,
     described: &[Description],
-) -> Option<u64> {
+) {
     let mut s = group.state();
-    let backing_off = s.backoff.until.filter(|u| *u > Instant::now());
     for action in &decision.actions {
         match action {
             Action::Provision {
                 logical_id,
                 config_hash,
             } => {
-                if backing_off.is_some() {
-                    continue;
-                }
                 let Some(blocks) = record.versions.get(config_hash).cloned() else {
                     tracing::error!(group = %group.id, hash = %config_hash, "no stored version to provision");
                     continue;
@@ -497,7 +494,6 @@ fn execute(
             }
         }
     }
-    backing_off.map(|u| now_ms() + u.saturating_duration_since(Instant::now()).as_millis() as u64)
 }
 
 fn decision_hash(record: &GroupRecord) -> String {
@@ -544,17 +540,12 @@ async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
                 s.backoff = Backoff::default();
             }
             Err(e) => {
+                // Dropping it from pending is how the core learns it failed (and backs off).
                 s.pending.remove(&job.token);
                 s.backoff.failures = s.backoff.failures.saturating_add(1);
-                // 1 s, 2 s, 4 s ... up to a minute: a backend that refuses every provision must not
-                // be hammered (no container storm), and one that recovers is used again quickly.
-                let delay =
-                    Duration::from_secs(1u64 << s.backoff.failures.min(6).saturating_sub(1))
-                        .min(Duration::from_secs(60));
-                s.backoff.until = Some(Instant::now() + delay);
                 let message = format!(
-                    "provisioning an instance of group '{}' failed ({} in a row; next try in {:?}): {e}",
-                    group.id, s.backoff.failures, delay
+                    "provisioning an instance of group '{}' failed ({} in a row): {e}",
+                    group.id, s.backoff.failures
                 );
                 tracing::warn!("{message}");
                 s.backoff.message = Some(message);
