@@ -511,3 +511,93 @@ fn an_instance_plugin_that_goes_away_is_reported_and_nothing_is_destroyed() {
     s.watch("steady");
     assert_eq!(instances(&dir), before, "no instance re-created");
 }
+
+#[test]
+fn plans_can_be_pinned_and_updates_rolled_back() {
+    let s = Stack::new();
+    let dir = s.dir();
+    s.commit("web", cattle(3, "v1"));
+    s.watch("web");
+    let v1 = hashes(&dir);
+
+    // validate and schema need no plugin.
+    let good = s.w.write(
+        "good.json",
+        &json!({"ID": "web", "Properties": cattle(3, "v2")}).to_string(),
+    );
+    let out = s.w.ok(&["group", "validate", good.to_str().unwrap()]);
+    assert!(
+        out.contains("valid group 'web'") && out.contains("3 instances"),
+        "{out}"
+    );
+    let bad = s.w.write(
+        "badpolicy.json",
+        &json!({"ID": "web", "Properties": {"Allocation": {"Size": 3},
+            "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"},
+            "Policies": {"Update": {"MaxSurge": 0, "MaxUnavailable": 0}}}})
+        .to_string(),
+    );
+    let err = s.w.fails(&["group", "validate", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("MaxSurge") || err.contains("MaxUnavailable"),
+        "{err}"
+    );
+    let schema: Value = serde_json::from_str(&s.w.ok(&["group", "schema"])).unwrap();
+    assert_eq!(
+        schema["properties"]["Properties"]["required"],
+        json!(["Allocation", "Instance", "Flavor"])
+    );
+
+    // A plan pinned by its version: refused once the observed state changed, accepted when not.
+    let version =
+        s.w.ok(&["group", "commit", "--pretend", "-q", good.to_str().unwrap()])
+            .trim()
+            .to_string();
+    assert!(!version.is_empty());
+    let victim = instances(&dir).keys().next().unwrap().clone();
+    std::fs::remove_file(dir.join(format!("{victim}.json"))).unwrap();
+    wait_until("the victim replaced", Duration::from_secs(30), || {
+        instances(&dir).len() == 3
+    });
+    s.watch("web");
+    let err = s.w.fails(&[
+        "group",
+        "commit",
+        "--expect",
+        &version,
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("changed since plan") && err.contains(&version),
+        "{err}"
+    );
+    let version =
+        s.w.ok(&["group", "commit", "--pretend", "-q", good.to_str().unwrap()])
+            .trim()
+            .to_string();
+    s.w.ok(&[
+        "group",
+        "commit",
+        "--expect",
+        &version,
+        good.to_str().unwrap(),
+    ]);
+    s.watch("web");
+    let v2 = hashes(&dir);
+    assert_ne!(v1, v2);
+
+    // Roll back: every instance carries the previous configuration again.
+    let out = s.w.ok(&["group", "rollback", "web"]);
+    assert!(!out.trim().is_empty());
+    wait_until("rolled back to v1", Duration::from_secs(30), || {
+        hashes(&dir) == v1 && instances(&dir).len() == 3
+    });
+    let d: Value = serde_json::from_str(&s.w.ok(&["group", "describe", "web", "--json"])).unwrap();
+    assert!(
+        d["Update"].to_string().contains("rolled_back")
+            || d["Update"].to_string().contains("rolling_back"),
+        "{d}"
+    );
+    let err = s.w.fails(&["group", "pause", "nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
+}

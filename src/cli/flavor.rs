@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use infrakit_sdk::discovery::Discovery;
 use infrakit_sdk::rpc::client::FlavorClient;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Index};
 use infrakit_sdk::spi::instance::{Description, Spec};
@@ -110,7 +109,9 @@ pub enum FlavorCommand {
 }
 
 pub async fn run(args: FlavorArgs) -> Result<()> {
-    let endpoint = Discovery::from_env().find(&args.name).await?;
+    let endpoint = infrakit_docker::discovery_from_env()
+        .find(&args.name)
+        .await?;
     let client = FlavorClient::new(endpoint);
     let format = args.out.format();
     match args.command {

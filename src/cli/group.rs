@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use infrakit_sdk::discovery::Discovery;
 use infrakit_sdk::rpc::client::GroupClient;
-use infrakit_sdk::spi::group::{GroupDescription, GroupPlugin, GroupSpec};
+use infrakit_sdk::spi::group::{GroupDescription, GroupPlugin, GroupSpec, UpdateCommand};
 use serde_json::json;
 
 use super::input::read_json;
@@ -30,10 +29,24 @@ pub enum GroupCommand {
     /// Commit a group file ({"ID": ..., "Properties": {...}}); with --pretend only show the plan.
     Commit {
         file: String,
-        /// Change nothing; print what the commit would do.
+        /// Change nothing; print what the commit would do (and the plan's version).
         #[arg(long)]
         pretend: bool,
+        /// Refuse unless the plan is still this version (from an earlier --pretend): nothing
+        /// changed in the group or its instances since you reviewed it.
+        #[arg(long, value_name = "VERSION")]
+        expect: Option<String>,
     },
+    /// Check a group file without committing it (locally: fields, allocation, policies).
+    Validate { file: String },
+    /// Print the JSON Schema of a group file.
+    Schema,
+    /// Pause the group's update (the group still heals).
+    Pause { id: String },
+    /// Resume a paused update (or roll forward again after a rollback).
+    Resume { id: String },
+    /// Roll the group's update back to the previous configuration.
+    Rollback { id: String },
     /// List managed groups.
     Ls,
     /// Show a group's instances, their health, the target and whether it has converged.
@@ -70,20 +83,99 @@ pub enum GroupCommand {
 }
 
 pub async fn client(name: &str) -> Result<GroupClient> {
-    Ok(GroupClient::new(Discovery::from_env().find(name).await?))
+    Ok(GroupClient::new(
+        infrakit_docker::discovery_from_env().find(name).await?,
+    ))
+}
+
+fn unreachable_local() -> Result<()> {
+    bail!("internal: local group commands are handled before contacting the group plugin")
+}
+
+/// `validate` and `schema` need no group plugin.
+fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
+    match command {
+        GroupCommand::Schema => Some(
+            serde_json::from_str::<serde_json::Value>(infrakit_controller::GROUP_SPEC_SCHEMA)
+                .map_err(anyhow::Error::from)
+                .and_then(|v| output::json(&v)),
+        ),
+        GroupCommand::Validate { file } => Some((|| {
+            let spec: GroupSpec = read_json(file, "group spec")?;
+            let parsed = infrakit_controller::record::parse(&spec)?;
+            match format {
+                Format::Json => output::json(&json!({
+                    "ID": spec.id,
+                    "ConfigHash": parsed.hash,
+                    "Target": parsed.desired.allocation.target(),
+                    "Policies": parsed.desired.policy,
+                })),
+                Format::Quiet => Ok(()),
+                Format::Table => {
+                    println!(
+                        "{file}: valid group '{}' ({}, instance plugin {}, flavor plugin {}, config hash {})",
+                        spec.id,
+                        match &parsed.desired.allocation {
+                            infrakit_group::core::Allocation::Size(n) => format!("{n} instances"),
+                            infrakit_group::core::Allocation::Pets(ids) => format!("{} logical IDs", ids.len()),
+                        },
+                        parsed.props.instance.plugin,
+                        parsed.props.flavor.plugin,
+                        &parsed.hash[..12.min(parsed.hash.len())]
+                    );
+                    println!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");
+                    Ok(())
+                }
+            }
+        })()),
+        _ => None,
+    }
 }
 
 pub async fn run(args: GroupArgs) -> Result<()> {
-    let group = client(&args.name).await?;
     let format = args.out.format();
+    if let Some(result) = run_local(&args.command, format) {
+        return result;
+    }
+    let group = client(&args.name).await?;
     match args.command {
-        GroupCommand::Commit { file, pretend } => {
+        GroupCommand::Commit {
+            file,
+            pretend,
+            expect,
+        } => {
             let spec: GroupSpec = read_json(&file, "group spec")?;
-            let r = group.commit_group(spec, pretend).await?;
+            let r = match &expect {
+                Some(v) => group.commit_group_expecting(spec, pretend, v).await?,
+                None => group.commit_group(spec, pretend).await?,
+            };
             match format {
                 Format::Json => output::json(&json!({"Details": r.details, "Plan": r.plan}))?,
-                _ => println!("{}", r.details),
+                Format::Quiet => println!("{}", r.plan.map(|p| p.version).unwrap_or_default()),
+                Format::Table => {
+                    println!("{}", r.details);
+                    if let (true, Some(plan)) = (pretend, r.plan) {
+                        println!(
+                            "plan version {} (commit it unchanged with --expect {})",
+                            plan.version, plan.version
+                        );
+                    }
+                }
             }
+        }
+        GroupCommand::Validate { .. } | GroupCommand::Schema => unreachable_local()?,
+        GroupCommand::Pause { id } => {
+            println!("{}", group.update_command(&id, UpdateCommand::Pause).await?)
+        }
+        GroupCommand::Resume { id } => println!(
+            "{}",
+            group.update_command(&id, UpdateCommand::Resume).await?
+        ),
+        GroupCommand::Rollback { id } => {
+            println!(
+                "{}",
+                group.update_command(&id, UpdateCommand::Rollback).await?
+            )
         }
         GroupCommand::Ls => {
             let specs = group.inspect_groups().await?;

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use infrakit_sdk::discovery::Discovery;
 use infrakit_sdk::rpc::client::InstanceClient;
 use infrakit_sdk::spi::instance::{DestroyContext, DestroyReason, InstancePlugin, Spec};
 use serde_json::Value;
@@ -59,7 +58,9 @@ pub enum InstanceCommand {
 }
 
 pub async fn run(args: InstanceArgs) -> Result<()> {
-    let endpoint = Discovery::from_env().find(&args.name).await?;
+    let endpoint = infrakit_docker::discovery_from_env()
+        .find(&args.name)
+        .await?;
     let client = InstanceClient::new(endpoint);
     let format = args.out.format();
     match args.command {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use infrakit_sdk::discovery::Discovery;
 use infrakit_sdk::rpc::client::{Endpoint, RpcClient};
 use infrakit_sdk::spi::INSTANCE;
 use serde::Serialize;
@@ -47,7 +46,7 @@ fn unreachable_serve() -> Result<()> {
 }
 
 async fn ls(format: Format) -> Result<()> {
-    let found = Discovery::from_env().list().await?;
+    let found = infrakit_docker::discovery_from_env().list().await?;
     // Ask every plugin at once what it implements; one that does not answer is shown, not hidden.
     let tasks: Vec<_> = found
         .into_iter()

@@ -13,7 +13,7 @@ use infrakit_controller::{FileStore, GroupController, Options};
 use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
-use infrakit_sdk::discovery::{self, Discovery, PluginsDir};
+use infrakit_sdk::discovery::{self, PluginsDir};
 use infrakit_sdk::resolve::DiscoveryResolver;
 use infrakit_sdk::rpc::server::{Plugins, Server};
 
@@ -148,7 +148,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             let options = args.controller.options()?;
             let store = args.controller.open_store()?;
             tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
-            let resolver = Arc::new(DiscoveryResolver::new(Discovery::from_env()));
+            let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
             Plugins::new().group(GroupController::start(resolver, store, options)?)
         }
         Kind::InstanceFile => {
@@ -160,7 +160,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
         }
         Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::new()),
         Kind::FlavorCombo => {
-            let resolver = ComboResolver::new(Discovery::from_env());
+            let resolver = ComboResolver::new(infrakit_docker::discovery_from_env());
             Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
         }
     })

@@ -13,7 +13,6 @@ use infrakit_controller::GroupController;
 use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
-use infrakit_sdk::discovery::Discovery;
 use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver, PluginResolver};
 use infrakit_sdk::rpc::server::{Plugins, Server};
 use infrakit_sdk::spi::flavor::FlavorPlugin;
@@ -65,12 +64,12 @@ async fn up(args: UpArgs) -> Result<()> {
     );
     let vanilla: Arc<dyn FlavorPlugin> = Arc::new(VanillaFlavor::new());
     let combo: Arc<dyn FlavorPlugin> = Arc::new(ComboFlavor::new(Arc::new(ComboResolver::new(
-        Discovery::from_env(),
+        infrakit_docker::discovery_from_env(),
     ))));
     let resolver: Arc<dyn PluginResolver> = Arc::new(
-        LocalResolver::new(Some(Arc::new(
-            DiscoveryResolver::new(Discovery::from_env()),
-        )))
+        LocalResolver::new(Some(Arc::new(DiscoveryResolver::new(
+            infrakit_docker::discovery_from_env(),
+        ))))
         .with_instance("instance-file", files.clone())
         .with_flavor("flavor-vanilla", vanilla.clone())
         .with_flavor("flavor-combo", combo.clone()),

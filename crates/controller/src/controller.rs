@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use infrakit_group::core::{preview, Allocation, Observed};
+use infrakit_group::core::{command as core_command, preview, Allocation, Command, Observed};
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::group::{
-    CommitResult, GroupDescription, GroupPlugin, GroupSpec, InstanceStatus,
+    CommitResult, GroupDescription, GroupPlugin, GroupSpec, InstanceStatus, UpdateCommand,
 };
 use infrakit_sdk::spi::instance::InstanceId;
 use infrakit_sdk::{Error, ErrorKind, Result};
@@ -148,29 +148,15 @@ impl GroupController {
         group.wake.notify_one();
         Ok(())
     }
-}
 
-fn spawn(ctx: &Arc<Ctx>, group: Arc<Group>) {
-    ctx.groups().insert(group.id.clone(), group.clone());
-    tokio::spawn(worker::run(group, ctx.clone()));
-}
-
-pub(crate) fn allocation(a: &Allocation) -> AllocationMethod {
-    match a {
-        Allocation::Size(n) => AllocationMethod {
-            size: *n,
-            logical_ids: Vec::new(),
-        },
-        Allocation::Pets(ids) => AllocationMethod {
-            size: 0,
-            logical_ids: ids.clone(),
-        },
-    }
-}
-
-#[async_trait]
-impl GroupPlugin for GroupController {
-    async fn commit_group(&self, spec: GroupSpec, pretend: bool) -> Result<CommitResult> {
+    /// Commits (or with `pretend` only plans) `spec`; with `expect`, only if the plan's version is
+    /// still that.
+    async fn commit(
+        &self,
+        spec: GroupSpec,
+        pretend: bool,
+        expect: Option<&str>,
+    ) -> Result<CommitResult> {
         let parsed = parse(&spec)?;
         self.check_plugins(&parsed).await?;
         let existing = self.ctx.groups().get(&spec.id).cloned();
@@ -180,6 +166,13 @@ impl GroupPlugin for GroupController {
             .unwrap_or_default();
         let observed = self.observe(&parsed).await?;
         let (text, plan) = preview(&parsed.desired, &observed, &memory);
+        if let Some(expect) = expect.filter(|e| *e != plan.version) {
+            return Err(Error::conflict(format!(
+                "group '{}' or what runs in it changed since plan {expect}: the plan is now {} ({text}); \
+                 review it with --pretend and commit with --expect {}",
+                spec.id, plan.version, plan.version
+            )));
+        }
         if pretend {
             return Ok(CommitResult {
                 details: text,
@@ -203,6 +196,68 @@ impl GroupPlugin for GroupController {
         Ok(CommitResult {
             details: format!("Committed group '{}': {text}", spec.id),
             plan: Some(plan),
+        })
+    }
+}
+
+fn spawn(ctx: &Arc<Ctx>, group: Arc<Group>) {
+    ctx.groups().insert(group.id.clone(), group.clone());
+    tokio::spawn(worker::run(group, ctx.clone()));
+}
+
+pub(crate) fn allocation(a: &Allocation) -> AllocationMethod {
+    match a {
+        Allocation::Size(n) => AllocationMethod {
+            size: *n,
+            logical_ids: Vec::new(),
+        },
+        Allocation::Pets(ids) => AllocationMethod {
+            size: 0,
+            logical_ids: ids.clone(),
+        },
+    }
+}
+
+#[async_trait]
+impl GroupPlugin for GroupController {
+    async fn commit_group(&self, spec: GroupSpec, pretend: bool) -> Result<CommitResult> {
+        self.commit(spec, pretend, None).await
+    }
+
+    async fn commit_group_expecting(
+        &self,
+        spec: GroupSpec,
+        pretend: bool,
+        expect: &str,
+    ) -> Result<CommitResult> {
+        self.commit(spec, pretend, Some(expect)).await
+    }
+
+    async fn update_command(&self, id: &str, command: UpdateCommand) -> Result<String> {
+        let group = self.group(id)?;
+        let cmd = match command {
+            UpdateCommand::Pause => Command::Pause,
+            UpdateCommand::Resume => Command::Resume,
+            UpdateCommand::Rollback => Command::Rollback,
+        };
+        let mut message = String::new();
+        self.update(&group, |r| {
+            let desired = r.desired()?;
+            let memory = core_command(&r.memory, cmd, &desired, worker::now_ms())
+                .map_err(Error::conflict)?;
+            message = memory
+                .update
+                .as_ref()
+                .map(|u| u.message.clone())
+                .unwrap_or_default();
+            r.memory = memory;
+            Ok(())
+        })?;
+        tracing::info!(group = id, %command, "{message}");
+        Ok(if message.is_empty() {
+            format!("{command}: done")
+        } else {
+            message
         })
     }
 

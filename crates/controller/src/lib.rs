@@ -14,3 +14,6 @@ pub mod worker;
 pub use controller::GroupController;
 pub use store::FileStore;
 pub use worker::Options;
+
+/// The JSON Schema of a group spec (`infrakit group schema`).
+pub const GROUP_SPEC_SCHEMA: &str = include_str!("group-spec.schema.json");

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use super::messages::*;
 use super::transport::Transport;
 use crate::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
-use crate::spi::group::{CommitResult, GroupDescription, GroupPlugin, GroupSpec};
+use crate::spi::group::{CommitResult, GroupDescription, GroupPlugin, GroupSpec, UpdateCommand};
 use crate::spi::instance::{Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags};
 use crate::spi::{InterfaceSpec, FLAVOR, GROUP, INSTANCE};
 use crate::{Error, ErrorKind, Result};
@@ -310,6 +310,20 @@ impl GroupClient {
     pub fn rpc(&self) -> &RpcClient {
         &self.0
     }
+    async fn commit(&self, spec: GroupSpec, pretend: bool, expect: String) -> Result<CommitResult> {
+        let req = CommitGroupRequest {
+            spec,
+            pretend,
+            expect,
+            r#type: self.0.sub_type(),
+        };
+        let r: CommitGroupResponse = self.0.call("CommitGroup", &req).await?;
+        Ok(CommitResult {
+            details: r.details,
+            plan: r.plan,
+        })
+    }
+
     fn id_request(&self, id: &str) -> GroupIdRequest {
         GroupIdRequest {
             id: id.to_string(),
@@ -321,16 +335,26 @@ impl GroupClient {
 #[async_trait]
 impl GroupPlugin for GroupClient {
     async fn commit_group(&self, spec: GroupSpec, pretend: bool) -> Result<CommitResult> {
-        let req = CommitGroupRequest {
-            spec,
-            pretend,
+        self.commit(spec, pretend, String::new()).await
+    }
+
+    async fn commit_group_expecting(
+        &self,
+        spec: GroupSpec,
+        pretend: bool,
+        expect: &str,
+    ) -> Result<CommitResult> {
+        self.commit(spec, pretend, expect.to_string()).await
+    }
+
+    async fn update_command(&self, id: &str, command: UpdateCommand) -> Result<String> {
+        let req = UpdateCommandRequest {
+            id: id.to_string(),
+            command,
             r#type: self.0.sub_type(),
         };
-        let r: CommitGroupResponse = self.0.call("CommitGroup", &req).await?;
-        Ok(CommitResult {
-            details: r.details,
-            plan: r.plan,
-        })
+        let r: DetailsResponse = self.0.call("UpdateCommand", &req).await?;
+        Ok(r.details)
     }
 
     async fn free_group(&self, id: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::spi::flavor::{AllocationMethod, Health, Index};
-use crate::spi::group::{CommitResult, GroupDescription, GroupSpec, Plan};
+use crate::spi::group::{CommitResult, GroupDescription, GroupSpec, Plan, UpdateCommand};
 use crate::spi::instance::{Description, DestroyContext, InstanceId, Spec, Tags};
 use crate::spi::serde_util::null_as_default;
 
@@ -197,6 +197,13 @@ pub struct CommitGroupRequest {
     pub spec: GroupSpec,
     #[serde(default)]
     pub pretend: bool,
+    /// Our addition: refuse unless the plan's version is this (from an earlier pretend commit).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub expect: String,
     #[serde(
         default,
         deserialize_with = "null_as_default",
@@ -286,4 +293,26 @@ pub struct SetSizeRequest {
         skip_serializing_if = "String::is_empty"
     )]
     pub r#type: String,
+}
+
+/// `Group.UpdateCommand` (our addition): pause, resume or roll back a group's update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateCommandRequest {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    pub command: UpdateCommand,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DetailsResponse {
+    #[serde(default)]
+    pub details: String,
 }

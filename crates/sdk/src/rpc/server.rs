@@ -454,6 +454,7 @@ const GROUP_METHODS: &[&str] = &[
     "DestroyInstances",
     "Size",
     "SetSize",
+    "UpdateCommand",
 ];
 
 async fn dispatch_instance(
@@ -549,9 +550,14 @@ async fn dispatch_group(
     match method {
         "CommitGroup" => {
             let r: CommitGroupRequest = parse(path, body)?;
-            let res = pick(map, &r.r#type, WHAT)?
-                .commit_group(r.spec, r.pretend)
-                .await?;
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            let res = if r.expect.is_empty() {
+                plugin.commit_group(r.spec, r.pretend).await?
+            } else {
+                plugin
+                    .commit_group_expecting(r.spec, r.pretend, &r.expect)
+                    .await?
+            };
             reply(&CommitGroupResponse::from(res))
         }
         "FreeGroup" => {
@@ -590,6 +596,13 @@ async fn dispatch_group(
             let r: SetSizeRequest = parse(path, body)?;
             pick(map, &r.r#type, WHAT)?.set_size(&r.id, r.size).await?;
             reply(&OkResponse { ok: true })
+        }
+        "UpdateCommand" => {
+            let r: UpdateCommandRequest = parse(path, body)?;
+            let details = pick(map, &r.r#type, WHAT)?
+                .update_command(&r.id, r.command)
+                .await?;
+            reply(&DetailsResponse { details })
         }
         _ => Err(unknown_method(path, GROUP_METHODS)),
     }

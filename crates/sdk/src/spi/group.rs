@@ -142,7 +142,32 @@ pub struct GroupDescription {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// Steering a running update (our addition to InfraKit's interface).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateCommand {
+    /// Stop replacing instances (the group still heals).
+    Pause,
+    /// Continue a paused update (or roll forward again after a rollback).
+    Resume,
+    /// Replace the new instances with the previous configuration.
+    Rollback,
+}
+
+impl std::fmt::Display for UpdateCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpdateCommand::Pause => "pause",
+            UpdateCommand::Resume => "resume",
+            UpdateCommand::Rollback => "rollback",
+        })
+    }
+}
+
 /// A group plugin.
+///
+/// The last two methods are our additions to InfraKit's interface; their default implementations
+/// refuse, so a group plugin written against InfraKit's methods alone still compiles and serves.
 #[async_trait]
 pub trait GroupPlugin: Send + Sync + 'static {
     /// Starts managing `spec` (or, with `pretend`, only says what that would do).
@@ -156,4 +181,25 @@ pub trait GroupPlugin: Send + Sync + 'static {
     async fn destroy_instances(&self, id: &str, instances: &[InstanceId]) -> Result<()>;
     async fn size(&self, id: &str) -> Result<u64>;
     async fn set_size(&self, id: &str, size: u64) -> Result<()>;
+
+    /// `CommitGroup` that refuses (Conflict) unless the plan it would carry out has version
+    /// `expect`, i.e. neither the group nor its observed state changed since a `pretend` commit.
+    async fn commit_group_expecting(
+        &self,
+        spec: GroupSpec,
+        pretend: bool,
+        expect: &str,
+    ) -> Result<CommitResult> {
+        let _ = (spec, pretend);
+        Err(crate::Error::invalid(format!(
+            "this group plugin cannot check a plan version ({expect}); commit without --expect"
+        )))
+    }
+
+    /// Pauses, resumes or rolls back the group's update; returns what happened, for a person.
+    async fn update_command(&self, id: &str, command: UpdateCommand) -> Result<String> {
+        Err(crate::Error::invalid(format!(
+            "this group plugin does not support {command} (group '{id}')"
+        )))
+    }
 }
