@@ -2,7 +2,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt bench setup clean up
+.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine
+
+## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
+REPO ?= infrakit
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+STATIC_TARGET := x86_64-unknown-linux-gnu
+# A target dir of its own: other RUSTFLAGS would otherwise invalidate the normal build's cache.
+STATIC_DIR := target/static
+STATIC_BIN := $(STATIC_DIR)/$(STATIC_TARGET)/release/infrakit
+PLUGINS_SH = REPO='$(REPO)' VERSION='$(VERSION)' BIN='$(STATIC_BIN)' bash scripts/plugins.sh
 
 all: build
 
@@ -13,11 +22,52 @@ setup:
 build:
 	$(CARGO) build --release --locked --bin infrakit
 
-## Every test: formatting, lints, unit, simulation and end-to-end tests with real plugin processes.
+## Every test: formatting, lints, unit, simulation and end-to-end tests with real plugin processes,
+## and (tests/engine.rs) the managed plugins on a real Docker Engine. With CI=true an engine is
+## installed/started first and the engine tests must run; elsewhere they run when an engine answers.
 test: setup
+	@if [ "$${CI:-}" = true ]; then bash scripts/docker-engine.sh; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@if [ "$${CI:-}" = true ] || docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory static; \
+	 else echo "make test: no Docker engine answers: not building the static binary; the engine tests will skip"; fi
 	$(CARGO) test --workspace --locked
+
+## Make sure a Docker Engine answers (installs Debian's docker.io and starts dockerd if needed).
+engine:
+	bash scripts/docker-engine.sh
+
+## The static binary every plugin's rootfs holds.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
+	  --target $(STATIC_TARGET) --target-dir $(STATIC_DIR) --bin infrakit
+
+## Create every managed plugin (an unchanged one is kept with its settings, a changed one replaced).
+plugins: static
+	$(PLUGINS_SH) create
+
+## Enable / disable every plugin (the group controller last / first).
+enable:
+	$(PLUGINS_SH) enable
+
+disable:
+	$(PLUGINS_SH) disable
+
+## Disable and remove every plugin and its build context.
+clean-plugins:
+	$(PLUGINS_SH) clean
+
+## Push every plugin to the registry named by REPO (make plugins push REPO=127.0.0.1:5000/infrakit).
+push:
+	$(PLUGINS_SH) push
+
+## Upgrade an installed plugin keeping its ID and settings: make upgrade PLUGIN=infrakit/group:0.1.0 TO=reg/infrakit/group:0.2.0
+upgrade:
+	bash scripts/plugins.sh upgrade '$(PLUGIN)' '$(TO)'
+
+## Plugin sizes, enable/disable times, idle RSS (creates $(REPO)-bench/* plugins and removes them).
+bench-plugins: static
+	BIN='$(STATIC_BIN)' bash scripts/bench-plugins.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -33,7 +83,7 @@ bench:
 
 clean:
 	$(CARGO) clean
-	rm -rf rootfs plugins/*/rootfs
+	rm -rf rootfs plugins/*/rootfs target/plugins
 
 ## The quick start: controller + built-in plugins in one process, commits examples/cattle.json.
 FILE ?= examples/cattle.json

@@ -1,0 +1,602 @@
+//! The managed plugins on a real Docker Engine: create, enable, discovery through the engine, a
+//! group converging through them, the engine restarting a killed plugin, disable/enable, settings,
+//! bad cases, and a versioned upgrade through a local registry.
+//!
+//! Needs an engine (`scripts/docker-engine.sh`) and the static binary (`make static`; `make test`
+//! builds it first). With `CI=true` both must be there and the tests fail otherwise; elsewhere they
+//! skip, saying why. Plugins are created as `infrakit-test/e2e-<name>` (found as `e2e-<name>`), so
+//! they never collide with plugins a person has enabled on the same engine; a lock file keeps two
+//! test runs on one machine (one engine) from interleaving.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const STATIC_BIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
+);
+const REPO: &str = "infrakit-test";
+const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn missing_prerequisite() -> Option<String> {
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    match engine {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Some(format!(
+                "no Docker engine answers (docker version: {}); run scripts/docker-engine.sh",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => return Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
+    }
+    if !Path::new(STATIC_BIN).is_file() {
+        return Some(format!(
+            "no static binary at {STATIC_BIN}; run make static (make test does)"
+        ));
+    }
+    None
+}
+
+/// Ok(lock) when the tests should run; Err(()) after printing loudly why they skip. Panics in CI.
+fn prerequisites() -> Result<File, ()> {
+    if let Some(why) = missing_prerequisite() {
+        if in_ci() {
+            panic!("engine tests must run in CI (CI=true) but cannot: {why}");
+        }
+        eprintln!("\n*** SKIPPING the Docker Engine tests: {why} ***\n");
+        return Err(());
+    }
+    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
+    Ok(lock)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let o = docker(args);
+    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The plugins one test works with: `REPO/PREFIX<name>:VERSION`, removed on drop.
+struct Bundle {
+    repo: String,
+    prefix: String,
+    version: String,
+    build_dir: PathBuf,
+}
+
+impl Bundle {
+    fn new(repo: &str, prefix: &str, version: &str, build_dir: &Path) -> Bundle {
+        Bundle {
+            repo: repo.to_string(),
+            prefix: prefix.to_string(),
+            version: version.to_string(),
+            build_dir: build_dir.to_path_buf(),
+        }
+    }
+
+    fn reference(&self, name: &str) -> String {
+        format!("{}/{}{name}:{}", self.repo, self.prefix, self.version)
+    }
+
+    /// `scripts/plugins.sh CMD NAME...`
+    fn script(&self, cmd: &str, names: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/plugins.sh"))
+            .arg(cmd)
+            .args(names)
+            .env("REPO", &self.repo)
+            .env("NAME_PREFIX", &self.prefix)
+            .env("VERSION", &self.version)
+            .env("BIN", STATIC_BIN)
+            .env("BUILD_DIR", &self.build_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/plugins.sh")
+    }
+
+    fn script_ok(&self, cmd: &str, names: &[&str]) -> String {
+        let o = self.script(cmd, names);
+        assert!(o.status.success(), "plugins.sh {cmd} failed: {}", text(&o));
+        text(&o)
+    }
+
+    fn remove(&self, refs: &[String]) {
+        for r in refs {
+            let _ = docker(&["plugin", "disable", "-f", r]);
+            let _ = docker(&["plugin", "rm", "-f", r]);
+        }
+    }
+}
+
+/// The host CLI, finding plugins only through the engine (an empty plugins directory).
+struct Cli {
+    plugins_dir: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(common::BIN)
+            .args(args)
+            .env("INFRAKIT_PLUGINS_DIR", &self.plugins_dir)
+            .env("INFRAKIT_LOG", "warn")
+            .env_remove("INFRAKIT_ENGINE_PLUGINS_DIR")
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run infrakit")
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "infrakit {args:?} failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "infrakit {args:?} should fail: {}",
+            text(&o)
+        );
+        text(&o)
+    }
+    /// The group's description, or what went wrong.
+    fn describe(&self, group_plugin: &str, id: &str) -> Result<Value, String> {
+        let o = self.run(&["group", "-n", group_plugin, "describe", id, "--json"]);
+        if !o.status.success() {
+            return Err(text(&o));
+        }
+        serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))
+    }
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
+    // The CLI prints InfraKit's PascalCase; accept either spelling so the test checks behaviour.
+    let lower = name.to_ascii_lowercase();
+    v.get(name)
+        .or_else(|| v.get(&lower))
+        .unwrap_or(&Value::Null)
+}
+
+/// Instance IDs in the directory (the file plugin's `<ID>.json`).
+fn instance_ids(dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".json")
+                        .filter(|_| !n.starts_with('.'))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> Option<String>) {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match check() {
+            None => return,
+            Some(why) => last = why,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {limit:?}; last: {last}");
+}
+
+/// Waits until the group reports converged with `size` instance files.
+fn wait_converged(cli: &Cli, group_plugin: &str, id: &str, dir: &Path, size: usize) {
+    wait_until(
+        &format!("group {id} converged with {size}"),
+        Duration::from_secs(45),
+        || {
+            let files = instance_ids(dir).len();
+            match cli.describe(group_plugin, id) {
+                Ok(d) if field(&d, "Converged") == &json!(true) && files == size => None,
+                Ok(d) => Some(format!("{files} files; {d}")),
+                Err(e) => Some(format!("{files} files; describe failed: {e}")),
+            }
+        },
+    );
+}
+
+/// The pid (in the host's namespace) of a managed plugin's process: the process whose cgroup is
+/// named after the plugin's ID and which is PID 1 in its own namespace.
+fn plugin_pid(id: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if !cg.lines().any(|l| l.ends_with(&format!("/{id}"))) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let nspid_is_1 = status
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .is_some_and(|l| l.split_whitespace().last() == Some("1"));
+        if nspid_is_1 {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn plugin_id(reference: &str) -> String {
+    docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", reference])
+}
+
+fn group_spec(id: &str, size: u64, instance: &str, flavor: &str, note: &str) -> String {
+    json!({"ID": id, "Properties": {
+        "Allocation": {"Size": size},
+        "Instance": {"Plugin": instance, "Properties": {"Note": note}},
+        "Flavor": {"Plugin": flavor, "Properties": {"Init": ["echo hello"], "Tags": {"tier": "web"}}}
+    }})
+    .to_string()
+}
+
+#[test]
+fn managed_plugins_lifecycle() {
+    let Ok(_lock) = prerequisites() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let instances = tmp.path().join("instances");
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&instances).expect("mkdir");
+    std::fs::create_dir_all(&store).expect("mkdir");
+    std::fs::create_dir_all(tmp.path().join("no-plugins")).expect("mkdir");
+    let b = Bundle::new(REPO, "e2e-", "test", &tmp.path().join("build"));
+    let names = ["instance-file", "flavor-vanilla", "flavor-combo", "group"];
+    let refs: Vec<String> = names.iter().map(|n| b.reference(n)).collect();
+    b.remove(&refs); // leftovers of an interrupted run
+    let _cleanup = Cleanup(&b, refs.clone());
+    let (ifile, group) = (b.reference("instance-file"), b.reference("group"));
+
+    // make plugins, with settings, then make enable.
+    b.script_ok("create", &[]);
+    let again = b.script_ok("create", &[]);
+    assert!(again.contains("up to date"), "re-running create: {again}");
+    docker_ok(&[
+        "plugin",
+        "set",
+        &ifile,
+        &format!("instances.source={}", instances.display()),
+    ]);
+    docker_ok(&[
+        "plugin",
+        "set",
+        &group,
+        &format!("store.source={}", store.display()),
+        "INFRAKIT_POLL_INTERVAL=500ms",
+    ]);
+    let start = Instant::now();
+    b.script_ok("enable", &[]);
+    eprintln!("enabled 4 plugins in {:?}", start.elapsed());
+    let ls = docker_ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
+    for r in &refs {
+        assert!(ls.contains(&format!("{r} true")), "{r} not enabled: {ls}");
+    }
+
+    // The host CLI finds them through the engine only.
+    let cli = Cli {
+        plugins_dir: tmp.path().join("no-plugins"),
+    };
+    let found: Value =
+        serde_json::from_str(&cli.ok(&["plugin", "ls", "--json"])).expect("plugin ls JSON");
+    for n in names {
+        let row = found
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["Name"] == json!(format!("e2e-{n}"))))
+            .unwrap_or_else(|| panic!("e2e-{n} not listed: {found}"));
+        assert_eq!(row["Source"], json!("engine"), "{row}");
+        assert!(row.get("Error").is_none(), "{row}");
+    }
+
+    // Commit a group (through the combo flavor too, so a plugin reaches its peers) and converge.
+    let spec = tmp.path().join("g.json");
+    std::fs::write(
+        &spec,
+        json!({"ID": "e2e", "Properties": {
+            "Allocation": {"Size": 3},
+            "Instance": {"Plugin": "e2e-instance-file", "Properties": {"Note": "v1"}},
+            "Flavor": {"Plugin": "e2e-flavor-combo", "Properties": {"Flavors": [
+                {"Plugin": "e2e-flavor-vanilla", "Properties": {"Init": ["echo hi"]}}]}}
+        }})
+        .to_string(),
+    )
+    .expect("write spec");
+    let spec = spec.display().to_string();
+    cli.ok(&["group", "-n", "e2e-group", "commit", &spec]);
+    wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
+    let first_ids = instance_ids(&instances);
+
+    // Kill the group plugin's process: the engine restarts it; the group is still managed.
+    let gid = plugin_id(&group);
+    let pid = plugin_pid(&gid).expect("the group plugin's process");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until(
+        "the engine restarts the group plugin",
+        Duration::from_secs(30),
+        || match plugin_pid(&gid) {
+            Some(p) if p != pid => None,
+            other => Some(format!("pid {other:?}")),
+        },
+    );
+    std::fs::remove_file(instances.join(format!("{}.json", first_ids[0]))).expect("rm instance");
+    wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
+
+    // Disable/enable the group plugin with a long poll interval: still managed (store on the
+    // host), and the setting took effect (a removed instance is not noticed for a while).
+    let start = Instant::now();
+    docker_ok(&["plugin", "disable", &group]);
+    eprintln!("disabled the group plugin in {:?}", start.elapsed());
+    docker_ok(&["plugin", "set", &group, "INFRAKIT_POLL_INTERVAL=1h"]);
+    let start = Instant::now();
+    docker_ok(&["plugin", "enable", &group]);
+    eprintln!("enabled the group plugin in {:?}", start.elapsed());
+    wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
+    let ids = instance_ids(&instances);
+    std::fs::remove_file(instances.join(format!("{}.json", ids[0]))).expect("rm instance");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        instance_ids(&instances).len(),
+        2,
+        "with a 1h poll interval the loss must not be noticed within 3 s"
+    );
+    docker_ok(&["plugin", "disable", &group]);
+    docker_ok(&["plugin", "set", &group, "INFRAKIT_POLL_INTERVAL=300ms"]);
+    docker_ok(&["plugin", "enable", &group]);
+    wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
+    let ids = instance_ids(&instances);
+    std::fs::remove_file(instances.join(format!("{}.json", ids[0]))).expect("rm instance");
+    wait_until(
+        "a short poll interval notices a lost instance",
+        Duration::from_secs(5),
+        || {
+            let n = instance_ids(&instances).len();
+            (n != 3).then(|| format!("{n} instances"))
+        },
+    );
+
+    // The instance plugin disabled mid-reconcile: reported, nothing destroyed, carries on after.
+    let before = instance_ids(&instances);
+    docker_ok(&["plugin", "disable", &ifile]);
+    std::thread::sleep(Duration::from_secs(2));
+    let d = cli
+        .describe("e2e-group", "e2e")
+        .expect("describe while disabled");
+    assert!(
+        d.to_string().contains("e2e-instance-file"),
+        "the group's status names the missing plugin: {d}"
+    );
+    docker_ok(&["plugin", "enable", &ifile]);
+    wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
+    assert_eq!(instance_ids(&instances), before, "no instance re-created");
+
+    // Bad case: a plugin that is not enabled; the error names it and where it looked.
+    docker_ok(&["plugin", "disable", &b.reference("flavor-vanilla")]);
+    let err = cli.fails(&["flavor", "-n", "e2e-flavor-vanilla", "validate", &spec]);
+    assert!(
+        err.contains("e2e-flavor-vanilla") && err.contains("Docker engine"),
+        "{err}"
+    );
+    let err = cli.fails(&["instance", "-n", "e2e-nowhere", "describe"]);
+    assert!(
+        err.contains("e2e-nowhere") && err.contains("no-plugins") && err.contains("Docker engine"),
+        "{err}"
+    );
+}
+
+/// Disables and removes the plugins at the end, whatever happened.
+struct Cleanup<'a>(&'a Bundle, Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        // The group controller first: it must not see its instance plugin vanish.
+        let mut refs = self.1.clone();
+        refs.reverse();
+        self.0.remove(&refs);
+    }
+}
+
+/// Debian's docker-registry on a free port of 127.0.0.1 (which the engine trusts without TLS).
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("write registry config");
+        let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("Debian's docker-registry (scripts/docker-engine.sh installs it)");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("registry.log")).expect("registry log"))
+            .spawn()
+            .expect("start docker-registry");
+        let r = Registry { child, addr };
+        wait_until("the registry answers", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&r.addr)
+                .err()
+                .map(|e| e.to_string())
+        });
+        r
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn upgrade_through_a_registry_keeps_id_settings_and_instances() {
+    let Ok(_lock) = prerequisites() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let instances = tmp.path().join("instances");
+    let store = tmp.path().join("store");
+    for d in [&instances, &store, &tmp.path().join("no-plugins")] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let registry = Registry::start(tmp.path());
+    let repo = format!("{}/{REPO}", registry.addr);
+    let a = Bundle::new(&repo, "up-", "a", &tmp.path().join("build-a"));
+    let bv = Bundle::new(&repo, "up-", "b", &tmp.path().join("build-b"));
+    let names = ["instance-file", "flavor-vanilla", "group"];
+    let refs_a: Vec<String> = names.iter().map(|n| a.reference(n)).collect();
+    let refs_b: Vec<String> = names.iter().map(|n| bv.reference(n)).collect();
+    a.remove(&refs_a);
+    bv.remove(&refs_b);
+    let _cleanup_b = Cleanup(&bv, refs_b.clone());
+    let _cleanup_a = Cleanup(&a, refs_a.clone());
+
+    // Version A and B pushed (make push), the local copies removed: only the registry has them.
+    for bundle in [&a, &bv] {
+        bundle.script_ok("create", &names);
+        bundle.script_ok("push", &names);
+    }
+    a.remove(&refs_a);
+    bv.remove(&refs_b);
+
+    // Install A from the registry, with settings, and commit a group.
+    for r in &refs_a {
+        docker_ok(&[
+            "plugin",
+            "install",
+            "--grant-all-permissions",
+            "--disable",
+            r,
+        ]);
+    }
+    let (ifile, group) = (a.reference("instance-file"), a.reference("group"));
+    docker_ok(&[
+        "plugin",
+        "set",
+        &ifile,
+        &format!("instances.source={}", instances.display()),
+    ]);
+    docker_ok(&[
+        "plugin",
+        "set",
+        &group,
+        &format!("store.source={}", store.display()),
+        "INFRAKIT_POLL_INTERVAL=400ms",
+    ]);
+    a.script_ok("enable", &names);
+    let cli = Cli {
+        plugins_dir: tmp.path().join("no-plugins"),
+    };
+    let spec = tmp.path().join("g.json");
+    std::fs::write(
+        &spec,
+        group_spec("up", 3, "up-instance-file", "up-flavor-vanilla", "v1"),
+    )
+    .expect("write spec");
+    cli.ok(&[
+        "group",
+        "-n",
+        "up-group",
+        "commit",
+        &spec.display().to_string(),
+    ]);
+    wait_converged(&cli, "up-group", "up", &instances, 3);
+    let before = instance_ids(&instances);
+
+    // Upgrade the group and instance plugins to B: disable, upgrade, enable.
+    for name in ["group", "instance-file"] {
+        let local = a.reference(name);
+        let id = plugin_id(&local);
+        // disable, docker plugin upgrade, re-apply mount settings, enable: scripts/plugins.sh.
+        a.script_ok("upgrade", &[&local, &bv.reference(name)]);
+        assert_eq!(
+            plugin_id(&local),
+            id,
+            "{name}: same plugin ID after upgrade"
+        );
+        let reference = docker_ok(&["plugin", "inspect", "-f", "{{.PluginReference}}", &local]);
+        assert_eq!(reference, bv.reference(name), "{name} runs version B");
+    }
+    let env = docker_ok(&["plugin", "inspect", "-f", "{{json .Settings}}", &group]);
+    assert!(
+        env.contains("INFRAKIT_POLL_INTERVAL=400ms") && env.contains(&store.display().to_string()),
+        "settings kept: {env}"
+    );
+    let env = docker_ok(&[
+        "plugin",
+        "inspect",
+        "-f",
+        "{{json .Settings.Mounts}}",
+        &ifile,
+    ]);
+    assert!(env.contains(&instances.display().to_string()), "{env}");
+    wait_converged(&cli, "up-group", "up", &instances, 3);
+    assert_eq!(instance_ids(&instances), before, "no instance re-created");
+    // Still managed: a lost instance comes back.
+    std::fs::remove_file(instances.join(format!("{}.json", before[0]))).expect("rm instance");
+    wait_converged(&cli, "up-group", "up", &instances, 3);
+}
