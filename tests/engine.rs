@@ -416,6 +416,28 @@ fn managed_plugins_lifecycle() {
     wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
     assert_eq!(instance_ids(&instances), before, "no instance re-created");
 
+    // `infrakit plugin create` (no docker CLI): the same context, created under another name.
+    let created = format!("{REPO}/e2e-created:test");
+    let _ = docker(&["plugin", "rm", "-f", &created]);
+    let ctx = tmp.path().join("build").join("flavor-vanilla");
+    cli.ok(&["plugin", "create", &created, &ctx.display().to_string()]);
+    let cfg = docker_ok(&[
+        "plugin",
+        "inspect",
+        "-f",
+        "{{.Enabled}} {{.Config.Interface.Socket}}",
+        &created,
+    ]);
+    let _ = docker(&["plugin", "rm", "-f", &created]);
+    assert_eq!(cfg, "false vanilla.sock");
+    let err = cli.fails(&[
+        "plugin",
+        "create",
+        &created,
+        &tmp.path().display().to_string(),
+    ]);
+    assert!(err.contains("config.json"), "{err}");
+
     // Bad case: a plugin that is not enabled; the error names it and where it looked.
     docker_ok(&["plugin", "disable", &b.reference("flavor-vanilla")]);
     let err = cli.fails(&["flavor", "-n", "e2e-flavor-vanilla", "validate", &spec]);

@@ -21,6 +21,18 @@ pub enum PluginCommand {
     },
     /// Run one plugin in the foreground until SIGTERM/SIGINT (the managed plugins' entrypoint).
     Serve(ServeArgs),
+    /// Create a Docker managed plugin from a context directory (config.json + rootfs/), without
+    /// the docker CLI: the context is sent as a tar to the engine's POST /plugins/create.
+    #[command(
+        after_help = "Example:\n  make static && scripts/plugins.sh create   # assembles target/plugins/<name>\n  \
+        infrakit plugin create acme/group:0.1.0 target/plugins/group && docker plugin enable acme/group:0.1.0"
+    )]
+    Create {
+        /// The plugin's reference, e.g. infrakit/group:0.1.0.
+        name: String,
+        /// The context directory holding config.json and rootfs/.
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Serialize)]
@@ -38,7 +50,26 @@ pub async fn run(cmd: PluginCommand) -> Result<()> {
     match cmd {
         PluginCommand::Ls { out } => ls(out.format()).await,
         PluginCommand::Serve(_) => unreachable_serve(),
+        PluginCommand::Create { name, dir } => create(&name, &dir).await,
     }
+}
+
+async fn create(name: &str, dir: &std::path::Path) -> Result<()> {
+    let Some(engine) = infrakit_docker::Engine::from_env() else {
+        anyhow::bail!(
+            "DOCKER_HOST is not a unix:// address: plugin create talks to a local engine"
+        );
+    };
+    // Unpacking a rootfs takes the engine longer than a listing: a generous overall limit.
+    let engine = engine.with_timeouts(Duration::from_secs(2), Duration::from_secs(300));
+    let context = infrakit_docker::create::context_tar(dir)?;
+    let size = context.len();
+    engine.create_plugin(name, context).await?;
+    println!(
+        "created plugin {name} ({:.1} MB context); enable it with: docker plugin enable {name}",
+        size as f64 / 1_048_576.0
+    );
+    Ok(())
 }
 
 fn unreachable_serve() -> Result<()> {

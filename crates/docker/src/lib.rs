@@ -1,10 +1,12 @@
 //! InfraKit and the Docker Engine.
 //!
 //! - [`engine`]: a minimal client for the engine's API on its unix socket (`GET /plugins`, ...).
+//! - [`create`]: a plugin context as an in-memory tar and `POST /plugins/create` (`infrakit plugin create`).
 //! - [`source`]: [`EngineSource`], a discovery source finding InfraKit's managed plugins through the
 //!   engine. Callers add it with `Discovery::insert(1, ...)` (after the plugins directory, before the
 //!   legacy locations); the SDK itself never talks to the engine.
 
+pub mod create;
 pub mod engine;
 pub mod source;
 
