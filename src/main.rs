@@ -9,7 +9,11 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
-    logging::init(args.log_level.as_deref(), args.command.default_log_level());
+    logging::init(
+        args.log_level.as_deref(),
+        args.command.default_log_level(),
+        args.command.is_plugin(),
+    );
     let code = match cli::run(args) {
         Ok(()) => 0,
         Err(e) => {

@@ -67,6 +67,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// `plugin serve`: a plugin process, whose logs go where the engine expects them.
+    pub fn is_plugin(&self) -> bool {
+        matches!(
+            self,
+            Command::Plugin {
+                command: plugin::PluginCommand::Serve(_)
+            }
+        )
+    }
+
     /// Plugins log what they do; commands a person runs only warn.
     pub fn default_log_level(&self) -> &'static str {
         match self {
