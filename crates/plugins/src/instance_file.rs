@@ -27,20 +27,31 @@
 //! so a describe never sees half a file.
 //!
 //! `DescribeInstances` is called often (every poll of every group), so it does not re-read every
-//! file each time: a cache keyed by file name keeps each file's parsed record with its stamp
-//! (modification time with nanoseconds, size, inode). Each describe lists the directory and stats
-//! every file (cheap), re-reads only files whose stamp changed, and drops entries of vanished
-//! files. File systems record modification times at a coarse granularity, so a file changed twice
-//! within one tick keeps its stamp; like git's "racily clean" check, a file whose modification time
-//! is within [`RACY_WINDOW`] of the moment we looked is re-read until it is older than that.
+//! file each time: a cache keyed by file name keeps each file's parsed record. How the cache learns
+//! what changed:
+//! - normally from an inotify watch on the directory ([`watch`]): each describe drains the events
+//!   queued since the last one and re-reads only the names they report, without listing the
+//!   directory or stat-ing the other files. The kernel queues an event inside the system call that
+//!   makes a change, so everything done before the describe started is seen by it;
+//! - when there is no watch (it could not be set, events were lost, the directory was removed or
+//!   replaced, or it is on a network file system), by a scan: list the directory, stat every file,
+//!   re-read only files whose stamp (modification time with nanoseconds, size, inode) changed, and
+//!   drop entries of vanished files. File systems record modification times at a coarse
+//!   granularity, so a file changed twice within one tick keeps its stamp; like git's "racily
+//!   clean" check, a file whose modification time is within [`RACY_WINDOW`] of the moment we looked
+//!   is re-read until it is older than that. A scan first (re-)sets the watch, so the next describe
+//!   is cheap again.
+//!
+//! The plugin's own writes reach the cache the same way: each costs one stat and one read at the
+//! next describe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -53,12 +64,19 @@ use serde_json::{Map, Value};
 
 use crate::serde_util::null_as_default;
 
+mod watch;
+use watch::Watch;
+
 /// The environment variable naming the instance directory.
 pub const INSTANCE_FILE_DIR_ENV: &str = "INFRAKIT_INSTANCE_FILE_DIR";
 
 /// A file modified this recently (relative to when we looked) may change again without its stamp
-/// changing, so its cached content is not trusted. One second covers file systems that keep
-/// whole-second modification times as well as the coarse kernel clock of the others.
+/// changing, so its cached content is not trusted by a scan. One second covers file systems that
+/// keep whole-second modification times as well as the coarse kernel clock of the others.
+///
+/// A healthy watch does not need this rule: it reports every write as it happens, whatever the
+/// modification time says, so a file changed twice within one tick is reported twice. The rule
+/// still applies to scans, and to files with other hard links (which the watch cannot vouch for).
 pub const RACY_WINDOW: Duration = Duration::from_secs(1);
 
 const SUFFIX: &str = ".json";
@@ -147,7 +165,12 @@ impl Instance {
 /// One cached file: its stamp when read, whether that read can be trusted, and what it held.
 struct Entry {
     stamp: Stamp,
+    /// The stamp was outside the racy window when the file was read, so an unchanged stamp means
+    /// unchanged content.
     settled: bool,
+    /// The file had other hard links when read: it can be written through a name outside the
+    /// directory, which the watch does not report, so it is stat-checked on every describe.
+    linked: bool,
     /// The scan that last listed the file; entries of earlier scans are of vanished files.
     seen: u64,
     /// `None` for a file that could not be read or parsed (already warned about for this stamp).
@@ -160,6 +183,17 @@ struct Cache {
     /// Counts scans, to tell listed entries from those of vanished files.
     generation: u64,
     files: BTreeMap<String, Entry>,
+    /// While set, `files` matches the directory except for the names the watch reports and those
+    /// in `pending`.
+    watch: Option<Watch>,
+    /// Names the watch reported that are not re-read yet.
+    pending: BTreeSet<String>,
+    /// Why the directory is not watched, as last logged, so a lasting reason is logged once and
+    /// not on every describe.
+    unwatched: Option<String>,
+    /// Never watch, so tests can check scans as they run where there is no watch.
+    #[cfg(test)]
+    scans_only: bool,
 }
 
 /// What the plugin shares with its blocking tasks.
@@ -171,6 +205,10 @@ struct Shared {
     writes: Mutex<()>,
     /// Files read by describe, so tests can see the cache at work.
     reads: AtomicU64,
+    /// Instance files stat-ed by describe, so tests can see the watch spare them.
+    stats: AtomicU64,
+    /// Directory listings, so tests can see when describe falls back to a scan.
+    scans: AtomicU64,
     /// Warnings about unreadable files, so tests can see they are not repeated.
     warnings: AtomicU64,
 }
@@ -202,6 +240,8 @@ impl FileInstancePlugin {
                 cache: Mutex::new(Cache::default()),
                 writes: Mutex::new(()),
                 reads: AtomicU64::new(0),
+                stats: AtomicU64::new(0),
+                scans: AtomicU64::new(0),
                 warnings: AtomicU64::new(0),
             }),
         })
@@ -263,6 +303,9 @@ impl InstancePlugin for FileInstancePlugin {
     }
 
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
+        if let Some(found) = describe_unchanged(&self.shared, tags, properties) {
+            return Ok(found);
+        }
         let tags = tags.clone();
         self.blocking("describe", move |shared| {
             describe(shared, &tags, properties)
@@ -415,14 +458,54 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 
 fn describe(shared: &Shared, want: &Tags, properties: bool) -> Result<Vec<Description>> {
     let mut cache = lock(&shared.cache);
-    scan(shared, &mut cache)?;
-    Ok(cache
+    refresh(shared, &mut cache)?;
+    Ok(answer(&cache, want, properties))
+}
+
+/// The answer of a describe, when nothing changed since the last one (the usual case of a poll),
+/// computed on the caller's thread; `None` when files must be read or listed first, which is left
+/// to the blocking pool.
+///
+/// Without file I/O this is a non-blocking read of the watch, one stat of the directory and
+/// copying the cached descriptions (about what encoding the reply costs, which the server does on
+/// this thread anyway), so it does not hold up the async runtime. It is much faster than a trip
+/// through the blocking pool (`cargo bench --bench rpc`, 1,000 files: p50 1.7 -> 1.3 ms, p99 5 ->
+/// 1.6 ms): two thread switches are saved, and the reply's thousands of small allocations are made
+/// on the thread that frees them after encoding rather than on whichever pool thread was idle,
+/// which made the allocator grow and trim per-thread arenas on every call.
+fn describe_unchanged(shared: &Shared, want: &Tags, properties: bool) -> Option<Vec<Description>> {
+    let mut cache = match shared.cache.try_lock() {
+        Ok(cache) => cache,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        // A describe in the pool may be reading files: wait for it there, not here.
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    let cache = &mut *cache;
+    let watch = cache.watch.as_mut()?;
+    if let Err(problem) = watch.changes(&shared.dir, &mut cache.pending) {
+        watch_lost(shared, cache, &problem);
+        return None;
+    }
+    let unchanged = cache.pending.is_empty() && !cache.files.values().any(|entry| entry.linked);
+    unchanged.then(|| answer(cache, want, properties))
+}
+
+/// The cached instances whose tags include `want`, in ID order.
+fn answer(cache: &Cache, want: &Tags, properties: bool) -> Vec<Description> {
+    cache
         .files
         .values()
         .filter_map(|entry| entry.instance.as_ref())
         .filter(|instance| tags_match(&instance.tags, want))
         .map(|instance| instance.describe(properties))
-        .collect())
+        .collect()
+}
+
+/// Drops a watch that can no longer vouch for the directory; the next refresh scans instead.
+fn watch_lost(shared: &Shared, cache: &mut Cache, problem: &str) {
+    tracing::info!(dir = %shared.dir.display(), "{problem}; listing the directory instead");
+    cache.watch = None;
+    cache.pending.clear();
 }
 
 /// The instance ID a directory entry stands for, or `None` for files that are not instances.
@@ -433,13 +516,153 @@ fn id_of(file_name: &str) -> Option<&str> {
     file_name.strip_suffix(SUFFIX).filter(|id| !id.is_empty())
 }
 
-/// Lists the directory and brings the cache up to date in place (no rebuild: this runs on every
-/// describe): unchanged settled files are kept as they are, changed or new ones are read, and
-/// entries of vanished files are dropped.
-fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
+/// Brings the cache up to date with the directory: from the watch's events while it is healthy,
+/// else by a scan, which first sets the watch again.
+fn refresh(shared: &Shared, cache: &mut Cache) -> Result<()> {
+    let dir = &shared.dir;
+    if let Some(watch) = cache.watch.as_mut() {
+        let lost = match watch.changes(dir, &mut cache.pending) {
+            Ok(()) => {
+                let changed = std::mem::take(&mut cache.pending);
+                match update_changed(shared, cache, changed) {
+                    Ok(()) => return Ok(()),
+                    Err(problem) => problem,
+                }
+            }
+            Err(problem) => problem,
+        };
+        watch_lost(shared, cache, &lost);
+    }
+    // The watch is set before the listing: a change made after this point is reported by the
+    // watch, one made before is seen by the scan (one made in between maybe by both: then the file
+    // is read twice, never missed).
+    #[cfg(test)]
+    let started = if cache.scans_only {
+        Err("scans only, for a test".to_string())
+    } else {
+        Watch::start(dir)
+    };
+    #[cfg(not(test))]
+    let started = Watch::start(dir);
+    match started {
+        Ok(watch) => {
+            if cache.unwatched.take().is_some() {
+                tracing::info!(dir = %dir.display(), "watching the directory for changes again");
+            }
+            cache.watch = Some(watch);
+        }
+        Err(problem) => {
+            if cache.unwatched.as_deref() != Some(problem.as_str()) {
+                tracing::info!(dir = %dir.display(), "not watching for changes: {problem}");
+                cache.unwatched = Some(problem);
+            }
+        }
+    }
+    match scan(shared, cache) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            // Some file could not be listed or stat-ed and its entry was dropped; no event may
+            // ever come for it, so stay with scans (which retry it on every describe) until a
+            // scan is complete.
+            cache.watch = None;
+            Ok(())
+        }
+        Err(e) => {
+            cache.watch = None;
+            Err(e)
+        }
+    }
+}
+
+/// With a healthy watch: re-reads the files it reported, and stat-checks those it cannot vouch
+/// for (files with other hard links); every other entry is left untouched, not even stat-ed. Fails
+/// when a file cannot be stat-ed: the caller then falls back to scans, which retry it.
+fn update_changed(
+    shared: &Shared,
+    cache: &mut Cache,
+    mut changed: BTreeSet<String>,
+) -> std::result::Result<(), String> {
+    // Taken before any stat, so a change made after a stat is never judged older than it is.
+    let looked_at = SystemTime::now();
+    changed.retain(|name| id_of(name).is_some());
+    let linked: Vec<String> = cache
+        .files
+        .iter()
+        .filter(|(name, entry)| entry.linked && !changed.contains(*name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &changed {
+        update_file(shared, cache, name, looked_at, true)?;
+    }
+    for name in &linked {
+        update_file(shared, cache, name, looked_at, false)?;
+    }
+    Ok(())
+}
+
+/// Brings the entry of file `name` up to date: re-reads the file when `reported` (by the watch) or
+/// when its stamp says it may have changed, and drops the entry when the file is gone or is not a
+/// regular file.
+fn update_file(
+    shared: &Shared,
+    cache: &mut Cache,
+    name: &str,
+    looked_at: SystemTime,
+    reported: bool,
+) -> std::result::Result<(), String> {
+    let Some(id) = id_of(name) else {
+        return Ok(());
+    };
+    let path = shared.dir.join(name);
+    shared.stats.fetch_add(1, Ordering::Relaxed);
+    // Without following symlinks, as a scan does.
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => {
+            cache.files.remove(name);
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            cache.files.remove(name);
+            return Ok(());
+        }
+        Err(e) => {
+            cache.files.remove(name);
+            return Err(format!("cannot stat {}: {e}", path.display()));
+        }
+    };
+    let old = cache.files.get(name);
+    if !reported && old.is_some_and(|entry| entry.settled && entry.stamp == Stamp::of(&meta)) {
+        return Ok(());
+    }
+    match read_entry(shared, name, id, &meta, old, looked_at, cache.generation) {
+        Some(entry) => put(cache, name, entry),
+        None => {
+            cache.files.remove(name);
+        }
+    }
+    Ok(())
+}
+
+/// Stores `entry` under `name`, allocating the key only for a new name.
+fn put(cache: &mut Cache, name: &str, entry: Entry) {
+    match cache.files.get_mut(name) {
+        Some(slot) => *slot = entry,
+        None => {
+            cache.files.insert(name.to_string(), entry);
+        }
+    }
+}
+
+/// Lists the directory and brings the cache up to date in place (no rebuild: this may run on
+/// every describe): unchanged settled files are kept as they are, changed or new ones are read,
+/// and entries of vanished files are dropped. Answers whether every entry could be listed and
+/// stat-ed.
+fn scan(shared: &Shared, cache: &mut Cache) -> Result<bool> {
     // Taken before any stat, so a change made after a stat is never judged older than it is.
     let looked_at = SystemTime::now();
     let dir = &shared.dir;
+    shared.scans.fetch_add(1, Ordering::Relaxed);
     let entries = std::fs::read_dir(dir).map_err(|e| {
         Error::unavailable(format!(
             "cannot list instance directory {}: {e}; recreate it or restart the plugin",
@@ -448,11 +671,13 @@ fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
     })?;
     cache.generation = cache.generation.wrapping_add(1);
     let generation = cache.generation;
+    let mut complete = true;
     for dir_entry in entries {
         let dir_entry = match dir_entry {
             Ok(entry) => entry,
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), "cannot list an entry: {e}");
+                complete = false;
                 continue;
             }
         };
@@ -461,6 +686,7 @@ fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
             continue;
         };
         let Some(id) = id_of(name) else { continue };
+        shared.stats.fetch_add(1, Ordering::Relaxed);
         // Without following symlinks: a regular file is an instance, anything else is not ours.
         let meta = match dir_entry.metadata() {
             Ok(meta) if meta.is_file() => meta,
@@ -468,6 +694,7 @@ fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 tracing::warn!(file = %dir_entry.path().display(), "cannot stat: {e}");
+                complete = false;
                 continue;
             }
         };
@@ -479,25 +706,26 @@ fn scan(shared: &Shared, cache: &mut Cache) -> Result<()> {
             }
         }
         let old = cache.files.get(name);
-        if let Some(entry) = read_entry(shared, name, id, stamp, old, looked_at, generation) {
-            cache.files.insert(name.to_string(), entry);
+        if let Some(entry) = read_entry(shared, name, id, &meta, old, looked_at, generation) {
+            put(cache, name, entry);
         }
     }
     cache.files.retain(|_, entry| entry.seen == generation);
-    Ok(())
+    Ok(complete)
 }
 
-/// Reads and parses one file; `None` when it vanished since it was listed.
+/// Reads and parses one file, whose metadata is `meta`; `None` when it vanished since.
 fn read_entry(
     shared: &Shared,
     name: &str,
     id: &str,
-    stamp: Stamp,
+    meta: &Metadata,
     old: Option<&Entry>,
     looked_at: SystemTime,
     generation: u64,
 ) -> Option<Entry> {
     shared.reads.fetch_add(1, Ordering::Relaxed);
+    let stamp = Stamp::of(meta);
     let path = shared.dir.join(name);
     let parsed = match std::fs::read(&path) {
         Ok(bytes) => parse(id, &bytes),
@@ -522,6 +750,7 @@ fn read_entry(
     Some(Entry {
         stamp,
         settled: !stamp.is_racy(looked_at),
+        linked: meta.nlink() > 1,
         seen: generation,
         instance,
     })
@@ -573,6 +802,7 @@ mod tests {
     use super::*;
     use infrakit_sdk::ErrorKind;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
         pairs
@@ -601,6 +831,41 @@ mod tests {
 
     fn reads(plugin: &FileInstancePlugin) -> u64 {
         plugin.shared.reads.load(Ordering::Relaxed)
+    }
+
+    fn stats(plugin: &FileInstancePlugin) -> u64 {
+        plugin.shared.stats.load(Ordering::Relaxed)
+    }
+
+    fn scans(plugin: &FileInstancePlugin) -> u64 {
+        plugin.shared.scans.load(Ordering::Relaxed)
+    }
+
+    fn watching(plugin: &FileInstancePlugin) -> bool {
+        plugin.shared.cache.lock().unwrap().watch.is_some()
+    }
+
+    /// Writes a minimal record with tag `v` = `value`.
+    fn write_record(path: &Path, value: &str) {
+        std::fs::write(path, json!({"Tags": {"v": value}}).to_string()).unwrap();
+    }
+
+    /// The value of tag `v` of every instance, by ID.
+    async fn values(plugin: &FileInstancePlugin) -> Vec<(String, String)> {
+        let found = plugin
+            .describe_instances(&Tags::new(), false)
+            .await
+            .unwrap();
+        found
+            .into_iter()
+            .map(|d| (d.id, d.tags.get("v").cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+        want.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// Moves a file's modification time an hour back, so the cache may trust it.
@@ -718,9 +983,25 @@ mod tests {
         assert!(ids(&plugin, &[("other", "1")]).await.is_empty());
     }
 
+    /// A plugin that never watches its directory: every describe scans, as on a network file
+    /// system.
+    fn scanning_plugin() -> (tempfile::TempDir, FileInstancePlugin) {
+        let (tmp, plugin) = plugin();
+        plugin.shared.cache.lock().unwrap().scans_only = true;
+        (tmp, plugin)
+    }
+
     #[tokio::test]
     async fn hand_deleted_and_hand_edited_files_show_at_the_next_describe() {
-        let (_tmp, plugin) = plugin();
+        hand_deleted_and_hand_edited(plugin()).await;
+    }
+
+    #[tokio::test]
+    async fn hand_deleted_and_hand_edited_files_show_at_the_next_describe_without_a_watch() {
+        hand_deleted_and_hand_edited(scanning_plugin()).await;
+    }
+
+    async fn hand_deleted_and_hand_edited((_tmp, plugin): (tempfile::TempDir, FileInstancePlugin)) {
         let a = plugin.provision(spec(&[("tier", "a")])).await.unwrap();
         let b = plugin.provision(spec(&[("tier", "a")])).await.unwrap();
         assert_eq!(ids(&plugin, &[]).await.len(), 2);
@@ -728,11 +1009,19 @@ mod tests {
         std::fs::remove_file(plugin.dir().join(format!("{a}.json"))).unwrap();
         assert_eq!(ids(&plugin, &[]).await, vec![b.clone()]);
 
-        // Same size, same inode, written in place right after the last read: only the racy-window
-        // check makes this visible.
+        // Same size, same inode, written in place right after the last read, and its modification
+        // time put back: the stamp is unchanged. The watch reports it; a scan sees it only thanks
+        // to the racy-window check.
         let path = plugin.dir().join(format!("{b}.json"));
         let text = std::fs::read_to_string(&path).unwrap();
+        let stamp = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::fs::write(&path, text.replace("\"tier\": \"a\"", "\"tier\": \"b\"")).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
         assert_eq!(ids(&plugin, &[("tier", "b")]).await, vec![b.clone()]);
         assert!(ids(&plugin, &[("tier", "a")]).await.is_empty());
 
@@ -742,6 +1031,9 @@ mod tests {
         std::fs::write(&path, json!({"ID": b, "Tags": {"tier": "c"}}).to_string()).unwrap();
         age(&path);
         assert_eq!(ids(&plugin, &[("tier", "c")]).await, vec![b]);
+        let scans_only = plugin.shared.cache.lock().unwrap().scans_only;
+        assert_eq!(watching(&plugin), !scans_only);
+        assert_eq!(scans(&plugin) > 1, scans_only);
     }
 
     #[tokio::test]
@@ -780,7 +1072,15 @@ mod tests {
 
     #[tokio::test]
     async fn describe_of_1000_files_is_served_from_the_cache() {
-        let (_tmp, plugin) = plugin();
+        describe_of_1000_files(plugin()).await;
+    }
+
+    #[tokio::test]
+    async fn describe_of_1000_files_is_served_from_the_cache_without_a_watch() {
+        describe_of_1000_files(scanning_plugin()).await;
+    }
+
+    async fn describe_of_1000_files((_tmp, plugin): (tempfile::TempDir, FileInstancePlugin)) {
         let dir = plugin.dir().to_path_buf();
         for i in 0..1000 {
             let path = dir.join(format!("instance-{i:016x}.json"));
@@ -823,7 +1123,15 @@ mod tests {
             998
         );
         assert_eq!(reads(&plugin), 1001);
-        assert_eq!(plugin.shared.cache.lock().unwrap().files.len(), 999);
+        let cache = plugin.shared.cache.lock().unwrap();
+        assert_eq!(cache.files.len(), 999);
+        // A scan stats every file each time; the watch only the two it reported.
+        let expected_stats = if cache.scans_only {
+            1000 * 11 + 999
+        } else {
+            1002
+        };
+        assert_eq!(stats(&plugin), expected_stats);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -886,6 +1194,228 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::Invalid, "{id}: {err}");
         }
         assert!(tmp.path().join("victim.json").exists());
+    }
+
+    #[tokio::test]
+    async fn unchanged_files_are_neither_read_nor_stated_while_watched() {
+        let (_tmp, plugin) = plugin();
+        for i in 0..100 {
+            write_record(&plugin.dir().join(format!("f{i:03}.json")), "x");
+        }
+        assert_eq!(values(&plugin).await.len(), 100);
+        assert!(watching(&plugin));
+        assert_eq!(
+            (scans(&plugin), stats(&plugin), reads(&plugin)),
+            (1, 100, 100)
+        );
+        for _ in 0..5 {
+            assert_eq!(values(&plugin).await.len(), 100);
+        }
+        assert_eq!(
+            (scans(&plugin), stats(&plugin), reads(&plugin)),
+            (1, 100, 100)
+        );
+
+        // The plugin's own writes are events too: each costs one stat and (unless a removal) one
+        // read at the next describe, and nothing else is touched.
+        let id = plugin.provision(spec(&[("v", "p")])).await.unwrap();
+        assert_eq!(values(&plugin).await.len(), 101);
+        assert_eq!(
+            (scans(&plugin), stats(&plugin), reads(&plugin)),
+            (1, 101, 101)
+        );
+        plugin.label(&id, tags(&[("v", "q")])).await.unwrap();
+        assert!(values(&plugin).await.contains(&(id.clone(), "q".into())));
+        assert_eq!(
+            (scans(&plugin), stats(&plugin), reads(&plugin)),
+            (1, 102, 102)
+        );
+        plugin
+            .destroy(&id, DestroyContext::default())
+            .await
+            .unwrap();
+        assert_eq!(values(&plugin).await.len(), 100);
+        assert_eq!(
+            (scans(&plugin), stats(&plugin), reads(&plugin)),
+            (1, 103, 102)
+        );
+    }
+
+    #[tokio::test]
+    async fn hand_edits_in_place_are_seen_with_the_watch_active() {
+        let (_tmp, plugin) = plugin();
+        let path = plugin.dir().join("a.json");
+        write_record(&path, "1");
+        // Old enough that a scan would trust an unchanged stamp.
+        age(&path);
+        let stamp = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("a", "1")]));
+        assert!(watching(&plugin));
+
+        // Same size, same inode, written without truncating, and the old modification time put
+        // back: the stamp is exactly as before, so only the watch can tell.
+        for value in ["2", "3"] {
+            let mut file = File::options().write(true).open(&path).unwrap();
+            file.write_all(json!({"Tags": {"v": value}}).to_string().as_bytes())
+                .unwrap();
+            file.set_modified(stamp).unwrap();
+            drop(file);
+            assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), stamp);
+            assert_eq!(values(&plugin).await, pairs(&[("a", value)]));
+        }
+        assert_eq!(scans(&plugin), 1, "the edits were found by a scan");
+        assert_eq!(reads(&plugin), 3);
+    }
+
+    #[tokio::test]
+    async fn files_renamed_into_the_directory_are_seen() {
+        let (tmp, plugin) = plugin();
+        assert!(values(&plugin).await.is_empty());
+        assert!(watching(&plugin));
+
+        let outside = tmp.path().join("new.json");
+        write_record(&outside, "1");
+        std::fs::rename(&outside, plugin.dir().join("moved.json")).unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("moved", "1")]));
+
+        // Renamed within the directory: the old name goes, the new one comes.
+        std::fs::rename(
+            plugin.dir().join("moved.json"),
+            plugin.dir().join("renamed.json"),
+        )
+        .unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("renamed", "1")]));
+
+        // An editor's save: a hidden temporary file renamed over the record.
+        let swap = plugin.dir().join(".renamed.json.swp");
+        write_record(&swap, "2");
+        std::fs::rename(&swap, plugin.dir().join("renamed.json")).unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("renamed", "2")]));
+
+        // Copied in, as tests and people do.
+        write_record(&outside, "3");
+        std::fs::copy(&outside, plugin.dir().join("copied.json")).unwrap();
+        assert_eq!(
+            values(&plugin).await,
+            pairs(&[("copied", "3"), ("renamed", "2")])
+        );
+        assert_eq!(scans(&plugin), 1);
+    }
+
+    #[tokio::test]
+    async fn removed_files_are_dropped_without_reading_anything() {
+        let (_tmp, plugin) = plugin();
+        for name in ["a", "b", "c"] {
+            write_record(&plugin.dir().join(format!("{name}.json")), name);
+        }
+        assert_eq!(values(&plugin).await.len(), 3);
+        let read_before = reads(&plugin);
+        std::fs::remove_file(plugin.dir().join("b.json")).unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("a", "a"), ("c", "c")]));
+        assert_eq!(reads(&plugin), read_before);
+        assert_eq!(scans(&plugin), 1);
+        assert!(watching(&plugin));
+    }
+
+    #[tokio::test]
+    async fn a_removed_or_replaced_directory_is_scanned_and_watched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("parent").join("instances");
+        let plugin = FileInstancePlugin::new(&dir).unwrap();
+        write_record(&dir.join("a.json"), "1");
+        assert_eq!(values(&plugin).await, pairs(&[("a", "1")]));
+        assert!(watching(&plugin));
+
+        // Removed: an error, not an empty group, and nothing is watched.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = plugin
+            .describe_instances(&Tags::new(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+        assert!(!watching(&plugin));
+
+        // Recreated: scanned, and watched again from then on.
+        std::fs::create_dir(&dir).unwrap();
+        write_record(&dir.join("b.json"), "2");
+        let scanned = scans(&plugin);
+        assert_eq!(values(&plugin).await, pairs(&[("b", "2")]));
+        assert_eq!(scans(&plugin), scanned + 1);
+        assert!(watching(&plugin));
+        write_record(&dir.join("c.json"), "3");
+        assert_eq!(values(&plugin).await, pairs(&[("b", "2"), ("c", "3")]));
+        assert_eq!(scans(&plugin), scanned + 1);
+
+        // Its own attributes changed (a nameless event): listed again, to be safe.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(values(&plugin).await.len(), 2);
+        assert_eq!(scans(&plugin), scanned + 2);
+        assert!(watching(&plugin));
+
+        // Moved away and replaced by a new directory.
+        std::fs::rename(&dir, tmp.path().join("parent").join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        write_record(&dir.join("d.json"), "4");
+        assert_eq!(values(&plugin).await, pairs(&[("d", "4")]));
+        assert_eq!(scans(&plugin), scanned + 3);
+
+        // A parent moved away and the path recreated: no event reaches the old watch, the
+        // directory's identity tells.
+        std::fs::rename(tmp.path().join("parent"), tmp.path().join("parent.old")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        write_record(&dir.join("e.json"), "5");
+        assert_eq!(values(&plugin).await, pairs(&[("e", "5")]));
+        assert_eq!(scans(&plugin), scanned + 4);
+        assert!(watching(&plugin));
+        write_record(&dir.join("f.json"), "6");
+        assert_eq!(values(&plugin).await, pairs(&[("e", "5"), ("f", "6")]));
+        assert_eq!(scans(&plugin), scanned + 4);
+    }
+
+    #[tokio::test]
+    async fn lost_events_fall_back_to_a_scan() {
+        let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        let Some(limit) = limit.filter(|&limit| limit <= 100_000) else {
+            eprintln!("skipped: the inotify queue limit is unknown or too large to overflow");
+            return;
+        };
+        let (_tmp, plugin) = plugin();
+        let (a, b) = (plugin.dir().join("a.json"), plugin.dir().join("b.json"));
+        write_record(&a, "1");
+        write_record(&b, "1");
+        assert_eq!(values(&plugin).await.len(), 2);
+        assert!(watching(&plugin));
+
+        // Attribute changes alternating between two files (the kernel merges only repeats of the
+        // last queued event) until the queue overflows; the content change after that has no
+        // event, so only a scan finds it.
+        let files = [File::open(&a).unwrap(), File::open(&b).unwrap()];
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..=limit {
+            files[(i % 2) as usize]
+                .set_modified(base + Duration::from_secs(i))
+                .unwrap();
+        }
+        write_record(&b, "2");
+        assert_eq!(values(&plugin).await, pairs(&[("a", "1"), ("b", "2")]));
+        assert_eq!(scans(&plugin), 2);
+        assert!(watching(&plugin));
+    }
+
+    #[tokio::test]
+    async fn files_with_other_links_are_checked_on_every_describe() {
+        let (tmp, plugin) = plugin();
+        // Changes through the other name are reported to that name's directory only.
+        let outside = tmp.path().join("shared.json");
+        write_record(&outside, "1");
+        std::fs::hard_link(&outside, plugin.dir().join("linked.json")).unwrap();
+        assert_eq!(values(&plugin).await, pairs(&[("linked", "1")]));
+        assert!(watching(&plugin));
+        write_record(&outside, "2");
+        assert_eq!(values(&plugin).await, pairs(&[("linked", "2")]));
+        assert_eq!(scans(&plugin), 1);
     }
 
     #[tokio::test]
