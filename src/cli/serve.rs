@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use infrakit_controller::{FileStore, GroupController, Options};
 use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
+use infrakit_plugins::flavor_zookeeper::ZooKeeperFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
 use infrakit_sdk::discovery::{self, PluginsDir};
 use infrakit_sdk::resolve::DiscoveryResolver;
@@ -27,6 +28,8 @@ pub enum Kind {
     FlavorVanilla,
     /// Runs a list of child flavors in order and merges what they add.
     FlavorCombo,
+    /// ZooKeeper ensemble members (pets: logical IDs are their IPv4 addresses).
+    FlavorZookeeper,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             Kind::InstanceFile => "instance-file",
             Kind::FlavorVanilla => "flavor-vanilla",
             Kind::FlavorCombo => "flavor-combo",
+            Kind::FlavorZookeeper => "flavor-zookeeper",
         }
     }
 }
@@ -163,5 +167,6 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             let resolver = ComboResolver::new(infrakit_docker::discovery_from_env());
             Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
         }
+        Kind::FlavorZookeeper => Plugins::new().flavor(ZooKeeperFlavor::new()),
     })
 }

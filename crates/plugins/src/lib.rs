@@ -7,8 +7,11 @@
 //!   instance healthy.
 //! - [`flavor_combo`]: a flavor made of other flavors, applied in order, reached through a
 //!   [`flavor_combo::FlavorResolver`] (plugin discovery in production, a map in tests).
+//! - [`flavor_zookeeper`]: each instance a member of a ZooKeeper ensemble whose members are the
+//!   group's logical IDs (IPv4 addresses); health from the member's `srvr` answer.
 
 pub mod flavor_combo;
 pub mod flavor_vanilla;
+pub mod flavor_zookeeper;
 pub mod instance_file;
 mod serde_util;
