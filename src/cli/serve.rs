@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// instance-file: the directory holding the instance files.
     #[arg(long, env = "INFRAKIT_INSTANCE_FILE_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// instance-file: fsync every file before it is renamed into place (survives power loss; every
+    /// write is atomic against a plugin crash either way).
+    #[arg(long, env = "INFRAKIT_INSTANCE_FILE_SYNC")]
+    pub sync: bool,
     #[command(flatten)]
     pub controller: ControllerArgs,
 }
@@ -158,7 +162,8 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
         Kind::InstanceFile => {
             let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);
             let plugin = FileInstancePlugin::new(&dir)
-                .with_context(|| format!("cannot use instance directory {}", dir.display()))?;
+                .with_context(|| format!("cannot use instance directory {}", dir.display()))?
+                .with_sync(args.sync);
             tracing::info!(dir = %dir.display(), "instance files");
             Plugins::new().instance(plugin)
         }
