@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine
+.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -68,6 +68,13 @@ upgrade:
 ## Plugin sizes, enable/disable times, idle RSS (creates $(REPO)-bench/* plugins and removes them).
 bench-plugins: static
 	BIN='$(STATIC_BIN)' bash scripts/bench-plugins.sh
+
+## A ZooKeeper image for examples/zookeeper.json, from Debian's packages (debootstrap + docker
+## import: no registry needed; needs root). Does nothing when $(ZK_IMAGE):$(ZK_TAG) exists.
+ZK_IMAGE ?= infrakit/zookeeper
+ZK_TAG ?= 3.8.0
+zk-image:
+	IMAGE='$(ZK_IMAGE)' TAG='$(ZK_TAG)' bash scripts/zk-image.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
