@@ -54,7 +54,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "INFRAKIT_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub poll_interval: Duration,
     /// group: how long a Healthy verdict is trusted before the flavor is asked again.
-    #[arg(long, env = "INFRAKIT_HEALTH_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, env = "INFRAKIT_HEALTH_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
     pub health_interval: Duration,
     /// group: provisions and destroys running at once.
     #[arg(long, env = "INFRAKIT_MAX_PARALLEL", default_value_t = 32)]

@@ -45,7 +45,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             poll_interval: Duration::from_secs(5),
-            health_interval: Duration::from_secs(10),
+            health_interval: Duration::from_secs(30),
             max_parallel: 32,
             restart_grace: Duration::from_secs(30),
         }
@@ -201,6 +201,17 @@ async fn settle(group: &Group) {
 const SETTLE: Duration = Duration::from_millis(25);
 
 impl GroupState {
+    /// True when the next pass asks the flavor about some instance: one not Healthy (or not yet
+    /// judged), or a Healthy verdict older than `interval`. New instances are not known before
+    /// the describe; they are judged on this pass without properties and on the next with them.
+    fn health_due(&self, interval: Duration) -> bool {
+        self.health.is_empty()
+            || self
+                .health
+                .values()
+                .any(|(h, at)| *h != Health::Healthy || at.elapsed() >= interval)
+    }
+
     /// True while a provision or destroy of this group has not answered yet.
     fn running(&self) -> bool {
         !self.destroying.is_empty() || self.pending.values().any(|p| p.done.is_none())
@@ -286,8 +297,12 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
+    // Backend state (a container's exit code, its addresses) is what a flavor judges health by, but
+    // it makes every description several times bigger: ask for it only on passes that will ask the
+    // flavor about someone.
+    let with_properties = group.state().health_due(ctx.options.health_interval);
     let described = match instance
-        .describe_instances(&group_tags(&group.id), false)
+        .describe_instances(&group_tags(&group.id), with_properties)
         .await
     {
         Ok(d) => d,
