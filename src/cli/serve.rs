@@ -24,6 +24,8 @@ pub enum Kind {
     Group,
     /// Instances are JSON files in a directory (--dir).
     InstanceFile,
+    /// Instances are containers on the Docker engine at DOCKER_HOST (default /var/run/docker.sock).
+    InstanceDocker,
     /// Adds Init lines, Tags and Attachments from its properties; always healthy.
     FlavorVanilla,
     /// Runs a list of child flavors in order and merges what they add.
@@ -37,6 +39,7 @@ impl Kind {
         match self {
             Kind::Group => "group",
             Kind::InstanceFile => "instance-file",
+            Kind::InstanceDocker => "instance-docker",
             Kind::FlavorVanilla => "flavor-vanilla",
             Kind::FlavorCombo => "flavor-combo",
             Kind::FlavorZookeeper => "flavor-zookeeper",
@@ -93,6 +96,7 @@ impl ControllerArgs {
 #[command(
     after_help = "Examples:\n  infrakit plugin serve group --store /var/lib/infrakit/groups --poll-interval 2s\n  \
     infrakit plugin serve instance-file --dir /var/lib/instances\n  \
+    infrakit plugin serve instance-docker\n  \
     infrakit plugin serve flavor-vanilla --name vanilla-2\n  \
     infrakit plugin serve flavor-combo --socket /run/docker/plugins/combo.sock"
 )]
@@ -165,6 +169,13 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
                 .with_context(|| format!("cannot use instance directory {}", dir.display()))?
                 .with_sync(args.sync);
             tracing::info!(dir = %dir.display(), "instance files");
+            Plugins::new().instance(plugin)
+        }
+        Kind::InstanceDocker => {
+            // No engine check here: the socket is already bound, and an engine that comes up
+            // later is found on the first call (each call says clearly when there is none).
+            let plugin = infrakit_docker::DockerInstancePlugin::from_env()?;
+            tracing::info!(engine = %plugin.engine().address(), "docker instances");
             Plugins::new().instance(plugin)
         }
         Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::new()),

@@ -1,0 +1,621 @@
+//! `instance-docker` on a real Docker Engine: the plugin against the engine, and cattle through the
+//! group controller (plugins as processes, like tests/group.rs).
+//!
+//! Conventions of tests/engine.rs: without an engine the tests skip loudly, except with `CI=true`
+//! where they fail; they take the same lock file (one engine per machine); every group and network
+//! has a name unique to the run, and a guard removes its containers even when a test fails.
+
+mod common;
+
+use std::fs::File;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Plugin, World};
+use infrakit_docker::DockerInstancePlugin;
+use infrakit_sdk::spi::instance::{DestroyContext, InstancePlugin, Spec, Tags};
+use serde_json::{json, Value};
+
+const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
+/// A busybox image made here with `docker import` (nothing can be pulled).
+const IMAGE: &str = "infrakit-test/busybox:latest";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let o = docker(args);
+    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Ok(lock) when the tests should run; Err(()) after saying loudly why not. Panics in CI.
+fn prerequisites() -> Result<File, ()> {
+    let o = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    let why = match o {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "no Docker engine answers ({}); run scripts/docker-engine.sh",
+            text(&o).trim()
+        )),
+        Err(e) => Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
+    };
+    if let Some(why) = why {
+        if in_ci() {
+            panic!("docker instance tests must run in CI (CI=true) but cannot: {why}");
+        }
+        eprintln!("\n*** SKIPPING the instance-docker tests: {why} ***\n");
+        return Err(());
+    }
+    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
+    ensure_image();
+    Ok(lock)
+}
+
+/// `infrakit-test/busybox:latest` from the host's static busybox, unless it exists.
+fn ensure_image() {
+    if docker(&["image", "inspect", IMAGE]).status.success() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bin = tmp.path().join("rootfs/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("copy /bin/busybox (install Debian's busybox-static)");
+    for applet in ["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+    }
+    let tar = tmp.path().join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(tmp.path().join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar failed");
+    docker_ok(&[
+        "import",
+        "--change",
+        "CMD [\"sh\"]",
+        tar.to_str().expect("utf-8 path"),
+        IMAGE,
+    ]);
+}
+
+/// A name unique to this test run.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Every container (running or not) with `label`.
+fn containers(label: &str) -> Vec<String> {
+    let out = docker_ok(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ]);
+    out.lines().map(str::to_string).collect()
+}
+
+fn running(label: &str) -> Vec<String> {
+    let out = docker_ok(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ]);
+    out.lines().map(str::to_string).collect()
+}
+
+/// Waits until `f` holds, or panics with `what` and the last value.
+fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut get: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get();
+        if ok(&v) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last: {v:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Removes every container with a label, and named networks/tags, when a test ends (even failing).
+struct Cleanup {
+    labels: Vec<String>,
+    networks: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            labels: Vec::new(),
+            networks: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for l in &self.labels {
+            let ids = containers(l);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = docker(&args);
+            }
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+        for i in &self.images {
+            let _ = docker(&["rmi", i]);
+        }
+    }
+}
+
+fn tags(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn plugin_against_the_engine() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let group = unique("dk-unit");
+    clean.labels.push(format!("infrakit.group={group}"));
+    let plugin = DockerInstancePlugin::from_env().expect("engine address");
+
+    // Validate: properties, image and network on the engine.
+    plugin
+        .validate(&json!({"Image": IMAGE, "Cmd": ["sleep", "60"]}))
+        .await
+        .expect("valid");
+    let e = plugin
+        .validate(&json!({"Image": "infrakit-test/no-such-image:1"}))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains(
+            "image infrakit-test/no-such-image:1 not found on the engine; build or pull it first"
+        ),
+        "{e}"
+    );
+    let e = plugin
+        .validate(&json!({"Image": IMAGE, "Network": "infrakit-no-such-net"}))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("network 'infrakit-no-such-net' not found"),
+        "{e}"
+    );
+    let e = plugin
+        .validate(&json!({"Image": IMAGE, "Memroy": "1g"}))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("Memroy"), "{e}");
+
+    // Provision a pet with tags, env, labels and an Init script that runs before the command.
+    let spec = Spec {
+        properties: Some(json!({
+            "Image": IMAGE, "Cmd": ["sleep", "3600"], "Env": {"GREETING": "hello"},
+            "Labels": {"owner": "test"}, "StopTimeout": 1, "Hostname": "pet-a"
+        })),
+        tags: tags(&[("infrakit.group", &group), ("tier", "web")]),
+        init: "echo \"$GREETING from init\" > /init.out".into(),
+        logical_id: Some("a".into()),
+        attachments: vec![],
+    };
+    let id = plugin.provision(spec).await.expect("provision");
+    let name = docker_ok(&["inspect", "-f", "{{.Name}}", &id]);
+    assert_eq!(name, format!("/{group}-a"));
+    let out = wait_until(
+        "the init script's output",
+        Duration::from_secs(10),
+        || text(&docker(&["exec", &id, "cat", "/init.out"])),
+        |o| o.contains("hello from init"),
+    );
+    assert!(out.contains("hello from init"));
+    assert_eq!(docker_ok(&["exec", &id, "hostname"]), "pet-a");
+    // The command still runs as PID 1 after the script (exec).
+    let pid1 = docker_ok(&["exec", &id, "cat", "/proc/1/cmdline"]);
+    assert!(pid1.starts_with("sleep"), "{pid1:?}");
+
+    // Describe: by tag on the engine side, with state properties.
+    let found = plugin
+        .describe_instances(&tags(&[("infrakit.group", &group), ("tier", "web")]), true)
+        .await
+        .expect("describe");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let d = &found[0];
+    assert_eq!(d.id, id);
+    assert_eq!(d.logical_id.as_deref(), Some("a"));
+    assert_eq!(d.tags.get("owner").map(String::as_str), Some("test"));
+    assert!(
+        !d.tags.contains_key("infrakit.instance-docker"),
+        "marker hidden"
+    );
+    let p = d.properties.clone().unwrap_or(Value::Null);
+    assert_eq!(p["State"], "running", "{p}");
+    assert_eq!(p["Running"], true, "{p}");
+    assert_eq!(p["Health"], "none", "{p}");
+    assert!(p["IPAddresses"]["bridge"].as_str().is_some(), "{p}");
+    let none = plugin
+        .describe_instances(&tags(&[("infrakit.group", &group), ("tier", "db")]), false)
+        .await
+        .expect("describe");
+    assert!(none.is_empty());
+
+    // Label: already there is fine; anything new is refused with a reason.
+    plugin
+        .label(&id, tags(&[("tier", "web")]))
+        .await
+        .expect("same labels");
+    let e = plugin
+        .label(&id, tags(&[("tier", "db")]))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("cannot be relabelled"), "{e}");
+
+    // An exited container is still described, with its exit code.
+    // (`docker kill`: PID 1 in a container ignores signals it has no handler for.)
+    docker_ok(&["kill", &id]);
+    let found = plugin
+        .describe_instances(&tags(&[("infrakit.group", &group)]), true)
+        .await
+        .expect("describe");
+    let p = found[0].properties.clone().unwrap_or(Value::Null);
+    assert_eq!(p["State"], "exited", "{p}");
+    assert_eq!(p["Running"], false, "{p}");
+
+    // Destroy: gone, then NotFound.
+    let t = Instant::now();
+    plugin
+        .destroy(&id, DestroyContext::default())
+        .await
+        .expect("destroy");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(containers(&format!("infrakit.group={group}")).is_empty());
+    let e = plugin
+        .destroy(&id, DestroyContext::default())
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+
+    // A missing image at provision time: a clear error and no container.
+    let e = plugin
+        .provision(Spec {
+            properties: Some(json!({"Image": "infrakit-test/no-such-image:1"})),
+            tags: tags(&[("infrakit.group", &group)]),
+            ..Spec::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("not found on the engine"), "{e}");
+    assert!(containers(&format!("infrakit.group={group}")).is_empty());
+}
+
+#[tokio::test]
+async fn static_ips_from_logical_ids() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let group = unique("dk-ip");
+    clean.labels.push(format!("infrakit.group={group}"));
+    let net = unique("ik-net");
+    // A subnet unlikely to be taken: 10.<pid-derived>.<x>.0/24, retried on a clash.
+    let mut subnet = String::new();
+    for i in 0..20u32 {
+        let candidate = format!(
+            "10.{}.{}.0/24",
+            200 + (std::process::id() % 50),
+            i * 7 % 256
+        );
+        if docker(&["network", "create", "--subnet", &candidate, &net])
+            .status
+            .success()
+        {
+            subnet = candidate;
+            break;
+        }
+    }
+    assert!(!subnet.is_empty(), "could not create a test network");
+    clean.networks.push(net.clone());
+    let base = subnet.trim_end_matches("0/24");
+    let plugin = DockerInstancePlugin::from_env().expect("engine address");
+    let props = json!({"Image": IMAGE, "Cmd": ["sleep", "3600"], "Network": net, "StopTimeout": 1});
+    plugin.validate(&props).await.expect("valid");
+
+    let ip = format!("{base}5");
+    let id = plugin
+        .provision(Spec {
+            properties: Some(props.clone()),
+            tags: tags(&[("infrakit.group", &group)]),
+            logical_id: Some(ip.clone()),
+            ..Spec::default()
+        })
+        .await
+        .expect("provision with a static IP");
+    let d = plugin
+        .describe_instances(&tags(&[("infrakit.group", &group)]), true)
+        .await
+        .expect("describe");
+    let p = d[0].properties.clone().unwrap_or(Value::Null);
+    assert_eq!(p["IPAddresses"][&net], json!(ip), "{p}");
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.Name}}", &id]),
+        format!("/{group}-{ip}")
+    );
+
+    // Outside the subnet: refused, naming it; nothing created.
+    let e = plugin
+        .provision(Spec {
+            properties: Some(props.clone()),
+            tags: tags(&[("infrakit.group", &group)]),
+            logical_id: Some("192.0.2.7".into()),
+            ..Spec::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("outside the subnet") && e.message.contains(&subnet),
+        "{e}"
+    );
+    // An IP-shaped logical ID without a network.
+    let e = plugin
+        .provision(Spec {
+            properties: Some(json!({"Image": IMAGE})),
+            tags: tags(&[("infrakit.group", &group)]),
+            logical_id: Some("192.0.2.7".into()),
+            ..Spec::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("needs a user-defined Network"), "{e}");
+    assert_eq!(containers(&format!("infrakit.group={group}")).len(), 1);
+    plugin
+        .destroy(&id, DestroyContext::default())
+        .await
+        .expect("destroy");
+}
+
+/// instance-docker, flavor-vanilla and the group controller as processes. The instance plugin's
+/// log (info) goes to `docker.log` so a test can count its provision attempts.
+struct Stack {
+    w: World,
+    _docker: Plugin,
+    _vanilla: Plugin,
+    _group: Plugin,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let w = World::new();
+        std::fs::create_dir_all(w.plugins_dir()).expect("mkdir");
+        let log = File::create(w.path("docker.log")).expect("log file");
+        let child = w
+            .cmd(&[
+                "plugin",
+                "serve",
+                "instance-docker",
+                "--name",
+                "instance-docker",
+            ])
+            .env("INFRAKIT_LOG", "info")
+            .stdout(log)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn instance-docker");
+        let docker = Plugin {
+            child,
+            socket: w.socket("instance-docker"),
+        };
+        docker.wait_ready();
+        let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+        let store = w.path("store");
+        let group = w.serve(
+            "group",
+            &[
+                "group",
+                "--store",
+                store.to_str().expect("utf-8"),
+                "--poll-interval",
+                "300ms",
+                "--health-interval",
+                "1s",
+            ],
+        );
+        Stack {
+            w,
+            _docker: docker,
+            _vanilla: vanilla,
+            _group: group,
+        }
+    }
+
+    fn commit(&self, id: &str, props: Value) -> String {
+        let f = self.w.write(
+            &format!("{}.json", unique(id)),
+            &json!({"ID": id, "Properties": props}).to_string(),
+        );
+        self.w.ok(&["group", "commit", f.to_str().expect("utf-8")])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.w.path("docker.log")).unwrap_or_default()
+    }
+}
+
+fn busybox_group(size: u64, image: &str) -> Value {
+    json!({
+        "Allocation": {"Size": size},
+        "Instance": {"Plugin": "instance-docker",
+                     "Properties": {"Image": image, "Cmd": ["sleep", "3600"], "StopTimeout": 1}},
+        "Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Tags": {"tier": "web"}}}
+    })
+}
+
+#[test]
+fn cattle_heal_scale_and_destroy() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let id = unique("dk-cattle");
+    let label = format!("infrakit.group={id}");
+    clean.labels.push(label.clone());
+    let s = Stack::new();
+    let limit = Duration::from_secs(90);
+
+    s.commit(&id, busybox_group(5, IMAGE));
+    let first = wait_until(
+        "5 running containers",
+        limit,
+        || running(&label),
+        |v| v.len() == 5,
+    );
+
+    // docker rm -f two → replaced.
+    let victims = &first[..2];
+    let mut args = vec!["rm", "-f"];
+    args.extend(victims.iter().map(String::as_str));
+    docker_ok(&args);
+    let now = wait_until(
+        "2 removed containers replaced",
+        limit,
+        || running(&label),
+        |v| v.len() == 5 && !victims.iter().any(|x| v.contains(x)),
+    );
+    assert_eq!(containers(&label).len(), 5, "no extra containers");
+    assert!(now.iter().filter(|c| first.contains(c)).count() == 3);
+
+    // Scale 5 → 20 → 5.
+    s.w.ok(&["group", "scale", &id, "20"]);
+    wait_until(
+        "20 running containers",
+        limit,
+        || running(&label),
+        |v| v.len() == 20,
+    );
+    s.w.ok(&["group", "scale", &id, "5"]);
+    wait_until(
+        "back to 5 containers",
+        limit,
+        || containers(&label),
+        |v| v.len() == 5,
+    );
+    s.w.ok(&["group", "watch", &id, "--timeout", "60s"]);
+    let described = s.w.ok(&["group", "describe", &id]);
+    assert!(described.contains("5 of 5 instances"), "{described}");
+
+    // Destroy → nothing left with the group's label.
+    s.w.ok(&["group", "destroy", &id, "--timeout", "60s"]);
+    assert!(containers(&label).is_empty(), "{:?}", containers(&label));
+}
+
+#[test]
+fn a_missing_image_is_a_clear_error_without_a_container_storm() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let id = unique("dk-gone");
+    let label = format!("infrakit.group={id}");
+    clean.labels.push(label.clone());
+    // An image that exists at commit (Validate checks it) and is removed afterwards: the
+    // provisions that follow meet a missing image.
+    let image = format!("infrakit-test/{}:1", unique("gone"));
+    docker_ok(&["tag", IMAGE, &image]);
+    clean.images.push(image.clone());
+    let s = Stack::new();
+
+    // Validation at commit already refuses an image that is not there.
+    let f = s.w.write(
+        "missing.json",
+        &json!({"ID": format!("{id}-x"), "Properties": busybox_group(2, "infrakit-test/no-such-image:1")}).to_string(),
+    );
+    let err = s.w.fails(&["group", "commit", f.to_str().expect("utf-8")]);
+    assert!(err.contains("not found on the engine"), "{err}");
+
+    s.commit(&id, busybox_group(3, &image));
+    let first = wait_until(
+        "3 containers",
+        Duration::from_secs(60),
+        || running(&label),
+        |v| v.len() == 3,
+    );
+    docker_ok(&["rmi", &image]);
+    let mut args = vec!["rm", "-f"];
+    args.extend(first.iter().map(String::as_str));
+    docker_ok(&args);
+
+    let describe = wait_until(
+        "the group to report the missing image",
+        Duration::from_secs(20),
+        || text(&s.w.run(&["group", "describe", &id])),
+        |d| d.contains("not found on the engine"),
+    );
+    assert!(describe.contains(&image), "{describe}");
+    let before = s.log().matches("provision refused").count();
+    std::thread::sleep(Duration::from_secs(5));
+    let attempts = s.log().matches("provision refused").count() - before;
+    eprintln!(
+        "provision attempts in 5 s with a missing image: {attempts} ({} in all)",
+        s.log().matches("provision refused").count()
+    );
+    assert!(attempts <= 12, "a storm: {attempts} attempts in 5 s");
+    assert!(
+        containers(&label).is_empty(),
+        "no container for a missing image"
+    );
+
+    // Image back → the group heals.
+    docker_ok(&["tag", IMAGE, &image]);
+    wait_until(
+        "3 containers again",
+        Duration::from_secs(90),
+        || running(&label),
+        |v| v.len() == 3,
+    );
+    s.w.ok(&["group", "destroy", &id, "--timeout", "60s"]);
+    assert!(containers(&label).is_empty());
+}
