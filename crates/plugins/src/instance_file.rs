@@ -291,7 +291,9 @@ impl InstancePlugin for FileInstancePlugin {
             validate_properties(properties)?;
         }
         let id = self
-            .blocking("provision", move |shared| provision(&shared.dir, &spec, shared.sync))
+            .blocking("provision", move |shared| {
+                provision(&shared.dir, &spec, shared.sync)
+            })
             .await?;
         tracing::info!(instance = %id, "provisioned");
         Ok(id)
