@@ -244,7 +244,21 @@ fn plugin_ls_and_not_found() {
     // A stale socket shows up as not answering rather than breaking the listing.
     drop(UnixListener::bind(w.socket("dead")).unwrap());
 
-    let table = w.ok(&["plugin", "ls"]);
+    // Only this world's plugins: not whatever the machine's Docker engine has enabled.
+    let ls = |args: &[&str]| -> String {
+        let out = w
+            .cmd(args)
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = ls(&["plugin", "ls"]);
     assert!(
         table.contains("NAME") && table.contains("SOCKET"),
         "{table}"
@@ -254,12 +268,12 @@ fn plugin_ls_and_not_found() {
         "{table}"
     );
     assert!(table.contains("not answering"), "{table}");
-    let names = w.ok(&["plugin", "ls", "-q"]);
+    let names = ls(&["plugin", "ls", "-q"]);
     assert_eq!(
         names.lines().collect::<Vec<_>>(),
         vec!["dead", "flavor-vanilla", "instance-file"]
     );
-    let rows: Value = serde_json::from_str(&w.ok(&["plugin", "ls", "--json"])).unwrap();
+    let rows: Value = serde_json::from_str(&ls(&["plugin", "ls", "--json"])).unwrap();
     assert_eq!(rows[1]["Source"], json!("dir"));
 
     let err = w.fails(&["instance", "--name", "nowhere", "describe"]);
