@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a Docker Engine answers on /var/run/docker.sock, for the tests that need one.
+# "Answers" is `docker version` within 10 s: `docker info` (/info) can hang for minutes on a busy
+# engine (seen here while a swarm service was being torn down), which must not hang CI.
 # Installs Debian's docker.io (and docker-registry, busybox-static for test images) when missing,
 # starts dockerd when none answers, waits until it does. Idempotent. Logs to $DOCKERD_LOG.
 set -euo pipefail
@@ -21,7 +23,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-if docker info >/dev/null 2>&1; then
+if timeout 10 docker version >/dev/null 2>&1; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -32,7 +34,7 @@ echo "docker-engine: starting dockerd (log: $DOCKERD_LOG)"
 # The registry package starts its own service on some systems; the tests start theirs by hand.
 nohup dockerd >>"$DOCKERD_LOG" 2>&1 &
 for _ in $(seq 1 60); do
-    if docker info >/dev/null 2>&1; then
+    if timeout 10 docker version >/dev/null 2>&1; then
         echo "docker-engine: ready"
         exit 0
     fi
