@@ -57,8 +57,11 @@ assemble() {
     mkdir -p "$ctx/rootfs"/{run/docker/plugins,tmp,etc,proc,sys,dev}
     cp "$config" "$ctx/config.json"
     install -m 0755 "$BIN" "$ctx/rootfs/infrakit"
-    # Which version this is, readable in the rootfs (and two versions are never the same layer).
-    echo "$VERSION" >"$ctx/rootfs/VERSION"
+    # Which plugin and version this is, readable in the rootfs. It also keeps two plugins' layers
+    # apart: the engine's content store refuses a second blob with an existing digest ("content
+    # sha256:...: already exists"), and two plugins with the same mounts assembled within the same
+    # second (tar mtimes are whole seconds) would otherwise be byte-identical layers.
+    echo "$(ref_of "$name")" >"$ctx/rootfs/VERSION"
     # Mount destinations from config.json: a directory each, or the parent of a socket file.
     while read -r dest; do
         case "$dest" in
@@ -69,7 +72,7 @@ assemble() {
 }
 
 create() {
-    local name=$1 ref hash state id enabled stamp
+    local name=$1 ref hash state id enabled stamp out
     ref=$(ref_of "$name")
     assemble "$name"
     hash=$(cat "$BUILD_DIR/$name/config.json" "$BUILD_DIR/$name/rootfs/VERSION" "$BUILD_DIR/$name/rootfs/infrakit" | sha256sum | cut -d' ' -f1)
@@ -86,7 +89,14 @@ create() {
         if [ "$enabled" = true ]; then "$DOCKER" plugin disable "$ref" >/dev/null; fi
         "$DOCKER" plugin rm -f "$ref" >/dev/null
     fi
-    "$DOCKER" plugin create "$ref" "$BUILD_DIR/$name" >/dev/null
+    if ! out=$("$DOCKER" plugin create "$ref" "$BUILD_DIR/$name" 2>&1 >/dev/null); then
+        # The same plugin re-created within a second of the one just removed is the same layer
+        # again, which the content store may still hold; a second later the mtimes differ.
+        case "$out" in *"already exists"*) ;; *) die "$ref: $out" ;; esac
+        sleep 1
+        assemble "$name"
+        "$DOCKER" plugin create "$ref" "$BUILD_DIR/$name" >/dev/null
+    fi
     id=$("$DOCKER" plugin inspect -f '{{.Id}}' "$ref")
     echo "$hash $id" >"$stamp"
     echo "$ref: created ($(du -sh "$BUILD_DIR/$name/rootfs" | cut -f1) rootfs)"

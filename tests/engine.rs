@@ -133,8 +133,16 @@ impl Bundle {
         text(&o)
     }
 
+    /// Removes `refs` and whatever else an interrupted run left under this test's prefix.
     fn remove(&self, refs: &[String]) {
-        for r in refs {
+        let ours = format!("{}/{}", self.repo, self.prefix);
+        let listed = docker(&["plugin", "ls", "--format", "{{.Name}}"]);
+        let leftovers = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|n| n.starts_with(&ours) && n.ends_with(&format!(":{}", self.version)))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        for r in refs.iter().chain(&leftovers) {
             let _ = docker(&["plugin", "disable", "-f", r]);
             let _ = docker(&["plugin", "rm", "-f", r]);
         }
@@ -292,8 +300,8 @@ fn managed_plugins_lifecycle() {
     let (ifile, group) = (b.reference("instance-file"), b.reference("group"));
 
     // make plugins, with settings, then make enable.
-    b.script_ok("create", &[]);
-    let again = b.script_ok("create", &[]);
+    b.script_ok("create", &names);
+    let again = b.script_ok("create", &names);
     assert!(again.contains("up to date"), "re-running create: {again}");
     docker_ok(&[
         "plugin",
@@ -309,7 +317,7 @@ fn managed_plugins_lifecycle() {
         "INFRAKIT_POLL_INTERVAL=500ms",
     ]);
     let start = Instant::now();
-    b.script_ok("enable", &[]);
+    b.script_ok("enable", &names);
     eprintln!("enabled 4 plugins in {:?}", start.elapsed());
     let ls = docker_ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
     for r in &refs {
