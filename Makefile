@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image
+.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image bench-docker
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -81,6 +81,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Seconds to run 100 busybox containers: infrakit (commit → converged) beside 100 parallel
+## `docker run -d` and `docker service create --replicas 100` (N=..., MAX_PARALLEL=...).
+bench-docker: build
+	bash scripts/bench-docker.sh
 
 ## Benchmarks (release build): protocol round trips, DescribeInstances over 1,000 files, ...
 bench:

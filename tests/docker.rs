@@ -619,3 +619,98 @@ fn a_missing_image_is_a_clear_error_without_a_container_storm() {
     s.w.ok(&["group", "destroy", &id, "--timeout", "60s"]);
     assert!(containers(&label).is_empty());
 }
+
+const STATIC_BIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
+);
+
+/// Disables and removes a managed plugin when the test ends.
+struct ManagedPlugin(String);
+
+impl Drop for ManagedPlugin {
+    fn drop(&mut self) {
+        let _ = docker(&["plugin", "disable", "-f", &self.0]);
+        let _ = docker(&["plugin", "rm", "-f", &self.0]);
+    }
+}
+
+/// The managed plugin (plugins/instance-docker/config.json, packaged by scripts/plugins.sh)
+/// provisions, describes and destroys through the engine's socket mounted into it.
+#[test]
+fn managed_instance_docker_provisions() {
+    let Ok(_lock) = prerequisites() else { return };
+    if !std::path::Path::new(STATIC_BIN).is_file() {
+        if in_ci() {
+            panic!("no static binary at {STATIC_BIN} (make static; make test builds it)");
+        }
+        eprintln!("\n*** SKIPPING the managed instance-docker test: no {STATIC_BIN}; run make static ***\n");
+        return;
+    }
+    let mut clean = Cleanup::new();
+    let group = unique("dk-managed");
+    clean.labels.push(format!("infrakit.group={group}"));
+    let build = tempfile::tempdir().expect("temp dir");
+    let version = "0.0.0-dk";
+    let reference = format!("infrakit-test/dk-instance-docker:{version}");
+    let _plugin = ManagedPlugin(reference.clone());
+    for cmd in ["create", "enable"] {
+        let o = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/plugins.sh"))
+            .args([cmd, "instance-docker"])
+            .env("REPO", "infrakit-test")
+            .env("NAME_PREFIX", "dk-")
+            .env("VERSION", version)
+            .env("BIN", STATIC_BIN)
+            .env("BUILD_DIR", build.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/plugins.sh");
+        assert!(o.status.success(), "plugins.sh {cmd}: {}", text(&o));
+    }
+    let id = docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", &reference]);
+    let socket = std::path::PathBuf::from(format!("/run/docker/plugins/{id}/idocker.sock"));
+    let call = |method: &str, body: Value| -> common::Reply {
+        let path = format!("/Instance.{method}");
+        let bytes = body.to_string();
+        // The engine reports the plugin enabled when its socket accepts; retry briefly anyway.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match common::post(&socket, &path, bytes.as_bytes()) {
+                Ok(r) => return r,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("{method} on {}: {e}", socket.display())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let r = call(
+        "Provision",
+        json!({"Spec": {"Properties": {"Image": IMAGE, "Cmd": ["sleep", "3600"], "StopTimeout": 1},
+                        "Tags": {"infrakit.group": group}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cid = r.json()["ID"].clone();
+    assert_eq!(
+        running(&format!("infrakit.group={group}")),
+        vec![cid.as_str().unwrap_or("?").to_string()]
+    );
+    let r = call(
+        "DescribeInstances",
+        json!({"Tags": {"infrakit.group": group}, "Properties": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let described = r.json();
+    assert_eq!(
+        described.to_string().matches("\"running\"").count(),
+        1,
+        "{described}"
+    );
+    let r = call(
+        "Destroy",
+        json!({"Instance": cid, "Context": {"Reason": "terminate"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(containers(&format!("infrakit.group={group}")).is_empty());
+}
