@@ -339,31 +339,34 @@ async fn plugin_against_the_engine() {
     assert!(containers(&format!("infrakit.group={group}")).is_empty());
 }
 
+/// A user-defined network with a /24 subnet unlikely to be taken (10.<pid-derived>.<x>.0/24,
+/// retried on a clash), removed by `clean`: (name, subnet).
+fn test_network(clean: &mut Cleanup) -> (String, String) {
+    let net = unique("ik-net");
+    for i in 0..20u32 {
+        let candidate = format!(
+            "10.{}.{}.0/24",
+            200 + (std::process::id() % 50),
+            (i * 7 + std::process::id()) % 256
+        );
+        if docker(&["network", "create", "--subnet", &candidate, &net])
+            .status
+            .success()
+        {
+            clean.networks.push(net.clone());
+            return (net, candidate);
+        }
+    }
+    panic!("could not create a test network");
+}
+
 #[tokio::test]
 async fn static_ips_from_logical_ids() {
     let Ok(_lock) = prerequisites() else { return };
     let mut clean = Cleanup::new();
     let group = unique("dk-ip");
     clean.labels.push(format!("infrakit.group={group}"));
-    let net = unique("ik-net");
-    // A subnet unlikely to be taken: 10.<pid-derived>.<x>.0/24, retried on a clash.
-    let mut subnet = String::new();
-    for i in 0..20u32 {
-        let candidate = format!(
-            "10.{}.{}.0/24",
-            200 + (std::process::id() % 50),
-            i * 7 % 256
-        );
-        if docker(&["network", "create", "--subnet", &candidate, &net])
-            .status
-            .success()
-        {
-            subnet = candidate;
-            break;
-        }
-    }
-    assert!(!subnet.is_empty(), "could not create a test network");
-    clean.networks.push(net.clone());
+    let (net, subnet) = test_network(&mut clean);
     let base = subnet.trim_end_matches("0/24");
     let plugin = DockerInstancePlugin::from_env().expect("engine address");
     let props = json!({"Image": IMAGE, "Cmd": ["sleep", "3600"], "Network": net, "StopTimeout": 1});
@@ -713,4 +716,40 @@ fn managed_instance_docker_provisions() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(containers(&format!("infrakit.group={group}")).is_empty());
+}
+
+/// A pet whose logical ID is an address outside the network's subnet is refused when the group is
+/// committed (the instance plugin sees the allocation), not at its first provision.
+#[test]
+fn an_ip_outside_the_subnet_is_refused_at_commit() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let id = unique("dk-pets");
+    let label = format!("infrakit.group={id}");
+    clean.labels.push(label.clone());
+    let (net, subnet) = test_network(&mut clean);
+    let inside = format!("{}9", subnet.trim_end_matches("0/24"));
+    let s = Stack::new();
+    let pets = |ids: &[&str]| {
+        json!({"ID": id, "Properties": {
+            "Allocation": {"LogicalIDs": ids},
+            "Instance": {"Plugin": "instance-docker",
+                         "Properties": {"Image": IMAGE, "Cmd": ["sleep", "3600"], "Network": net}},
+            "Flavor": {"Plugin": "flavor-vanilla"}
+        }})
+        .to_string()
+    };
+    let f = s.w.write("outside.json", &pets(&[&inside, "192.0.2.7"]));
+    let err = s.w.fails(&["group", "commit", f.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("192.0.2.7") && err.contains("outside the subnet") && err.contains(&subnet),
+        "{err}"
+    );
+    let ls = s.w.ok(&["group", "ls", "-q"]);
+    assert!(!ls.contains(&id), "a refused group is not kept: {ls}");
+    assert!(containers(&label).is_empty());
+    // The same group with its addresses inside the subnet passes the same checks.
+    let f = s.w.write("inside.json", &pets(&[&inside]));
+    s.w.ok(&["group", "commit", "--pretend", f.to_str().expect("utf-8")]);
+    assert!(containers(&label).is_empty());
 }

@@ -80,7 +80,10 @@ impl GroupController {
             .await
             .map_err(|e| e.context(format!("group '{id}': Flavor.Plugin '{}'", fp.plugin)))?;
         instance
-            .validate(&ip.properties.clone().unwrap_or_default())
+            .validate_with_allocation(
+                &ip.properties.clone().unwrap_or_default(),
+                &allocation(&parsed.desired.allocation),
+            )
             .await
             .map_err(|e| {
                 e.context(format!(

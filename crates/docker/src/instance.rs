@@ -34,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hyper::Method;
+use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::instance::{
     Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
 };
@@ -343,6 +344,21 @@ impl InstancePlugin for DockerInstancePlugin {
             if !net.contains(':') {
                 self.inspect_network(net).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// As `validate`, and every logical ID that is an IP address must fit the network's subnet:
+    /// a pet whose address cannot be given is refused at commit, not at its first provision.
+    async fn validate_with_allocation(
+        &self,
+        properties: &Value,
+        allocation: &AllocationMethod,
+    ) -> Result<()> {
+        self.validate(properties).await?;
+        let props = Properties::parse(properties)?;
+        for l in &allocation.logical_ids {
+            self.static_ip(&props, l).await?;
         }
         Ok(())
     }

@@ -176,6 +176,23 @@ impl InstancePlugin for InstanceClient {
     async fn validate(&self, properties: &Value) -> Result<()> {
         let req = InstanceValidateRequest {
             properties: properties.clone(),
+            allocation: None,
+            r#type: self.0.sub_type(),
+        };
+        self.0
+            .call::<_, OkResponse>("Validate", &req)
+            .await
+            .map(|_| ())
+    }
+
+    async fn validate_with_allocation(
+        &self,
+        properties: &Value,
+        allocation: &AllocationMethod,
+    ) -> Result<()> {
+        let req = InstanceValidateRequest {
+            properties: properties.clone(),
+            allocation: Some(allocation.clone()),
             r#type: self.0.sub_type(),
         };
         self.0

@@ -43,6 +43,10 @@ pub struct ErrResponse {
 pub struct InstanceValidateRequest {
     #[serde(default)]
     pub properties: Value,
+    /// The group's allocation, when the caller is a group controller (our addition; InfraKit's
+    /// plugins ignore the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<AllocationMethod>,
     #[serde(
         default,
         deserialize_with = "null_as_default",

@@ -467,7 +467,11 @@ async fn dispatch_instance(
     match method {
         "Validate" => {
             let r: InstanceValidateRequest = parse(path, body)?;
-            pick(map, &r.r#type, WHAT)?.validate(&r.properties).await?;
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            match &r.allocation {
+                Some(a) => plugin.validate_with_allocation(&r.properties, a).await?,
+                None => plugin.validate(&r.properties).await?,
+            }
             reply(&OkResponse { ok: true })
         }
         "Provision" => {

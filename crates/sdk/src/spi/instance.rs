@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::flavor::AllocationMethod;
 use super::serde_util::null_as_default;
 use crate::Result;
 
@@ -108,6 +109,19 @@ pub struct DestroyContext {
 pub trait InstancePlugin: Send + Sync + 'static {
     /// Checks instance properties before anything is provisioned with them.
     async fn validate(&self, properties: &Value) -> Result<()>;
+    /// Checks instance properties for a group that allocates `allocation`: what only makes sense
+    /// with the logical IDs in view (a pet's IP address inside the network's subnet) can be refused
+    /// at commit instead of at provision. An addition to InfraKit's SPI: on the wire it is
+    /// `Instance.Validate` with an `Allocation` field, which plugins that do not know it ignore;
+    /// the default checks the properties alone.
+    async fn validate_with_allocation(
+        &self,
+        properties: &Value,
+        allocation: &AllocationMethod,
+    ) -> Result<()> {
+        let _ = allocation;
+        self.validate(properties).await
+    }
     /// Creates one instance and returns its ID.
     async fn provision(&self, spec: Spec) -> Result<InstanceId>;
     /// Merges `labels` into the instance's tags.
