@@ -26,7 +26,8 @@ pub enum Kind {
     InstanceFile,
     /// Instances are containers on the Docker engine at DOCKER_HOST (default /var/run/docker.sock).
     InstanceDocker,
-    /// Adds Init lines, Tags and Attachments from its properties; always healthy.
+    /// Adds Init lines, Tags and Attachments from its properties; healthy unless the instance
+    /// plugin's description says otherwise (a container exited, dead, or failing its HEALTHCHECK).
     FlavorVanilla,
     /// Runs a list of child flavors in order and merges what they add.
     FlavorCombo,

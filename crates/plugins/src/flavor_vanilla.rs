@@ -1,5 +1,6 @@
 //! `flavor-vanilla`: the flavor that means "nothing special". It adds what its properties list to
-//! every instance spec and calls every instance healthy.
+//! every instance spec, and knows nothing about what runs on an instance: it calls an instance
+//! healthy unless the instance plugin's own description says otherwise.
 //!
 //! Properties, all optional (InfraKit's own shape, so existing group files load unchanged):
 //!
@@ -16,6 +17,18 @@
 //! - `Init`: the spec's existing init (when not empty), then the lines, joined by `"\n"`;
 //! - `Tags`: merged into the spec's tags; the flavor's value wins on a shared key;
 //! - `Attachments`: appended to the spec's attachments.
+//!
+//! Health: the backend's own verdict when the description's properties carry one (instance-docker's
+//! `State`, `Running` and `Health`), otherwise healthy (an instance that exists is healthy):
+//! - `State` `"exited"` or `"dead"`, or `Running: false` → unhealthy (it will not come back by
+//!   itself; replacing it is the only way);
+//! - `State` `"restarting"` or `"paused"` → unknown (not serving now, not proven dead either);
+//! - Docker's `Health` `"unhealthy"` → unhealthy, `"starting"` → unknown (its HEALTHCHECK has not
+//!   passed yet);
+//! - anything else, no such fields, or no properties at all → healthy.
+//!
+//! Only fields of the expected type count (`State`/`Health` strings, `Running` a boolean), so another
+//! backend's properties (instance-file's stored record) are not misread.
 
 use async_trait::async_trait;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
@@ -85,6 +98,26 @@ fn append_init(existing: &str, lines: &[String]) -> String {
         .join("\n")
 }
 
+/// What the instance plugin's description says about the instance's health, if it says anything
+/// (see the module documentation). `None`: no verdict, the instance exists.
+pub fn backend_verdict(properties: Option<&Value>) -> Option<Health> {
+    let p = properties?;
+    let state = p.get("State").and_then(Value::as_str);
+    match state {
+        Some("exited" | "dead") => return Some(Health::Unhealthy),
+        _ if p.get("Running").and_then(Value::as_bool) == Some(false) => {
+            return Some(Health::Unhealthy)
+        }
+        Some("restarting" | "paused") => return Some(Health::Unknown),
+        _ => {}
+    }
+    match p.get("Health").and_then(Value::as_str) {
+        Some("unhealthy") => Some(Health::Unhealthy),
+        Some("starting") => Some(Health::Unknown),
+        _ => None,
+    }
+}
+
 /// The vanilla flavor. It has no state; one value serves every group.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VanillaFlavor;
@@ -111,9 +144,10 @@ impl FlavorPlugin for VanillaFlavor {
         Ok(VanillaProperties::parse(properties)?.apply(spec))
     }
 
-    async fn healthy(&self, _properties: &Value, _instance: &Description) -> Result<Health> {
-        // Vanilla knows nothing about what runs on the instance: existing is being healthy.
-        Ok(Health::Healthy)
+    async fn healthy(&self, _properties: &Value, instance: &Description) -> Result<Health> {
+        // Vanilla knows nothing about what runs on the instance: existing is being healthy, unless
+        // the backend itself says otherwise.
+        Ok(backend_verdict(instance.properties.as_ref()).unwrap_or(Health::Healthy))
     }
 
     async fn drain(&self, _properties: &Value, _instance: &Description) -> Result<()> {
@@ -215,7 +249,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn always_healthy_and_drain_is_ok() {
+    async fn healthy_without_a_backend_verdict_and_drain_is_ok() {
         let flavor = VanillaFlavor::new();
         let d = Description::default();
         assert_eq!(
@@ -223,5 +257,79 @@ mod tests {
             Health::Healthy
         );
         flavor.drain(&Value::Null, &d).await.unwrap();
+        // Properties that say nothing about health (instance-file's stored record).
+        let d = Description {
+            properties: Some(json!({"ID": "i-1", "Tags": {}, "Spec": {"Properties": {"x": 1}}})),
+            ..Description::default()
+        };
+        assert_eq!(
+            flavor.healthy(&Value::Null, &d).await.unwrap(),
+            Health::Healthy
+        );
+    }
+
+    async fn judged(properties: Value) -> Health {
+        let d = Description {
+            properties: Some(properties),
+            ..Description::default()
+        };
+        VanillaFlavor::new()
+            .healthy(&json!({"Tags": {"tier": "web"}}), &d)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn honours_the_backends_own_verdict() {
+        use Health::*;
+        let cases = [
+            // instance-docker's properties, as it describes containers.
+            (
+                json!({"State": "running", "Running": true, "Health": "none"}),
+                Healthy,
+            ),
+            (
+                json!({"State": "running", "Running": true, "Health": "healthy"}),
+                Healthy,
+            ),
+            (
+                json!({"State": "exited", "Running": false, "ExitCode": 1, "Health": "none"}),
+                Unhealthy,
+            ),
+            (
+                json!({"State": "exited", "Running": false, "ExitCode": 0}),
+                Unhealthy,
+            ),
+            (json!({"State": "dead", "Running": false}), Unhealthy),
+            (json!({"State": "created", "Running": false}), Unhealthy),
+            (json!({"Running": false}), Unhealthy),
+            (json!({"State": "exited"}), Unhealthy),
+            // Exited beats whatever its last health check said.
+            (
+                json!({"State": "exited", "Running": false, "Health": "healthy"}),
+                Unhealthy,
+            ),
+            (
+                json!({"State": "restarting", "Running": true, "Health": "none"}),
+                Unknown,
+            ),
+            (json!({"State": "paused", "Running": true}), Unknown),
+            (
+                json!({"State": "running", "Running": true, "Health": "unhealthy"}),
+                Unhealthy,
+            ),
+            (
+                json!({"State": "running", "Running": true, "Health": "starting"}),
+                Unknown,
+            ),
+            // Fields of another type are another backend's business: no verdict.
+            (json!({"State": {"exited": true}, "Running": "no"}), Healthy),
+            (json!({"Health": 0}), Healthy),
+            (json!("exited"), Healthy),
+            (Value::Null, Healthy),
+        ];
+        for (props, want) in cases {
+            assert_eq!(judged(props.clone()).await, want, "{props}");
+        }
     }
 }
