@@ -23,14 +23,18 @@ build:
 	$(CARGO) build --release --locked --bin infrakit
 
 ## Every test: formatting, lints, unit, simulation and end-to-end tests with real plugin processes,
-## and (tests/engine.rs) the managed plugins on a real Docker Engine. With CI=true an engine is
-## installed/started first and the engine tests must run; elsewhere they run when an engine answers.
+## and (tests/engine.rs, tests/docker.rs, tests/zookeeper.rs) the managed plugins on a real Docker
+## Engine. With CI=true an engine is installed/started first, the ZooKeeper image is built (unless it
+## exists) and the engine tests must run; elsewhere they run when an engine (and the image) is there.
 test: setup
 	@if [ "$${CI:-}" = true ]; then bash scripts/docker-engine.sh; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@if [ "$${CI:-}" = true ] || timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory static; \
 	 else echo "make test: no Docker engine answers: not building the static binary; the engine tests will skip"; fi
+	@if [ "$${CI:-}" = true ] && timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory zk-image; \
+	 elif ! timeout 10 docker image inspect '$(ZK_IMAGE):$(ZK_TAG)' >/dev/null 2>&1; then \
+	 echo "make test: no $(ZK_IMAGE):$(ZK_TAG) (make zk-image builds it, as root; CI does): tests/zookeeper.rs will skip"; fi
 	$(CARGO) test --workspace --locked
 
 ## Make sure a Docker Engine answers (installs Debian's docker.io and starts dockerd if needed).
