@@ -341,7 +341,14 @@ pub(crate) fn choose_replacements<'v, 'a>(
     // and unknown instances count for `max_down` above but serve nobody.
     let serving = live().filter(|m| m.ready).count() as u64;
     let mut spare = serving.saturating_sub(min_available);
-    let mut old: Vec<&Inst> = live().filter(|m| !m.current && !blocked(m)).collect();
+    // A backoff holds back provisions, so an outdated member is not rolled while its slot's
+    // replacement could not be made. Once current members (and provisions on their way) make the
+    // target, removing outdated ones needs no replacement: a rollback's failed replacements go at
+    // once rather than after the backoff their failures started.
+    let replaced = new_members + pending_new >= target;
+    let mut old: Vec<&Inst> = live()
+        .filter(|m| !m.current && (replaced || !blocked(m)))
+        .collect();
     old.sort_by(|a, b| removal_order(a, b, policy.scale_down.order));
     let mut chosen = Vec::new();
     for m in old {

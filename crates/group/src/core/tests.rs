@@ -502,6 +502,49 @@ fn failed_update_rolls_back_to_the_previous_configuration() {
     );
 }
 
+/// A surge update whose two replacements both fail rolls back at once: the failures put the group
+/// in backoff, which holds back provisions, but removing the failed replacements needs none (the
+/// old instances make the target), so it is not held back.
+#[test]
+fn rollback_removes_failed_surge_replacements_despite_the_backoff() {
+    let mut d = cattle(10, "v2");
+    d.policy.update.max_surge = CountOrPercent::Count(2);
+    d.policy.update.max_unavailable = CountOrPercent::Count(0);
+    d.policy.update.healthy_deadline_seconds = 30; // before remediation (UnhealthySeconds 60)
+    d.policy.update.failure_action = FailureAction::Rollback;
+    let mut w = World::new(d).with(healthy(10, "v1"));
+    w.memory.stable_hash = Some("v1".into());
+    let a = w.step();
+    assert_eq!(count(&a, Cause::Rollout), 2, "{a:?}");
+    w.finish(Health::Unhealthy); // exited at once
+    assert!(w.step().is_empty());
+    w.tick(30 * S);
+    let a = w.step();
+    let u = w.status().update.clone().expect("update");
+    assert_eq!(u.state, UpdateState::RollingBack, "{u:?}");
+    assert_eq!(
+        w.memory.backoff.get("group").map(|b| b.failures),
+        Some(2),
+        "two failures: provisions are in backoff"
+    );
+    let gone: Vec<&str> = a
+        .iter()
+        .filter_map(|(a, _)| match a {
+            Action::Destroy { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gone, ["n1", "n2"], "{a:?}");
+    w.finish(Health::Healthy);
+    w.tick(S);
+    assert!(w.step().is_empty());
+    let u = w.status().update.clone().expect("update");
+    assert_eq!(u.state, UpdateState::RolledBack, "{u:?}");
+    assert!(w.status().converged, "{:?}", w.status());
+    assert_eq!(w.hashes(), vec!["v1"; 10]);
+    assert_eq!(w.available(), 10);
+}
+
 #[test]
 fn continue_retries_failed_replacements() {
     let mut w = stuck_update(FailureAction::Continue);
