@@ -57,7 +57,8 @@ pub struct ControllerArgs {
     /// group: how often each group is observed for drift when nothing else wakes it.
     #[arg(long, env = "INFRAKIT_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub poll_interval: Duration,
-    /// group: how long a Healthy verdict is trusted before the flavor is asked again.
+    /// group: how long a Healthy verdict is trusted before the flavor is asked again (an instance
+    /// that has not counted as available yet, e.g. in its MinReadySeconds soak, is asked every pass).
     #[arg(long, env = "INFRAKIT_HEALTH_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
     pub health_interval: Duration,
     /// group: provisions and destroys running at once.

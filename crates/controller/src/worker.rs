@@ -31,7 +31,8 @@ pub struct Options {
     /// How often a group is observed when nothing else wakes it (drift detection).
     pub poll_interval: Duration,
     /// How long a Healthy verdict is trusted before the flavor is asked again. Instances that are
-    /// not (yet) healthy are asked on every pass.
+    /// not healthy, or have not yet counted as available (a new instance in its MinReadySeconds
+    /// soak), are asked on every pass.
     pub health_interval: Duration,
     /// Provisions and destroys running at once, across all groups.
     pub max_parallel: usize,
@@ -201,20 +202,51 @@ async fn settle(group: &Group) {
 const SETTLE: Duration = Duration::from_millis(25);
 
 impl GroupState {
-    /// True when the next pass asks the flavor about some instance: one not Healthy (or not yet
-    /// judged), or a Healthy verdict older than `interval`. New instances are not known before
-    /// the describe; they are judged on this pass without properties and on the next with them.
+    /// True when the next pass asks the flavor about an instance it knows, or may meet a new one:
+    /// - a provision is on its way: its instance may be in this describe, and its first verdict
+    ///   must see the backend's state (a container that exited at once), or the core would count
+    ///   it available on a blind Healthy;
+    /// - an instance needs a verdict ([`needs_check`]).
+    ///
+    /// An instance that appears without a provision of ours (made by hand while the controller
+    /// runs) may be judged on a pass without properties; with MinReadySeconds above zero it is
+    /// asked again, with them, before it counts as available.
     fn health_due(&self, interval: Duration) -> bool {
-        self.health.is_empty()
+        !self.pending.is_empty()
+            || self.health.is_empty()
             || self
                 .health
-                .values()
-                .any(|(h, at)| *h != Health::Healthy || at.elapsed() >= interval)
+                .iter()
+                .any(|(id, v)| needs_check(Some(v), self.proven(id), interval))
+    }
+
+    /// Whether the core has counted this instance as available at least once (healthy for
+    /// MinReadySeconds).
+    fn proven(&self, id: &str) -> bool {
+        self.record
+            .memory
+            .instances
+            .get(id)
+            .is_some_and(|m| m.ever_ready)
     }
 
     /// True while a provision or destroy of this group has not answered yet.
     fn running(&self) -> bool {
         !self.destroying.is_empty() || self.pending.values().any(|p| p.done.is_none())
+    }
+}
+
+/// Whether the flavor must be asked about an instance on this pass, given its last verdict (and
+/// when it was given) and whether it has counted as available yet. A Healthy verdict is trusted
+/// for `interval`, but only for a proven instance: during its soak (MinReadySeconds) a new
+/// instance is asked on every pass, since "healthy for MinReadySeconds" must mean healthy
+/// throughout, not one Healthy answer followed by `interval` of trust. A replacement that runs
+/// for a second and exits is caught before the rolling update counts it available and destroys an
+/// instance that served.
+fn needs_check(last: Option<&(Health, Instant)>, proven: bool, interval: Duration) -> bool {
+    match last {
+        Some((Health::Healthy, at)) => !proven || at.elapsed() >= interval,
+        _ => true,
     }
 }
 
@@ -396,8 +428,8 @@ fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Description])
     true
 }
 
-/// Asks the flavor about instances whose verdict is missing, not Healthy, or older than the health
-/// interval; at most `max_parallel` at a time.
+/// Asks the flavor about instances whose verdict is missing, not Healthy, older than the health
+/// interval, or not yet proven ([`needs_check`]); at most `max_parallel` at a time.
 async fn check_health(
     group: &Arc<Group>,
     ctx: &Arc<Ctx>,
@@ -409,9 +441,12 @@ async fn check_health(
         let s = group.state();
         described
             .iter()
-            .filter(|d| match s.health.get(&d.id) {
-                Some((Health::Healthy, at)) => at.elapsed() >= ctx.options.health_interval,
-                _ => true,
+            .filter(|d| {
+                needs_check(
+                    s.health.get(&d.id),
+                    s.proven(&d.id),
+                    ctx.options.health_interval,
+                )
             })
             .collect()
     };
@@ -703,5 +738,28 @@ pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]
             DestroyReason::Terminate,
             blocks,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_is_trusted_only_once_proven() {
+        let interval = Duration::from_secs(30);
+        let now = Instant::now();
+        let old = now.checked_sub(Duration::from_secs(31)).unwrap_or(now);
+        // Never judged, or not healthy: asked every pass.
+        assert!(needs_check(None, true, interval));
+        assert!(needs_check(Some(&(Health::Unknown, now)), true, interval));
+        assert!(needs_check(Some(&(Health::Unhealthy, now)), true, interval));
+        // Healthy but still soaking (never available yet): asked every pass.
+        assert!(needs_check(Some(&(Health::Healthy, now)), false, interval));
+        // Proven and healthy: trusted for the interval.
+        assert!(!needs_check(Some(&(Health::Healthy, now)), true, interval));
+        if old != now {
+            assert!(needs_check(Some(&(Health::Healthy, old)), true, interval));
+        }
     }
 }
