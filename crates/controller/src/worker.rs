@@ -30,9 +30,9 @@ use crate::tags;
 pub struct Options {
     /// How often a group is observed when nothing else wakes it (drift detection).
     pub poll_interval: Duration,
-    /// How long a Healthy verdict is trusted before the flavor is asked again. Instances that are
-    /// not healthy, or have not yet counted as available (a new instance in its MinReadySeconds
-    /// soak), are asked on every pass.
+    /// How long a Healthy verdict is trusted before the flavor is asked again (while an update
+    /// rolls, at most `poll_interval`). Instances that are not healthy, or have not yet counted as
+    /// available (a new instance in its MinReadySeconds soak), are asked on every pass.
     pub health_interval: Duration,
     /// Provisions and destroys running at once, across all groups.
     pub max_parallel: usize,
@@ -220,6 +220,25 @@ impl GroupState {
                 .any(|(id, v)| needs_check(Some(v), self.proven(id), interval))
     }
 
+    /// How long a Healthy verdict is trusted on this pass. While an update rolls, no longer than
+    /// the poll interval: the core takes serving members down counting on the others' verdicts,
+    /// and a member that died 20 s ago but is still trusted Healthy could be the one that makes a
+    /// ZooKeeper ensemble lose its quorum. Bounded by the poll interval, a rollout re-asks the
+    /// whole group at most once per poll, which costs little next to the replacements themselves.
+    fn trust_healthy_for(&self, options: &Options) -> Duration {
+        let rolling = self
+            .record
+            .memory
+            .update
+            .as_ref()
+            .is_some_and(|u| u.state.is_rolling());
+        if rolling {
+            options.health_interval.min(options.poll_interval)
+        } else {
+            options.health_interval
+        }
+    }
+
     /// Whether the core has counted this instance as available at least once (healthy for
     /// MinReadySeconds).
     fn proven(&self, id: &str) -> bool {
@@ -332,7 +351,10 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     // Backend state (a container's exit code, its addresses) is what a flavor judges health by, but
     // it makes every description several times bigger: ask for it only on passes that will ask the
     // flavor about someone.
-    let with_properties = group.state().health_due(ctx.options.health_interval);
+    let with_properties = {
+        let s = group.state();
+        s.health_due(s.trust_healthy_for(&ctx.options))
+    };
     let described = match instance
         .describe_instances(&group_tags(&group.id), with_properties)
         .await
@@ -439,15 +461,10 @@ async fn check_health(
 ) -> HashMap<InstanceId, Health> {
     let stale: Vec<&Description> = {
         let s = group.state();
+        let trust = s.trust_healthy_for(&ctx.options);
         described
             .iter()
-            .filter(|d| {
-                needs_check(
-                    s.health.get(&d.id),
-                    s.proven(&d.id),
-                    ctx.options.health_interval,
-                )
-            })
+            .filter(|d| needs_check(s.health.get(&d.id), s.proven(&d.id), trust))
             .collect()
     };
     let props = blocks.flavor.properties.clone().unwrap_or_default();
@@ -761,5 +778,29 @@ mod tests {
         if old != now {
             assert!(needs_check(Some(&(Health::Healthy, old)), true, interval));
         }
+    }
+
+    #[test]
+    fn a_rolling_update_trusts_healthy_for_one_poll_at_most() {
+        let spec: infrakit_sdk::spi::group::GroupSpec = serde_json::from_value(serde_json::json!({
+            "ID": "g",
+            "Properties": {"Allocation": {"Size": 3},
+                           "Instance": {"Plugin": "i"}, "Flavor": {"Plugin": "f"}}
+        }))
+        .expect("spec");
+        let parsed = crate::record::parse(&spec).expect("parsed");
+        let group = Group::new(GroupRecord::new(spec, &parsed));
+        let options = Options {
+            poll_interval: Duration::from_secs(5),
+            ..Options::default()
+        };
+        let mut s = group.state();
+        assert_eq!(s.trust_healthy_for(&options), options.health_interval);
+        let mut update = infrakit_group::core::UpdateProgress::start("h2", None, 0, String::new());
+        s.record.memory.update = Some(update.clone());
+        assert_eq!(s.trust_healthy_for(&options), Duration::from_secs(5));
+        update.state = infrakit_group::core::UpdateState::Paused;
+        s.record.memory.update = Some(update);
+        assert_eq!(s.trust_healthy_for(&options), options.health_interval);
     }
 }
