@@ -43,6 +43,11 @@ pub fn decide(desired: &Desired, observed: &Observed, memory: &Memory, now_ms: u
         backoff::record_failure(&mut mem, pets, lid.as_deref(), now);
     }
 
+    if mem.backoff_hash.as_deref() != Some(desired.config_hash.as_str()) {
+        mem.backoff.clear();
+        mem.backoff_hash = Some(desired.config_hash.clone());
+    }
+
     // The update: supersede, start, count failures, complete.
     rollout::follow_commit(&mut mem, desired, observed, now);
     let mut applied = rollout::applied_hash(&mem, desired);

@@ -28,6 +28,11 @@ pub struct Memory {
     pub instances: BTreeMap<InstanceId, InstanceMemory>,
     /// Slots whose replacements keep failing (key: [`slot_key`]).
     pub backoff: BTreeMap<String, Backoff>,
+    /// The configuration `backoff` built up under. A commit of another one starts without it: the
+    /// failures (an image that is not there, one that exits at once) were the old configuration's,
+    /// and the commit that fixes them must be acted on at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_hash: Option<String>,
     /// Provisions asked for and not yet seen to finish, to tell a finished one from a failed one
     /// (including one that failed before it was ever observed pending).
     pub inflight: Vec<InflightProvision>,

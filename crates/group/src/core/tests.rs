@@ -682,6 +682,27 @@ fn remediation_replaces_one_at_a_time_and_stops_in_a_meltdown() {
     assert!(w.status().message.contains("remediation stopped"));
 }
 
+/// A commit of a new configuration is acted on at once: the backoff the old one built up (an
+/// image that is not there) is not the new one's to serve.
+#[test]
+fn a_new_commit_is_not_held_back_by_the_old_configurations_backoff() {
+    let mut w = World::new(pets(&["a"], "v1"));
+    for _ in 0..4 {
+        let mut a = w.step();
+        while a.is_empty() {
+            w.now = w.last.as_ref().and_then(|d| d.wake_at_ms).expect("wake");
+            a = w.step();
+        }
+        w.fail_provisions();
+    }
+    assert!(w.step().is_empty(), "in backoff");
+    assert!(!w.memory.backoff.is_empty());
+    w.desired = pets(&["a"], "v2");
+    let a = w.step();
+    assert_eq!(count(&a, Cause::Fill), 1, "provisioned at once: {a:?}");
+    assert!(matches!(&a[0].0, Action::Provision { config_hash, .. } if config_hash == "v2"));
+}
+
 #[test]
 fn failing_slot_backs_off_exponentially() {
     let mut w = World::new(pets(&["a"], "v1"));
