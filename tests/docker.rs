@@ -8,114 +8,25 @@
 mod common;
 
 use std::fs::File;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::{
+    self, docker, docker_ok, ensure_busybox, in_ci, text, unique, BUSYBOX as IMAGE, STATIC_BIN,
+};
 use common::{Plugin, World};
 use infrakit_docker::DockerInstancePlugin;
 use infrakit_sdk::spi::instance::{DestroyContext, InstancePlugin, Spec, Tags};
 use serde_json::{json, Value};
 
-const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
-/// A busybox image made here with `docker import` (nothing can be pulled).
-const IMAGE: &str = "infrakit-test/busybox:latest";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
+/// Every container (running or not) with `label`.
 /// Ok(lock) when the tests should run; Err(()) after saying loudly why not. Panics in CI.
 fn prerequisites() -> Result<File, ()> {
-    let o = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output();
-    let why = match o {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "no Docker engine answers ({}); run scripts/docker-engine.sh",
-            text(&o).trim()
-        )),
-        Err(e) => Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
-    };
-    if let Some(why) = why {
-        if in_ci() {
-            panic!("docker instance tests must run in CI (CI=true) but cannot: {why}");
-        }
-        eprintln!("\n*** SKIPPING the instance-docker tests: {why} ***\n");
-        return Err(());
-    }
-    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
-    ensure_image();
+    let lock = engine::prerequisites("instance-docker tests", || None)?;
+    ensure_busybox();
     Ok(lock)
 }
 
-/// `infrakit-test/busybox:latest` from the host's static busybox, unless it exists.
-fn ensure_image() {
-    if docker(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let bin = tmp.path().join("rootfs/bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("copy /bin/busybox (install Debian's busybox-static)");
-    for applet in ["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-    }
-    let tar = tmp.path().join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(tmp.path().join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar failed");
-    docker_ok(&[
-        "import",
-        "--change",
-        "CMD [\"sh\"]",
-        tar.to_str().expect("utf-8 path"),
-        IMAGE,
-    ]);
-}
-
-/// A name unique to this test run.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
-}
-
-/// Every container (running or not) with `label`.
 fn containers(label: &str) -> Vec<String> {
     let out = docker_ok(&[
         "ps",
@@ -622,11 +533,6 @@ fn a_missing_image_is_a_clear_error_without_a_container_storm() {
     s.w.ok(&["group", "destroy", &id, "--timeout", "60s"]);
     assert!(containers(&label).is_empty());
 }
-
-const STATIC_BIN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
-);
 
 /// Disables and removes a managed plugin when the test ends.
 struct ManagedPlugin(String);

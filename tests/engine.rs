@@ -15,80 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::{self, docker, docker_ok, static_bin_missing, text, STATIC_BIN};
 use serde_json::{json, Value};
 
-const STATIC_BIN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
-);
 const REPO: &str = "infrakit-test";
-const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn missing_prerequisite() -> Option<String> {
-    let engine = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output();
-    match engine {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Some(format!(
-                "no Docker engine answers (docker version: {}); run scripts/docker-engine.sh",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ))
-        }
-        Err(e) => return Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
-    }
-    if !Path::new(STATIC_BIN).is_file() {
-        return Some(format!(
-            "no static binary at {STATIC_BIN}; run make static (make test does)"
-        ));
-    }
-    None
-}
-
-/// Ok(lock) when the tests should run; Err(()) after printing loudly why they skip. Panics in CI.
-fn prerequisites() -> Result<File, ()> {
-    if let Some(why) = missing_prerequisite() {
-        if in_ci() {
-            panic!("engine tests must run in CI (CI=true) but cannot: {why}");
-        }
-        eprintln!("\n*** SKIPPING the Docker Engine tests: {why} ***\n");
-        return Err(());
-    }
-    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
-    Ok(lock)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
 /// The plugins one test works with: `REPO/PREFIX<name>:VERSION`, removed on drop.
 struct Bundle {
     repo: String,
@@ -188,6 +118,11 @@ impl Cli {
         }
         serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))
     }
+}
+
+/// Ok(lock) when the tests should run; Err(()) after saying loudly why not. Panics in CI.
+fn prerequisites() -> Result<File, ()> {
+    engine::prerequisites("Docker Engine tests", static_bin_missing)
 }
 
 fn field<'a>(v: &'a Value, name: &str) -> &'a Value {

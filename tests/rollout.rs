@@ -24,117 +24,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::engine::{self, docker, ensure_busybox, unique, BUSYBOX as IMAGE};
 use common::{Plugin, World};
 use serde_json::{json, Value};
 
-const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
-/// A busybox image made here with `docker import` (nothing can be pulled).
-const IMAGE: &str = "infrakit-test/busybox:latest";
 const SIZE: usize = 10;
 const SURGE: usize = 2;
 const HASH_LABEL: &str = "infrakit.config.hash";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Ok(lock) when the tests should run; Err(()) after saying loudly why not. Panics in CI.
-fn prerequisites() -> Result<File, ()> {
-    let o = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output();
-    let why = match o {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "no Docker engine answers ({}); run scripts/docker-engine.sh",
-            text(&o).trim()
-        )),
-        Err(e) => Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
-    };
-    if let Some(why) = why {
-        if in_ci() {
-            panic!("rolling update tests must run in CI (CI=true) but cannot: {why}");
-        }
-        eprintln!("\n*** SKIPPING the rolling update tests on the engine: {why} ***\n");
-        return Err(());
-    }
-    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
-    ensure_image();
-    Ok(lock)
-}
-
-/// `infrakit-test/busybox:latest` from the host's static busybox, unless it exists (the same image
-/// tests/docker.rs makes).
-fn ensure_image() {
-    if docker(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let bin = tmp.path().join("rootfs/bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("copy /bin/busybox (install Debian's busybox-static)");
-    for applet in ["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-    }
-    let tar = tmp.path().join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(tmp.path().join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar failed");
-    docker_ok(&[
-        "import",
-        "--change",
-        "CMD [\"sh\"]",
-        tar.to_str().expect("utf-8 path"),
-        IMAGE,
-    ]);
-}
-
-/// A name unique to this test run.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
-}
 
 /// One container of a group as `docker ps -a` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,6 +56,13 @@ impl Container {
 }
 
 /// Every container (running or not) with `label`; None when the engine did not answer.
+/// Ok(lock) when the tests should run; Err(()) after saying loudly why not. Panics in CI.
+fn prerequisites() -> Result<File, ()> {
+    let lock = engine::prerequisites("rolling update tests on the engine", || None)?;
+    ensure_busybox();
+    Ok(lock)
+}
+
 fn try_containers(label: &str) -> Option<Vec<Container>> {
     let format =
         format!("{{{{.ID}}}}\t{{{{.State}}}}\t{{{{.Status}}}}\t{{{{.Label \"{HASH_LABEL}\"}}}}");

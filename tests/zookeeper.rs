@@ -30,13 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::engine::{self, docker, docker_ok, static_bin_missing, text, STATIC_BIN};
 use serde_json::{json, Value};
 
-const STATIC_BIN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
-);
-const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
 const REPO: &str = "infrakit-test";
 const PREFIX: &str = "zk-";
 const VERSION: &str = "test";
@@ -49,74 +45,15 @@ const PLUGINS: [&str; 3] = ["instance-docker", "flavor-zookeeper", "group"];
 /// four times that leaves room for a loaded CI machine.
 const MAX_WRITE_GAP: Duration = Duration::from_secs(6);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    match Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Some(format!(
-                "no Docker engine answers ({}); run scripts/docker-engine.sh",
-                text(&o).trim()
-            ))
-        }
-        Err(e) => return Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
-    }
-    if !Path::new(STATIC_BIN).is_file() {
-        return Some(format!(
-            "no static binary at {STATIC_BIN}; run make static (make test does)"
-        ));
-    }
-    if !docker(&["image", "inspect", IMAGE]).status.success() {
-        return Some(format!(
-            "no {IMAGE} on the engine; run make zk-image (as root; make test does with CI=true)"
-        ));
-    }
-    None
-}
-
 /// Ok(lock) when the test should run; Err(()) after saying loudly why not. Panics in CI.
 fn prerequisites() -> Result<File, ()> {
-    if let Some(why) = missing_prerequisite() {
-        if in_ci() {
-            panic!("the ZooKeeper engine test must run in CI (CI=true) but cannot: {why}");
-        }
-        eprintln!("\n*** SKIPPING the ZooKeeper engine test: {why} ***\n");
-        return Err(());
-    }
-    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
-    Ok(lock)
+    engine::prerequisites("ZooKeeper engine test", || {
+        static_bin_missing().or_else(|| {
+            (!docker(&["image", "inspect", IMAGE]).status.success()).then(|| {
+                format!("no {IMAGE} on the engine; run make zk-image (as root; make test does with CI=true)")
+            })
+        })
+    })
 }
 
 fn reference(name: &str) -> String {

@@ -1,0 +1,129 @@
+//! What the tests that need a Docker Engine share (tests/docker.rs, engine.rs, rollout.rs,
+//! zookeeper.rs): the docker CLI, the prerequisites check with its lock, and the busybox image.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Held by every engine test while it runs: they share one engine, and a test that counts
+/// containers or measures a rollout must not see another's.
+pub const LOCK: &str = "/tmp/infrakit-engine-tests.lock";
+
+/// The static binary the managed plugins are made of (`make static`; `make test` builds it).
+pub const STATIC_BIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
+);
+
+/// A busybox image made here with `docker import` (nothing can be pulled): [`ensure_busybox`].
+pub const BUSYBOX: &str = "infrakit-test/busybox:latest";
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker")
+}
+
+/// `docker ARGS`, which must succeed; its trimmed stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    let o = docker(args);
+    assert!(o.status.success(), "docker {args:?} failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Why no engine can be used, if none can.
+fn engine_missing() -> Option<String> {
+    match Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "no Docker engine answers ({}); run scripts/docker-engine.sh",
+            text(&o).trim()
+        )),
+        Err(e) => Some(format!("no docker CLI ({e}); run scripts/docker-engine.sh")),
+    }
+}
+
+/// Why the managed plugins cannot be made, if they cannot.
+pub fn static_bin_missing() -> Option<String> {
+    (!Path::new(STATIC_BIN).is_file())
+        .then(|| format!("no static binary at {STATIC_BIN}; run make static (make test does)"))
+}
+
+/// Ok(the engine tests' lock) when `what` (the tests, for the messages) should run: an engine
+/// answers and `more` (asked only then) finds nothing missing. Otherwise Err(()) after saying
+/// loudly why they skip; under CI=true a missing prerequisite is a failure instead.
+pub fn prerequisites(what: &str, more: impl FnOnce() -> Option<String>) -> Result<File, ()> {
+    if let Some(why) = engine_missing().or_else(more) {
+        if in_ci() {
+            panic!("the {what} must run in CI (CI=true) but cannot: {why}");
+        }
+        eprintln!("\n*** SKIPPING the {what}: {why} ***\n");
+        return Err(());
+    }
+    let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
+    Ok(lock)
+}
+
+/// [`BUSYBOX`] from the host's static busybox (Debian's busybox-static), unless it exists.
+pub fn ensure_busybox() {
+    if docker(&["image", "inspect", BUSYBOX]).status.success() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bin = tmp.path().join("rootfs/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("copy /bin/busybox (install Debian's busybox-static)");
+    for applet in ["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+    }
+    let tar = tmp.path().join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(tmp.path().join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar failed");
+    docker_ok(&[
+        "import",
+        "--change",
+        "CMD [\"sh\"]",
+        tar.to_str().expect("utf-8 path"),
+        BUSYBOX,
+    ]);
+}
