@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use infrakit_controller::{FileStore, GroupController, Options};
-use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
+use infrakit_plugins::flavor_combo::ComboFlavor;
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::flavor_zookeeper::ZooKeeperFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
@@ -182,7 +182,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
         }
         Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::new()),
         Kind::FlavorCombo => {
-            let resolver = ComboResolver::new(infrakit_docker::discovery_from_env());
+            let resolver = DiscoveryResolver::new(infrakit_docker::discovery_from_env());
             Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
         }
         Kind::FlavorZookeeper => Plugins::new().flavor(ZooKeeperFlavor::new()),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use infrakit_controller::GroupController;
-use infrakit_plugins::flavor_combo::{ComboFlavor, DiscoveryResolver as ComboResolver};
+use infrakit_plugins::flavor_combo::ComboFlavor;
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
 use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver, PluginResolver};
@@ -63,16 +63,17 @@ async fn up(args: UpArgs) -> Result<()> {
             .with_context(|| format!("cannot use instance directory {}", dir.display()))?,
     );
     let vanilla: Arc<dyn FlavorPlugin> = Arc::new(VanillaFlavor::new());
-    let combo: Arc<dyn FlavorPlugin> = Arc::new(ComboFlavor::new(Arc::new(ComboResolver::new(
-        infrakit_docker::discovery_from_env(),
-    ))));
+    let discovered: Arc<dyn PluginResolver> =
+        Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
+    // The combo's children: the built-in vanilla in this process, everything else discovered.
+    let children =
+        LocalResolver::new(Some(discovered.clone())).with_flavor("flavor-vanilla", vanilla.clone());
+    let combo: Arc<dyn FlavorPlugin> = Arc::new(ComboFlavor::new(Arc::new(children)));
     let resolver: Arc<dyn PluginResolver> = Arc::new(
-        LocalResolver::new(Some(Arc::new(DiscoveryResolver::new(
-            infrakit_docker::discovery_from_env(),
-        ))))
-        .with_instance("instance-file", files.clone())
-        .with_flavor("flavor-vanilla", vanilla.clone())
-        .with_flavor("flavor-combo", combo.clone()),
+        LocalResolver::new(Some(discovered))
+            .with_instance("instance-file", files.clone())
+            .with_flavor("flavor-vanilla", vanilla.clone())
+            .with_flavor("flavor-combo", combo.clone()),
     );
     let store = args.controller.open_store()?;
     eprintln!(

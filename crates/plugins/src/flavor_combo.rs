@@ -8,9 +8,10 @@
 //!   {"Plugin": "flavor-swarm/worker", "Properties": {...}}]}
 //! ```
 //!
-//! At least one flavor is required; unknown fields are refused. Children are reached through a
-//! [`FlavorResolver`]: [`DiscoveryResolver`] finds them by name the way every plugin finds another
-//! (and keeps one client per name), [`StaticResolver`] maps names to in-process flavors.
+//! At least one flavor is required; unknown fields are refused. Children are reached through the
+//! SDK's [`PluginResolver`], as the group controller reaches its plugins: `DiscoveryResolver` finds
+//! them by name (one client per socket, so a child restarted elsewhere gets a new one), and
+//! `LocalResolver` maps names to flavors in this process.
 //!
 //! Errors from a child name it by its 1-based position and plugin name:
 //! `flavor-combo child 2 (flavor-vanilla): ...`.
@@ -31,114 +32,16 @@
 //! - **Drain**: every child drains, in order, even after one fails, so no child is skipped just
 //!   because an earlier one had trouble; the first error (naming its child) is returned.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use infrakit_sdk::discovery::Discovery;
-use infrakit_sdk::rpc::client::FlavorClient;
+use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::group::PluginSpec;
 use infrakit_sdk::spi::instance::{Description, Spec};
-use infrakit_sdk::{Error, ErrorKind, Result};
+use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// Finds a child flavor by plugin name (`flavor-vanilla`, `flavor-swarm/manager`).
-#[async_trait]
-pub trait FlavorResolver: Send + Sync {
-    async fn resolve(&self, name: &str) -> Result<Arc<dyn FlavorPlugin>>;
-
-    /// Drops anything remembered about `name`; called when a child is unreachable, so the next
-    /// call looks it up again (it may have been restarted on another socket).
-    fn forget(&self, _name: &str) {}
-}
-
-/// Resolves children with plugin discovery and keeps one client per name.
-pub struct DiscoveryResolver {
-    discovery: Discovery,
-    clients: Mutex<HashMap<String, Arc<dyn FlavorPlugin>>>,
-}
-
-impl DiscoveryResolver {
-    pub fn new(discovery: Discovery) -> DiscoveryResolver {
-        DiscoveryResolver {
-            discovery,
-            clients: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn cached(&self, name: &str) -> Option<Arc<dyn FlavorPlugin>> {
-        // The map holds only clients, which stay valid even if a panic poisoned the lock.
-        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.get(name).cloned()
-    }
-}
-
-#[async_trait]
-impl FlavorResolver for DiscoveryResolver {
-    async fn resolve(&self, name: &str) -> Result<Arc<dyn FlavorPlugin>> {
-        if let Some(client) = self.cached(name) {
-            return Ok(client);
-        }
-        // Not holding the lock across the lookup: discovery may touch the disk or the engine.
-        let endpoint = self.discovery.find(name).await?;
-        let client: Arc<dyn FlavorPlugin> = Arc::new(FlavorClient::new(endpoint));
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two concurrent lookups may race; keep the first client so everyone shares one.
-        Ok(clients.entry(name.to_string()).or_insert(client).clone())
-    }
-
-    fn forget(&self, name: &str) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.remove(name);
-    }
-}
-
-/// Resolves children from a fixed map of in-process flavors (tests, a single-process setup).
-#[derive(Default, Clone)]
-pub struct StaticResolver {
-    flavors: HashMap<String, Arc<dyn FlavorPlugin>>,
-}
-
-impl StaticResolver {
-    pub fn new() -> StaticResolver {
-        StaticResolver::default()
-    }
-
-    /// Adds a flavor under `name` (builder style).
-    pub fn with(
-        mut self,
-        name: impl Into<String>,
-        flavor: Arc<dyn FlavorPlugin>,
-    ) -> StaticResolver {
-        self.insert(name, flavor);
-        self
-    }
-
-    pub fn insert(&mut self, name: impl Into<String>, flavor: Arc<dyn FlavorPlugin>) {
-        self.flavors.insert(name.into(), flavor);
-    }
-}
-
-#[async_trait]
-impl FlavorResolver for StaticResolver {
-    async fn resolve(&self, name: &str) -> Result<Arc<dyn FlavorPlugin>> {
-        if let Some(flavor) = self.flavors.get(name) {
-            return Ok(flavor.clone());
-        }
-        let mut known: Vec<&str> = self.flavors.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        Err(Error::not_found(format!(
-            "flavor plugin '{name}' is not available here; known: {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )))
-    }
-}
 
 /// The combo flavor's properties.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -198,11 +101,11 @@ fn child_label(position: usize, plugin: &str) -> String {
 
 /// The combo flavor.
 pub struct ComboFlavor {
-    resolver: Arc<dyn FlavorResolver>,
+    resolver: Arc<dyn PluginResolver>,
 }
 
 impl ComboFlavor {
-    pub fn new(resolver: Arc<dyn FlavorResolver>) -> ComboFlavor {
+    pub fn new(resolver: Arc<dyn PluginResolver>) -> ComboFlavor {
         ComboFlavor { resolver }
     }
 
@@ -218,7 +121,7 @@ impl ComboFlavor {
     async fn child<'a>(&self, position: usize, spec: &'a PluginSpec) -> Result<Child<'a>> {
         let plugin = self
             .resolver
-            .resolve(&spec.plugin)
+            .flavor(&spec.plugin)
             .await
             .map_err(|e| e.context(child_label(position, &spec.plugin)))?;
         Ok(Child {
@@ -229,11 +132,8 @@ impl ComboFlavor {
         })
     }
 
-    /// Names the child in `err` and, when the child was unreachable, forgets its client.
+    /// Names the child in `err`.
     fn child_error(&self, child: &Child<'_>, err: Error) -> Error {
-        if err.kind == ErrorKind::Unavailable {
-            self.resolver.forget(&child.spec.plugin);
-        }
         err.context(child.label())
     }
 }
@@ -351,7 +251,10 @@ impl FlavorPlugin for ComboFlavor {
 mod tests {
     use super::*;
     use crate::flavor_vanilla::VanillaFlavor;
+    use infrakit_sdk::discovery::{Discovery, PluginsDir};
+    use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver};
     use infrakit_sdk::spi::instance::{Attachment, Tags};
+    use infrakit_sdk::ErrorKind;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -406,12 +309,12 @@ mod tests {
         }
     }
 
-    fn combo(resolver: StaticResolver) -> ComboFlavor {
+    fn combo(resolver: LocalResolver) -> ComboFlavor {
         ComboFlavor::new(Arc::new(resolver))
     }
 
-    fn with_vanilla() -> StaticResolver {
-        StaticResolver::new().with("flavor-vanilla", Arc::new(VanillaFlavor::new()))
+    fn with_vanilla() -> LocalResolver {
+        LocalResolver::new(None).with_flavor("flavor-vanilla", Arc::new(VanillaFlavor::new()))
     }
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -530,10 +433,10 @@ mod tests {
         let unknown = TestFlavor::new(Health::Unknown, false);
         let unhealthy = TestFlavor::new(Health::Unhealthy, false);
         let flavor = combo(
-            StaticResolver::new()
-                .with("ok", healthy.clone())
-                .with("unknown", unknown.clone())
-                .with("bad", unhealthy.clone()),
+            LocalResolver::new(None)
+                .with_flavor("ok", healthy.clone())
+                .with_flavor("unknown", unknown.clone())
+                .with_flavor("bad", unhealthy.clone()),
         );
         let d = Description::default();
         let health = |names: &[&str]| {
@@ -571,10 +474,10 @@ mod tests {
         let failing = TestFlavor::new(Health::Healthy, true);
         let last = TestFlavor::new(Health::Healthy, false);
         let flavor = combo(
-            StaticResolver::new()
-                .with("first", first.clone())
-                .with("failing", failing.clone())
-                .with("last", last.clone()),
+            LocalResolver::new(None)
+                .with_flavor("first", first.clone())
+                .with_flavor("failing", failing.clone())
+                .with_flavor("last", last.clone()),
         );
         let props = json!({"Flavors": [
             {"Plugin": "first"}, {"Plugin": "failing"}, {"Plugin": "missing"}, {"Plugin": "last"}
@@ -590,7 +493,8 @@ mod tests {
 
     #[tokio::test]
     async fn prepare_stops_at_a_failing_child_and_names_it() {
-        let flavor = combo(with_vanilla().with("failing", TestFlavor::new(Health::Healthy, true)));
+        let flavor =
+            combo(with_vanilla().with_flavor("failing", TestFlavor::new(Health::Healthy, true)));
         let props = json!({"Flavors": [{"Plugin": "flavor-vanilla"}, {"Plugin": "failing"}]});
         let err = flavor
             .prepare(
@@ -604,13 +508,15 @@ mod tests {
         assert_eq!(err.message, "flavor-combo child 2 (failing): boom");
     }
 
-    #[tokio::test]
-    async fn discovery_resolver_reaches_a_served_child_and_keeps_its_client() {
-        use infrakit_sdk::discovery::PluginsDir;
+    /// Serves flavor-vanilla on `socket` until the sender is dropped or fired.
+    fn serve_vanilla(
+        socket: &std::path::Path,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<infrakit_sdk::Result<()>>,
+    ) {
         use infrakit_sdk::rpc::server::{Plugins, Server};
-
-        let tmp = tempfile::tempdir().unwrap();
-        let server = Server::bind(tmp.path().join("flavor-vanilla.sock")).unwrap();
+        let server = Server::bind(socket).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve_until(
             Plugins::new().flavor(VanillaFlavor::new()),
@@ -618,32 +524,33 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
+        (stop, serving)
+    }
+
+    #[tokio::test]
+    async fn discovery_resolver_reaches_a_served_child_and_keeps_its_client() {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("flavor-vanilla.sock");
+        let (stop, serving) = serve_vanilla(&socket);
         let resolver = Arc::new(DiscoveryResolver::new(Discovery::new(vec![Arc::new(
             PluginsDir::new(tmp.path()),
         )])));
         let flavor = ComboFlavor::new(resolver.clone());
         let props = json!({"Flavors": [
             {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo remote"]}}]});
-        let out = flavor
-            .prepare(
-                &props,
-                Spec::default(),
-                &AllocationMethod::default(),
-                &Index::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(out.init, "echo remote");
+        let (alloc, index) = (AllocationMethod::default(), Index::default());
+        let prepare = || flavor.prepare(&props, Spec::default(), &alloc, &index);
+        assert_eq!(prepare().await.unwrap().init, "echo remote");
 
-        let first = resolver.resolve("flavor-vanilla").await.unwrap();
-        let again = resolver.resolve("flavor-vanilla").await.unwrap();
-        assert!(Arc::ptr_eq(&first, &again), "the client is cached by name");
-        resolver.forget("flavor-vanilla");
-        let fresh = resolver.resolve("flavor-vanilla").await.unwrap();
-        assert!(
-            !Arc::ptr_eq(&first, &fresh),
-            "forget drops the cached client"
-        );
+        let first = resolver.flavor("flavor-vanilla").await.unwrap();
+        let again = resolver.flavor("flavor-vanilla").await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the client is cached");
+
+        // The child restarts (same socket): the combo reaches it again.
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+        let (stop, serving) = serve_vanilla(&socket);
+        assert_eq!(prepare().await.unwrap().init, "echo remote");
 
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
@@ -652,10 +559,9 @@ mod tests {
     #[tokio::test]
     async fn discovery_resolver_reports_a_missing_plugin() {
         let tmp = tempfile::tempdir().unwrap();
-        let resolver = DiscoveryResolver::new(Discovery::new(vec![Arc::new(
-            infrakit_sdk::discovery::PluginsDir::new(tmp.path()),
-        )]));
-        let err = match resolver.resolve("flavor-nowhere").await {
+        let resolver =
+            DiscoveryResolver::new(Discovery::new(vec![Arc::new(PluginsDir::new(tmp.path()))]));
+        let err = match resolver.flavor("flavor-nowhere").await {
             Ok(_) => panic!("a plugin nobody serves was found"),
             Err(e) => e,
         };

@@ -3,10 +3,10 @@
 //!
 //! - [`instance_file`]: an instance plugin whose instances are JSON files in a directory. It is the
 //!   backend for trying InfraKit out and for tests: deleting a file by hand "kills" an instance.
-//! - [`flavor_vanilla`]: a flavor that adds fixed init lines, tags and attachments, and calls every
-//!   instance healthy.
-//! - [`flavor_combo`]: a flavor made of other flavors, applied in order, reached through a
-//!   [`flavor_combo::FlavorResolver`] (plugin discovery in production, a map in tests).
+//! - [`flavor_vanilla`]: a flavor that adds fixed init lines, tags and attachments, and calls an
+//!   instance healthy unless its backend says otherwise (an exited container).
+//! - [`flavor_combo`]: a flavor made of other flavors, applied in order, reached through the SDK's
+//!   `PluginResolver` (plugin discovery in production, in-process flavors in `up` and tests).
 //! - [`flavor_zookeeper`]: each instance a member of a ZooKeeper ensemble whose members are the
 //!   group's logical IDs (IPv4 addresses); health from the member's `srvr` answer.
 
