@@ -35,13 +35,7 @@ pub struct FileStore {
 
 /// Group IDs become file names: keep them to a safe alphabet.
 pub fn validate_group_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if infrakit_sdk::discovery::is_safe_file_name(id) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

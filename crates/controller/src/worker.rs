@@ -546,7 +546,7 @@ fn execute(
                     logical_id: logical_id.clone(),
                     config_hash: config_hash.clone(),
                     blocks,
-                    allocation: allocation_method(allocation),
+                    allocation: crate::controller::allocation(allocation),
                     sequence,
                 };
                 tokio::spawn(provision(group.clone(), ctx.clone(), job));
@@ -579,19 +579,6 @@ fn decision_hash(record: &GroupRecord) -> String {
     crate::record::parse_with(&record.spec, true)
         .map(|p| p.hash)
         .unwrap_or_default()
-}
-
-fn allocation_method(a: &Allocation) -> AllocationMethod {
-    match a {
-        Allocation::Size(n) => AllocationMethod {
-            size: *n,
-            logical_ids: Vec::new(),
-        },
-        Allocation::Pets(ids) => AllocationMethod {
-            size: 0,
-            logical_ids: ids.clone(),
-        },
-    }
 }
 
 struct ProvisionJob {

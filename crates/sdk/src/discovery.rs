@@ -53,15 +53,19 @@ pub fn default_plugins_dir() -> PathBuf {
     }
 }
 
+/// Whether `s` is safe as a file name: 1 to 128 of letters, digits, '-', '_' and '.', not
+/// starting with '.'. Plugin names and group IDs both become file names.
+pub fn is_safe_file_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Plugin names become file names: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_safe_file_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -7,7 +7,7 @@ use super::memory::{pending_key, Memory, UpdateProgress};
 use super::observe::Events;
 use super::policy::{FailureAction, Policy};
 use super::types::{Desired, Observed, UpdateState};
-use super::view::{removal_order, Inst, View};
+use super::view::{pick_removals, Inst, View};
 
 /// The configuration the group applies now: the committed one, or the previous one while an update
 /// rolls back (or stays rolled back).
@@ -340,28 +340,14 @@ pub(crate) fn choose_replacements<'v, 'a>(
     // Kubernetes' second limit: what is serving now may only drop to the floor. Pending provisions
     // and unknown instances count for `max_down` above but serve nobody.
     let serving = live().filter(|m| m.ready).count() as u64;
-    let mut spare = serving.saturating_sub(min_available);
+    let spare = serving.saturating_sub(min_available);
     // A backoff holds back provisions, so an outdated member is not rolled while its slot's
     // replacement could not be made. Once current members (and provisions on their way) make the
     // target, removing outdated ones needs no replacement: a rollback's failed replacements go at
     // once rather than after the backoff their failures started.
     let replaced = new_members + pending_new >= target;
-    let mut old: Vec<&Inst> = live()
+    let old: Vec<&Inst> = live()
         .filter(|m| !m.current && (replaced || !blocked(m)))
         .collect();
-    old.sort_by(|a, b| removal_order(a, b, policy.scale_down.order));
-    let mut chosen = Vec::new();
-    for m in old {
-        if chosen.len() as u64 == max_down {
-            break;
-        }
-        if m.may_serve() {
-            if spare == 0 {
-                continue;
-            }
-            spare -= 1;
-        }
-        chosen.push(m);
-    }
-    chosen
+    pick_removals(old, policy.scale_down.order, max_down, spare)
 }

@@ -3,7 +3,7 @@
 use super::backoff;
 use super::memory::Memory;
 use super::policy::Policy;
-use super::view::{removal_order, Inst, View};
+use super::view::{pick_removals, Inst, View};
 
 /// Cattle members above the target to destroy now: outdated first, then unhealthy, then not yet
 /// available, then by the scale-down order. A member that may be serving is only removed while the
@@ -31,27 +31,13 @@ pub(crate) fn choose_shrink<'v, 'a>(
     }
     let floor = target.saturating_sub(policy.budget(target).unavailable);
     let available = view.members.iter().filter(|m| m.ready).count() as u64;
-    let mut spare = available.saturating_sub(floor);
-    let mut order: Vec<&Inst> = view
+    let spare = available.saturating_sub(floor);
+    let candidates: Vec<&Inst> = view
         .members
         .iter()
         .filter(|m| !rolling || m.current)
         .collect();
-    order.sort_by(|a, b| removal_order(a, b, policy.scale_down.order));
-    let mut chosen = Vec::new();
-    for m in order {
-        if chosen.len() as u64 == excess {
-            break;
-        }
-        if m.may_serve() {
-            if spare == 0 {
-                continue;
-            }
-            spare -= 1;
-        }
-        chosen.push(m);
-    }
-    chosen
+    pick_removals(candidates, policy.scale_down.order, excess, spare)
 }
 
 /// What to provision.

@@ -55,6 +55,32 @@ pub(crate) fn health_rank(h: Health) -> u8 {
     }
 }
 
+/// Up to `limit` of `candidates` to give up, in [`removal_order`]. An instance that may serve
+/// takes one of `spare` (how many serving ones can go without breaking the availability floor);
+/// when none is left, only instances that serve nobody can still be chosen.
+pub(crate) fn pick_removals<'v, 'a>(
+    mut candidates: Vec<&'v Inst<'a>>,
+    order: ScaleDownOrder,
+    limit: u64,
+    mut spare: u64,
+) -> Vec<&'v Inst<'a>> {
+    candidates.sort_by(|a, b| removal_order(a, b, order));
+    let mut chosen = Vec::new();
+    for m in candidates {
+        if chosen.len() as u64 == limit {
+            break;
+        }
+        if m.may_serve() {
+            if spare == 0 {
+                continue;
+            }
+            spare -= 1;
+        }
+        chosen.push(m);
+    }
+    chosen
+}
+
 /// The order in which instances are given up, first to go first: outdated, then unhealthy, then not
 /// yet available, then by age as the policy says.
 pub(crate) fn removal_order(a: &Inst, b: &Inst, order: ScaleDownOrder) -> Ordering {
