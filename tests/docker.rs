@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::engine::{
-    self, docker, docker_ok, ensure_busybox, in_ci, text, unique, BUSYBOX as IMAGE, STATIC_BIN,
+    self, docker, docker_ok, ensure_busybox, in_ci, text, unique, wait_until, BUSYBOX as IMAGE,
+    STATIC_BIN,
 };
 use common::{Plugin, World};
 use infrakit_docker::DockerInstancePlugin;
@@ -47,26 +48,6 @@ fn running(label: &str) -> Vec<String> {
         &format!("label={label}"),
     ]);
     out.lines().map(str::to_string).collect()
-}
-
-/// Waits until `f` holds, or panics with `what` and the last value.
-fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut get: impl FnMut() -> T,
-    ok: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = get();
-        if ok(&v) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}; last: {v:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Removes every container with a label, and named networks/tags, when a test ends (even failing).

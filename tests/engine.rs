@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::engine::{self, docker, docker_ok, static_bin_missing, text, STATIC_BIN};
+use common::engine::{self, docker, docker_ok, static_bin_missing, text, Cli, STATIC_BIN};
 use serde_json::{json, Value};
 
 const REPO: &str = "infrakit-test";
@@ -76,47 +76,6 @@ impl Bundle {
             let _ = docker(&["plugin", "disable", "-f", r]);
             let _ = docker(&["plugin", "rm", "-f", r]);
         }
-    }
-}
-
-/// The host CLI, finding plugins only through the engine (an empty plugins directory).
-struct Cli {
-    plugins_dir: PathBuf,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(common::BIN)
-            .args(args)
-            .env("INFRAKIT_PLUGINS_DIR", &self.plugins_dir)
-            .env("INFRAKIT_LOG", "warn")
-            .env_remove("INFRAKIT_ENGINE_PLUGINS_DIR")
-            .env_remove("DOCKER_HOST")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run infrakit")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "infrakit {args:?} failed: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            !o.status.success(),
-            "infrakit {args:?} should fail: {}",
-            text(&o)
-        );
-        text(&o)
-    }
-    /// The group's description, or what went wrong.
-    fn describe(&self, group_plugin: &str, id: &str) -> Result<Value, String> {
-        let o = self.run(&["group", "-n", group_plugin, "describe", id, "--json"]);
-        if !o.status.success() {
-            return Err(text(&o));
-        }
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::engine::{self, docker, ensure_busybox, unique, BUSYBOX as IMAGE};
+use common::engine::{self, docker, ensure_busybox, unique, wait_until, BUSYBOX as IMAGE};
 use common::{Plugin, World};
 use serde_json::{json, Value};
 
@@ -97,26 +97,6 @@ fn try_containers(label: &str) -> Option<Vec<Container>> {
 
 fn containers(label: &str) -> Vec<Container> {
     try_containers(label).unwrap_or_else(|| panic!("docker ps --filter label={label} failed"))
-}
-
-/// Waits until `ok` holds, or panics with `what` and the last value.
-fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut get: impl FnMut() -> T,
-    ok: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = get();
-        if ok(&v) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}; last: {v:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Removes every container with the label when a test ends, even failing (declared before the

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::engine::{self, docker, docker_ok, static_bin_missing, text, STATIC_BIN};
+use common::engine::{self, docker, docker_ok, static_bin_missing, text, Cli, STATIC_BIN};
 use serde_json::{json, Value};
 
 const REPO: &str = "infrakit-test";
@@ -138,42 +138,11 @@ fn create_network(name: &str) -> String {
     panic!("could not create a network with a free /24 subnet");
 }
 
-/// The host CLI, finding plugins only through the engine (an empty plugins directory).
-struct Cli {
-    plugins_dir: PathBuf,
-}
-
 impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(common::BIN)
-            .args(args)
-            .env("INFRAKIT_PLUGINS_DIR", &self.plugins_dir)
-            .env("INFRAKIT_LOG", "warn")
-            .env_remove("INFRAKIT_ENGINE_PLUGINS_DIR")
-            .env_remove("DOCKER_HOST")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run infrakit")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "infrakit {args:?} failed: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
     fn group(&self, args: &[&str]) -> String {
         let mut all = vec!["group", "-n", "zk-group"];
         all.extend_from_slice(args);
         self.ok(&all)
-    }
-
-    fn describe(&self, id: &str) -> Result<Value, String> {
-        let o = self.run(&["group", "-n", "zk-group", "describe", id, "--json"]);
-        if !o.status.success() {
-            return Err(text(&o));
-        }
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))
     }
 }
 
@@ -770,7 +739,7 @@ fn zookeeper_ensemble_through_the_managed_plugins() {
         first.push(id);
     }
     wait_for("the group healthy", Duration::from_secs(30), || {
-        let d = cli.describe(&group)?;
+        let d = cli.describe("zk-group", &group)?;
         let healthy = d["Status"]
             .as_array()
             .map_or(0, |s| s.iter().filter(|i| i["Health"] == "healthy").count());
@@ -875,7 +844,7 @@ fn zookeeper_ensemble_through_the_managed_plugins() {
                 return Err(format!("{replaced} of 3 replaced"));
             }
             one_leader(&ips)?;
-            let d = cli.describe(&group)?;
+            let d = cli.describe("zk-group", &group)?;
             let done = d["Converged"] == true && d["Update"]["State"] == "completed";
             done.then_some(now.clone())
                 .ok_or(format!("not converged: {}", d["Update"]))

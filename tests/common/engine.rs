@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Held by every engine test while it runs: they share one engine, and a test that counts
 /// containers or measures a rollout must not see another's.
@@ -126,4 +127,68 @@ pub fn ensure_busybox() {
         tar.to_str().expect("utf-8 path"),
         BUSYBOX,
     ]);
+}
+
+/// Waits until `ok` holds for what `get` returns, or panics with `what` and the last value.
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut get: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get();
+        if ok(&v) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last: {v:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The host CLI, finding plugins only through the engine (an empty plugins directory).
+pub struct Cli {
+    pub plugins_dir: PathBuf,
+}
+
+impl Cli {
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(super::BIN)
+            .args(args)
+            .env("INFRAKIT_PLUGINS_DIR", &self.plugins_dir)
+            .env("INFRAKIT_LOG", "warn")
+            .env_remove("INFRAKIT_ENGINE_PLUGINS_DIR")
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run infrakit")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "infrakit {args:?} failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "infrakit {args:?} should fail: {}",
+            text(&o)
+        );
+        text(&o)
+    }
+
+    /// The group's description from the group plugin `group_plugin`, or what went wrong.
+    pub fn describe(&self, group_plugin: &str, id: &str) -> Result<serde_json::Value, String> {
+        let o = self.run(&["group", "-n", group_plugin, "describe", id, "--json"]);
+        if !o.status.success() {
+            return Err(text(&o));
+        }
+        serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))
+    }
 }
