@@ -146,35 +146,31 @@ impl DockerInstancePlugin {
     }
 
     /// The static address for `logical_id` on the properties' network, when the logical ID is an
-    /// IP address. An address outside every subnet of the network is refused, naming them.
+    /// IP address ([`static_ip_on`]).
     async fn static_ip(&self, props: &Properties, logical_id: &str) -> Result<Option<IpAddr>> {
         let Ok(ip) = logical_id.parse::<IpAddr>() else {
             return Ok(None);
         };
-        let Some(net) = props.network.as_deref() else {
-            return Err(Error::invalid(format!(
-                "logical ID {logical_id} is an IP address, which needs a user-defined Network with a subnet in the instance properties"
-            )));
+        let network = match props.network.as_deref() {
+            Some(net) => Some((net, self.inspect_network(net).await?)),
+            None => None,
         };
-        let info = self.inspect_network(net).await?;
-        let subnets: Vec<String> = info
-            .ipam
-            .config
-            .iter()
-            .filter_map(|c| c.subnet.clone())
-            .collect();
-        if subnets.iter().any(|s| in_subnet(ip, s)) {
-            return Ok(Some(ip));
+        static_ip_on(ip, network.as_ref().map(|(n, info)| (*n, info))).map(Some)
+    }
+
+    /// The checks of `validate`, plus every IP-shaped logical ID against the network's subnets;
+    /// the image and the network are each inspected once, however many logical IDs there are.
+    async fn check(&self, props: &Properties, logical_ids: &[String]) -> Result<()> {
+        self.inspect_image(&props.image).await?;
+        let network = match props.network.as_deref() {
+            // `container:NAME` shares another container's stack: not a network to look up.
+            Some(net) if !net.contains(':') => Some((net, self.inspect_network(net).await?)),
+            _ => None,
+        };
+        for ip in logical_ids.iter().filter_map(|l| l.parse::<IpAddr>().ok()) {
+            static_ip_on(ip, network.as_ref().map(|(n, info)| (*n, info)))?;
         }
-        if subnets.is_empty() {
-            return Err(Error::invalid(format!(
-                "logical ID {ip}: network '{net}' has no configured subnet; static addresses need one (docker network create --subnet CIDR {net})"
-            )));
-        }
-        Err(Error::invalid(format!(
-            "logical ID {ip} is outside the subnet of network '{net}' ({})",
-            subnets.join(", ")
-        )))
+        Ok(())
     }
 
     /// The engine's create body for `spec`.
@@ -337,15 +333,7 @@ impl DockerInstancePlugin {
 impl InstancePlugin for DockerInstancePlugin {
     /// Checks the properties, that the image exists on the engine and that the network does.
     async fn validate(&self, properties: &Value) -> Result<()> {
-        let props = Properties::parse(properties)?;
-        self.inspect_image(&props.image).await?;
-        if let Some(net) = &props.network {
-            // `container:NAME` shares another container's stack: not a network to look up.
-            if !net.contains(':') {
-                self.inspect_network(net).await?;
-            }
-        }
-        Ok(())
+        self.check(&Properties::parse(properties)?, &[]).await
     }
 
     /// As `validate`, and every logical ID that is an IP address must fit the network's subnet:
@@ -355,12 +343,8 @@ impl InstancePlugin for DockerInstancePlugin {
         properties: &Value,
         allocation: &AllocationMethod,
     ) -> Result<()> {
-        self.validate(properties).await?;
-        let props = Properties::parse(properties)?;
-        for l in &allocation.logical_ids {
-            self.static_ip(&props, l).await?;
-        }
-        Ok(())
+        self.check(&Properties::parse(properties)?, &allocation.logical_ids)
+            .await
     }
 
     async fn provision(&self, spec: Spec) -> Result<InstanceId> {
@@ -552,6 +536,34 @@ fn random_suffix() -> String {
 }
 
 /// True when `ip` is in `cidr` (`10.0.0.0/24`, `fd00::/64`).
+/// `ip` as a static address on `network` (its name and inspection): refused, naming the subnets,
+/// when it is outside all of them; refused when there is no network or it has no subnet.
+fn static_ip_on(ip: IpAddr, network: Option<(&str, &NetworkInspect)>) -> Result<IpAddr> {
+    let Some((net, info)) = network else {
+        return Err(Error::invalid(format!(
+            "logical ID {ip} is an IP address, which needs a user-defined Network with a subnet in the instance properties"
+        )));
+    };
+    let subnets: Vec<&str> = info
+        .ipam
+        .config
+        .iter()
+        .filter_map(|c| c.subnet.as_deref())
+        .collect();
+    if subnets.iter().any(|s| in_subnet(ip, s)) {
+        return Ok(ip);
+    }
+    if subnets.is_empty() {
+        return Err(Error::invalid(format!(
+            "logical ID {ip}: network '{net}' has no configured subnet; static addresses need one (docker network create --subnet CIDR {net})"
+        )));
+    }
+    Err(Error::invalid(format!(
+        "logical ID {ip} is outside the subnet of network '{net}' ({})",
+        subnets.join(", ")
+    )))
+}
+
 fn in_subnet(ip: IpAddr, cidr: &str) -> bool {
     let Some((net, len)) = cidr.split_once('/') else {
         return false;
@@ -793,6 +805,29 @@ mod tests {
         assert!(in_subnet(ip("fd00::5"), "fd00::/64"));
         assert!(!in_subnet(ip("10.1.2.3"), "fd00::/64"));
         assert!(!in_subnet(ip("10.1.2.3"), "garbage"));
+    }
+
+    #[test]
+    fn static_ips_need_a_network_whose_subnet_holds_them() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net: NetworkInspect =
+            serde_json::from_value(json!({"IPAM": {"Config": [{"Subnet": "10.1.0.0/16"}]}}))
+                .unwrap();
+        let bare: NetworkInspect = serde_json::from_value(json!({"IPAM": {"Config": []}})).unwrap();
+        assert_eq!(
+            static_ip_on(ip("10.1.2.3"), Some(("n", &net))).unwrap(),
+            ip("10.1.2.3")
+        );
+        let e = static_ip_on(ip("192.0.2.7"), Some(("n", &net))).unwrap_err();
+        assert!(
+            e.message
+                .contains("outside the subnet of network 'n' (10.1.0.0/16)"),
+            "{e}"
+        );
+        let e = static_ip_on(ip("10.1.2.3"), Some(("n", &bare))).unwrap_err();
+        assert!(e.message.contains("has no configured subnet"), "{e}");
+        let e = static_ip_on(ip("10.1.2.3"), None).unwrap_err();
+        assert!(e.message.contains("needs a user-defined Network"), "{e}");
     }
 
     #[test]
