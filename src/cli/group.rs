@@ -95,32 +95,29 @@ fn unreachable_local() -> Result<()> {
 /// `validate` and `schema` need no group plugin.
 fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
     match command {
-        GroupCommand::Schema => Some(
-            serde_json::from_str::<serde_json::Value>(infrakit_controller::GROUP_SPEC_SCHEMA)
-                .map_err(anyhow::Error::from)
-                .and_then(|v| output::json(&v)),
-        ),
+        GroupCommand::Schema => Some(output::json(&infrakit_group::spec::schema())),
         GroupCommand::Validate { file } => Some((|| {
             let spec: GroupSpec = read_json(file, "group spec")?;
-            let parsed = infrakit_controller::record::parse(&spec)?;
+            let parsed = infrakit_group::spec::parse(&spec, infrakit_group::spec::Origin::Commit)
+                .map_err(anyhow::Error::msg)?;
             match format {
                 Format::Json => output::json(&json!({
                     "ID": spec.id,
                     "ConfigHash": parsed.hash,
-                    "Target": parsed.desired.allocation.target(),
-                    "Policies": parsed.desired.policy,
+                    "Target": parsed.size(),
+                    "Policies": parsed.policy,
                 })),
                 Format::Quiet => Ok(()),
                 Format::Table => {
                     println!(
                         "{file}: valid group '{}' ({}, instance plugin {}, flavor plugin {}, config hash {})",
                         spec.id,
-                        match &parsed.desired.allocation {
+                        match &parsed.allocation {
                             infrakit_group::core::Allocation::Size(n) => format!("{n} instances"),
                             infrakit_group::core::Allocation::Pets(ids) => format!("{} logical IDs", ids.len()),
                         },
-                        parsed.props.instance.plugin,
-                        parsed.props.flavor.plugin,
+                        parsed.properties.instance.plugin,
+                        parsed.properties.flavor.plugin,
                         &parsed.hash[..12.min(parsed.hash.len())]
                     );
                     println!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");

@@ -163,7 +163,10 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             let store = args.controller.open_store()?;
             tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
             let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
-            Plugins::new().group(GroupController::start(resolver, store, options)?)
+            let leadership = infrakit_controller::leader::Always::new();
+            Plugins::new().group(
+                GroupController::start(resolver, Box::new(store), &leadership, options).await?,
+            )
         }
         Kind::InstanceFile => {
             let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);

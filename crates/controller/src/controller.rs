@@ -2,12 +2,19 @@
 //!
 //! A commit is checked completely (spec, policies, plugins reachable, their Validate) before
 //! anything changes, so a bad file never disturbs a running group.
+//!
+//! One writer per group: every change of a group's record (commit, scale, destroy, free, a
+//! command, the task's own write-ahead) holds that group's writer lock from reading the record to
+//! storing it, and the store's compare-and-swap refuses a write based on a stale copy. So N
+//! concurrent commits of a new group start exactly one task, and a commit racing a destroy ends
+//! either destroyed or committed, never both or neither.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use infrakit_group::core::{command as core_command, preview, Allocation, Command, Observed};
+use infrakit_group::spec::{self, Origin, ValidGroup};
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::group::{
@@ -17,8 +24,9 @@ use infrakit_sdk::spi::instance::InstanceId;
 use infrakit_sdk::{Error, ErrorKind, Result};
 use tokio::sync::Semaphore;
 
-use crate::record::{parse, parse_with, GroupRecord, Parsed};
-use crate::store::FileStore;
+use crate::leader::Leadership;
+use crate::record::GroupRecord;
+use crate::store::GroupStore;
 use crate::tags;
 use crate::worker::{self, group_tags, observe_instance, Ctx, Group, Options};
 
@@ -27,21 +35,50 @@ pub struct GroupController {
 }
 
 impl GroupController {
-    /// Loads every stored group and starts managing it. Must run inside a tokio runtime.
-    pub fn start(
+    /// Loads every stored group and starts managing it. Must run inside a tokio runtime. A record
+    /// that cannot be managed (its spec no longer valid, a torn file) is reported by `InspectGroups`
+    /// and `DescribeGroup` and left as it is; it never stops the others.
+    pub async fn start(
         resolver: Arc<dyn PluginResolver>,
-        store: FileStore,
+        store: Box<dyn GroupStore>,
+        leadership: &dyn Leadership,
         options: Options,
     ) -> Result<GroupController> {
-        let records = store.load_all()?;
+        let loaded = store.load().await?;
         let ctx = Arc::new(Ctx {
             resolver,
             store,
             permits: Semaphore::new(options.max_parallel.max(1)),
             options,
             groups: Mutex::new(BTreeMap::new()),
+            unusable: Mutex::new(BTreeMap::new()),
+            writers: Mutex::new(Default::default()),
+            role: leadership.watch(),
         });
-        for mut record in records {
+        for u in loaded.unusable {
+            if let Some(id) = u.id.clone() {
+                ctx.unusable().insert(id, u);
+            }
+        }
+        for stored in loaded.groups {
+            let mut record = stored.record;
+            let valid = match record.parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(group = %record.id(), "not managing group: its stored spec is unusable: {e}");
+                    ctx.unusable().insert(
+                        record.id().to_string(),
+                        crate::store::Unusable {
+                            source: ctx.store.describe(),
+                            id: Some(record.id().to_string()),
+                            spec: Some(record.spec.clone()),
+                            error: e.to_string(),
+                            revision: stored.revision,
+                        },
+                    );
+                    continue;
+                }
+            };
             // Provisions the previous process had in flight are not ours to wait for; if they
             // finished, their instances simply show up and are adopted.
             record.memory.after_restart_within(
@@ -49,24 +86,32 @@ impl GroupController {
                 ctx.options.restart_grace.as_millis() as u64,
             );
             tracing::info!(group = %record.id(), "resuming group from the store");
-            spawn(&ctx, Group::new(record));
+            spawn(&ctx, Group::new(record, valid, stored.revision));
         }
         Ok(GroupController { ctx })
     }
 
     fn group(&self, id: &str) -> Result<Arc<Group>> {
-        self.ctx.groups().get(id).cloned().ok_or_else(|| {
-            Error::not_found(format!(
-                "no group '{id}' is managed here (see `infrakit group ls`)"
-            ))
-        })
+        if let Some(g) = self.ctx.groups().get(id).cloned() {
+            return Ok(g);
+        }
+        if let Some(u) = self.ctx.unusable().get(id) {
+            return Err(Error::invalid(format!(
+                "the stored record of group '{id}' ({}) is unusable: {}; commit a corrected spec, \
+                 or `infrakit group free {id}` to drop the record (its instances are left alone)",
+                u.source, u.error
+            )));
+        }
+        Err(Error::not_found(format!(
+            "no group '{id}' is managed here (see `infrakit group ls`)"
+        )))
     }
 
     /// Checks a spec against the plugins it names: they must be reachable and accept their properties.
-    async fn check_plugins(&self, parsed: &Parsed) -> Result<()> {
-        let id = &parsed.desired.group;
-        let ip = &parsed.props.instance;
-        let fp = &parsed.props.flavor;
+    async fn check_plugins(&self, valid: &ValidGroup) -> Result<()> {
+        let id = &valid.id;
+        let ip = &valid.properties.instance;
+        let fp = &valid.properties.flavor;
         let instance = self
             .ctx
             .resolver
@@ -82,7 +127,7 @@ impl GroupController {
         instance
             .validate_with_allocation(
                 &ip.properties.clone().unwrap_or_default(),
-                &allocation(&parsed.desired.allocation),
+                &allocation(&valid.allocation),
             )
             .await
             .map_err(|e| {
@@ -94,7 +139,7 @@ impl GroupController {
         flavor
             .validate(
                 &fp.properties.clone().unwrap_or_default(),
-                &allocation(&parsed.desired.allocation),
+                &allocation(&valid.allocation),
             )
             .await
             .map_err(|e| {
@@ -107,12 +152,12 @@ impl GroupController {
     }
 
     /// Observes the group's instances now, for a plan.
-    async fn observe(&self, parsed: &Parsed) -> Result<Observed> {
-        let id = &parsed.desired.group;
+    async fn observe(&self, valid: &ValidGroup) -> Result<Observed> {
+        let id = &valid.id;
         let instance = self
             .ctx
             .resolver
-            .instance(&parsed.props.instance.plugin)
+            .instance(&valid.properties.instance.plugin)
             .await?;
         let described = instance
             .describe_instances(&group_tags(id), false)
@@ -135,21 +180,14 @@ impl GroupController {
         })
     }
 
-    /// Persists a changed record and wakes the group; on a failed save nothing changes.
-    fn update(
+    /// Changes a group's record under its writer lock; on a failed save nothing changes.
+    async fn update(
         &self,
         group: &Arc<Group>,
-        change: impl FnOnce(&mut GroupRecord) -> Result<()>,
+        change: impl FnOnce(&mut GroupRecord, &mut Arc<ValidGroup>) -> Result<()>,
     ) -> Result<()> {
-        let mut s = group.state();
-        let mut record = s.record.clone();
-        change(&mut record)?;
-        self.ctx.store.save(&record)?;
-        s.record = record;
-        s.generation += 1;
-        drop(s);
-        group.wake.notify_one();
-        Ok(())
+        let _writer = self.ctx.writer(&group.id).await;
+        worker::write_locked(&self.ctx, group, change).await
     }
 
     /// Commits (or with `pretend` only plans) `spec`; with `expect`, only if the plan's version is
@@ -160,15 +198,17 @@ impl GroupController {
         pretend: bool,
         expect: Option<&str>,
     ) -> Result<CommitResult> {
-        let parsed = parse(&spec)?;
-        self.check_plugins(&parsed).await?;
+        let valid = spec::parse(&spec, Origin::Commit).map_err(Error::invalid)?;
+        self.check_plugins(&valid).await?;
+        // From here to the store write, no other change of this group can interleave.
+        let _writer = self.ctx.writer(&spec.id).await;
         let existing = self.ctx.groups().get(&spec.id).cloned();
         let memory = existing
             .as_ref()
             .map(|g| g.state().record.memory.clone())
             .unwrap_or_default();
-        let observed = self.observe(&parsed).await?;
-        let (text, plan) = preview(&parsed.desired, &observed, &memory);
+        let observed = self.observe(&valid).await?;
+        let (text, plan) = preview(&valid.desired(false), &observed, &memory);
         if let Some(expect) = expect.filter(|e| *e != plan.version) {
             return Err(Error::conflict(format!(
                 "group '{}' or what runs in it changed since plan {expect}: the plan is now {} ({text}); \
@@ -183,16 +223,29 @@ impl GroupController {
             });
         }
         match existing {
-            Some(group) => self.update(&group, |r| {
-                r.spec = spec.clone();
-                r.deleting = false;
-                r.remember_version(&parsed);
-                Ok(())
-            })?,
+            Some(group) => {
+                let valid = Arc::new(valid);
+                worker::write_locked(&self.ctx, &group, |r, v| {
+                    r.spec = spec.clone();
+                    r.deleting = false;
+                    r.remember_version(&valid);
+                    *v = valid.clone();
+                    Ok(())
+                })
+                .await?
+            }
             None => {
-                let record = GroupRecord::new(spec.clone(), &parsed);
-                self.ctx.store.save(&record)?;
-                spawn(&self.ctx, Group::new(record));
+                let record = GroupRecord::new(spec.clone(), &valid);
+                // A commit replaces an unusable record of the same ID.
+                let expected = self
+                    .ctx
+                    .unusable()
+                    .get(&spec.id)
+                    .map(|u| u.revision)
+                    .unwrap_or(0);
+                let revision = self.ctx.store.put(&record, expected).await?;
+                self.ctx.unusable().remove(&spec.id);
+                spawn(&self.ctx, Group::new(record, valid, revision));
             }
         }
         tracing::info!(group = %spec.id, "committed: {text}");
@@ -244,8 +297,8 @@ impl GroupPlugin for GroupController {
             UpdateCommand::Rollback => Command::Rollback,
         };
         let mut message = String::new();
-        self.update(&group, |r| {
-            let desired = r.desired()?;
+        self.update(&group, |r, v| {
+            let desired = v.desired(r.deleting);
             let memory = core_command(&r.memory, cmd, &desired, worker::now_ms())
                 .map_err(Error::conflict)?;
             message = memory
@@ -255,7 +308,8 @@ impl GroupPlugin for GroupController {
                 .unwrap_or_default();
             r.memory = memory;
             Ok(())
-        })?;
+        })
+        .await?;
         tracing::info!(group = id, %command, "{message}");
         Ok(if message.is_empty() {
             format!("{command}: done")
@@ -265,8 +319,21 @@ impl GroupPlugin for GroupController {
     }
 
     async fn free_group(&self, id: &str) -> Result<()> {
+        spec::check_group_id(id).map_err(Error::invalid)?;
+        let _writer = self.ctx.writer(id).await;
+        let unusable = self.ctx.unusable().get(id).map(|u| u.revision);
+        if let Some(revision) = unusable {
+            self.ctx.store.delete(id, revision).await?;
+            self.ctx.unusable().remove(id);
+            tracing::info!(
+                group = id,
+                "freed an unusable record: instances left as they are"
+            );
+            return Ok(());
+        }
         let group = self.group(id)?;
-        self.ctx.store.remove(id)?;
+        let revision = group.state().revision;
+        self.ctx.store.delete(id, revision).await?;
         group.state().stopped = true;
         group.wake.notify_one();
         self.ctx.groups().remove(id);
@@ -277,7 +344,7 @@ impl GroupPlugin for GroupController {
     async fn describe_group(&self, id: &str) -> Result<GroupDescription> {
         let group = self.group(id)?;
         let s = group.state();
-        let desired = s.record.desired()?;
+        let desired = s.valid.desired(s.record.deleting);
         let view = &s.view;
         let status = view.status.clone();
         let current_hash = desired.config_hash.clone();
@@ -335,10 +402,11 @@ impl GroupPlugin for GroupController {
 
     async fn destroy_group(&self, id: &str) -> Result<()> {
         let group = self.group(id)?;
-        self.update(&group, |r| {
+        self.update(&group, |r, _| {
             r.deleting = true;
             Ok(())
-        })?;
+        })
+        .await?;
         tracing::info!(
             group = id,
             "destroying: draining and destroying every instance"
@@ -347,12 +415,22 @@ impl GroupPlugin for GroupController {
     }
 
     async fn inspect_groups(&self) -> Result<Vec<GroupSpec>> {
-        Ok(self
+        let mut specs: Vec<GroupSpec> = self
             .ctx
             .groups()
             .values()
             .map(|g| g.state().record.spec.clone())
-            .collect())
+            .collect();
+        // Unusable records are listed too (DescribeGroup says what is wrong with them), so that
+        // `group ls` shows them instead of hiding them.
+        specs.extend(self.ctx.unusable().iter().map(|(id, u)| {
+            u.spec.clone().unwrap_or_else(|| GroupSpec {
+                id: id.clone(),
+                properties: None,
+            })
+        }));
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(specs)
     }
 
     async fn destroy_instances(&self, id: &str, instances: &[InstanceId]) -> Result<()> {
@@ -360,7 +438,7 @@ impl GroupPlugin for GroupController {
         let (members, is_cattle) = {
             let s = group.state();
             let members: Vec<InstanceId> = s.view.instances.iter().map(|d| d.id.clone()).collect();
-            let cattle = matches!(s.record.desired()?.allocation, Allocation::Size(_));
+            let cattle = !s.valid.allocation.is_pets();
             (members, cattle)
         };
         let unknown: Vec<&InstanceId> = instances.iter().filter(|i| !members.contains(i)).collect();
@@ -377,13 +455,12 @@ impl GroupPlugin for GroupController {
         if is_cattle {
             // Destroying named cattle shrinks the group by as many (InfraKit's behaviour); pets
             // come back under the same logical ID.
-            self.update(&group, |r| {
-                let size = match r.desired()?.allocation {
-                    Allocation::Size(n) => n,
-                    Allocation::Pets(_) => 0,
-                };
-                r.set_size(size.saturating_sub(instances.len() as u64))
-            })?;
+            self.update(&group, |r, v| {
+                let size = v.size().saturating_sub(instances.len() as u64);
+                *v = Arc::new(r.set_size(v, size)?);
+                Ok(())
+            })
+            .await?;
         }
         worker::destroy_now(&group, &self.ctx, instances);
         Ok(())
@@ -391,16 +468,17 @@ impl GroupPlugin for GroupController {
 
     async fn size(&self, id: &str) -> Result<u64> {
         let group = self.group(id)?;
-        let s = group.state();
-        Ok(match parse_with(&s.record.spec, true)?.desired.allocation {
-            Allocation::Size(n) => n,
-            Allocation::Pets(ids) => ids.len() as u64,
-        })
+        let size = group.state().valid.size();
+        Ok(size)
     }
 
     async fn set_size(&self, id: &str, size: u64) -> Result<()> {
         let group = self.group(id)?;
-        self.update(&group, |r| r.set_size(size))
+        self.update(&group, |r, v| {
+            *v = Arc::new(r.set_size(v, size)?);
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -6,14 +6,12 @@
 //! [`store`], and carries the actions out, bounded in parallel.
 
 pub mod controller;
+pub mod leader;
 pub mod record;
 pub mod store;
 pub mod tags;
 pub mod worker;
 
 pub use controller::GroupController;
-pub use store::FileStore;
+pub use store::{FileStore, GroupStore};
 pub use worker::Options;
-
-/// The JSON Schema of a group spec (`infrakit group schema`).
-pub const GROUP_SPEC_SCHEMA: &str = include_str!("group-spec.schema.json");

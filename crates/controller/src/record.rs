@@ -1,11 +1,15 @@
-//! A committed group as stored, and how its JSON becomes the core's desired state.
+//! A committed group as stored: the spec as committed, the versions its instances may carry, and
+//! what the core must remember. The spec is parsed once ([`infrakit_group::spec::parse`]) when a
+//! record is committed or loaded; the controller keeps the result beside the record.
 
 use std::collections::BTreeMap;
 
-use infrakit_group::core::{config_hash, Allocation, Desired, Memory, Policy};
-use infrakit_sdk::spi::group::{GroupProperties, GroupSpec, PluginSpec};
+use infrakit_group::core::Memory;
+use infrakit_group::spec::{self, Origin, ValidGroup};
+use infrakit_sdk::spi::group::{GroupSpec, PluginSpec};
 use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The Instance and Flavor blocks of one version of a group spec, kept by config hash so that
 /// instances of a previous version can still be provisioned (rollback) or drained with the flavor
@@ -37,97 +41,24 @@ pub struct GroupRecord {
     pub sequence: u64,
 }
 
-/// A group spec, checked and turned into what the core needs.
-#[derive(Debug, Clone)]
-pub struct Parsed {
-    pub props: GroupProperties,
-    pub hash: String,
-    pub desired: Desired,
-}
-
-/// Parses and checks a group spec without touching anything; every error names the group and the
-/// field to fix.
-pub fn parse(spec: &GroupSpec) -> Result<Parsed> {
-    parse_with(spec, false)
-}
-
-/// As [`parse`]; with `stored`, an empty allocation is a cattle group scaled to zero (that is how
-/// `SetSize(0)` is written down, since `Size` is omitted when zero, as in InfraKit's files).
-pub fn parse_with(spec: &GroupSpec, stored: bool) -> Result<Parsed> {
-    crate::store::validate_group_id(&spec.id)?;
-    let id = &spec.id;
-    let raw = spec.properties.clone().ok_or_else(|| {
-        Error::invalid(format!(
-            "group '{id}' has no Properties: it needs Allocation, Instance and Flavor"
-        ))
-    })?;
-    let props: GroupProperties =
-        serde_json::from_value(raw).map_err(|e| Error::invalid(format!("group '{id}': {e}")))?;
-    let allocation = match (props.allocation.size, props.allocation.logical_ids.is_empty()) {
-        (0, true) if stored => Allocation::Size(0),
-        (0, true) => {
-            return Err(Error::invalid(format!(
-                "group '{id}': Allocation needs either Size (cattle) or LogicalIDs (pets) \
-                 (to scale a group to zero, use `infrakit group scale {id} 0`)"
-            )))
-        }
-        (n, true) => Allocation::Size(n),
-        (0, false) => {
-            let ids = &props.allocation.logical_ids;
-            let mut seen = std::collections::BTreeSet::new();
-            for l in ids {
-                if l.is_empty() {
-                    return Err(Error::invalid(format!("group '{id}': Allocation.LogicalIDs has an empty ID")));
-                }
-                if !seen.insert(l) {
-                    return Err(Error::invalid(format!(
-                        "group '{id}': Allocation.LogicalIDs lists '{l}' twice"
-                    )));
-                }
-            }
-            Allocation::Pets(ids.clone())
-        }
-        (_, false) => {
-            return Err(Error::invalid(format!(
-                "group '{id}': Allocation has both Size and LogicalIDs; use one (Size for cattle, LogicalIDs for pets)"
-            )))
-        }
-    };
-    if props.instance.plugin.is_empty() {
-        return Err(Error::invalid(format!(
-            "group '{id}': Instance.Plugin is empty"
-        )));
-    }
-    if props.flavor.plugin.is_empty() {
-        return Err(Error::invalid(format!(
-            "group '{id}': Flavor.Plugin is empty"
-        )));
-    }
-    let policy = Policy::from_json(props.policies.as_ref())
-        .map_err(|e| Error::invalid(format!("group '{id}': Policies: {e}")))?;
-    let hash = hash_of(&props);
-    Ok(Parsed {
-        desired: Desired {
-            group: id.clone(),
-            allocation,
-            config_hash: hash.clone(),
-            policy,
-        },
-        hash,
-        props,
-    })
-}
-
-/// The config hash: over the canonical JSON of the Instance and Flavor blocks only, so a size
-/// change or a policy change never rolls instances.
-pub fn hash_of(props: &GroupProperties) -> String {
-    let instance = serde_json::to_value(&props.instance).unwrap_or_default();
-    let flavor = serde_json::to_value(&props.flavor).unwrap_or_default();
-    config_hash(&instance, &flavor)
+/// A record as read, with the memory kept raw so that a memory that does not parse costs only
+/// the memory (it refines decisions, counts always come from observation), not the group.
+#[derive(Deserialize)]
+struct RawRecord {
+    #[serde(rename = "Spec")]
+    spec: GroupSpec,
+    #[serde(rename = "Versions", default)]
+    versions: BTreeMap<String, Blocks>,
+    #[serde(rename = "Memory", default)]
+    memory: Value,
+    #[serde(rename = "Deleting", default)]
+    deleting: bool,
+    #[serde(rename = "Sequence", default)]
+    sequence: u64,
 }
 
 impl GroupRecord {
-    pub fn new(spec: GroupSpec, parsed: &Parsed) -> GroupRecord {
+    pub fn new(spec: GroupSpec, valid: &ValidGroup) -> GroupRecord {
         let mut r = GroupRecord {
             spec,
             versions: BTreeMap::new(),
@@ -135,36 +66,61 @@ impl GroupRecord {
             deleting: false,
             sequence: 0,
         };
-        r.remember_version(parsed);
+        r.remember_version(valid);
         r
+    }
+
+    /// Reads a stored record. A memory of the wrong shape is reset, with a warning to say so.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<(GroupRecord, Option<String>), String> {
+        let raw: RawRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let (memory, warning) = if raw.memory.is_null() {
+            (Memory::default(), None)
+        } else {
+            match serde_json::from_value::<Memory>(raw.memory) {
+                Ok(m) => (m, None),
+                Err(e) => (
+                    Memory::default(),
+                    Some(format!(
+                        "group '{}': its stored memory (update progress, readiness) is unreadable \
+                         ({e}); starting from fresh memory: the group is re-observed, an update in \
+                         progress starts its count again",
+                        raw.spec.id
+                    )),
+                ),
+            }
+        };
+        Ok((
+            GroupRecord {
+                spec: raw.spec,
+                versions: raw.versions,
+                memory,
+                deleting: raw.deleting,
+                sequence: raw.sequence,
+            },
+            warning,
+        ))
     }
 
     pub fn id(&self) -> &str {
         &self.spec.id
     }
 
-    /// A copy without the core's memory (which is per instance and large).
-    pub fn config_only(&self) -> GroupRecord {
-        GroupRecord {
-            spec: self.spec.clone(),
-            versions: self.versions.clone(),
-            memory: Memory::default(),
-            deleting: self.deleting,
-            sequence: self.sequence,
-        }
+    /// Parses the stored spec (once, when the record is loaded).
+    pub fn parse(&self) -> Result<ValidGroup> {
+        spec::parse(&self.spec, Origin::Stored).map_err(Error::invalid)
     }
 
-    /// Keeps the blocks of `parsed` and of the version the core may roll back to; older ones go.
-    pub fn remember_version(&mut self, parsed: &Parsed) {
+    /// Keeps the blocks of `valid` and of the version the core may roll back to; older ones go.
+    pub fn remember_version(&mut self, valid: &ValidGroup) {
         self.versions.insert(
-            parsed.hash.clone(),
+            valid.hash.clone(),
             Blocks {
-                instance: parsed.props.instance.clone(),
-                flavor: parsed.props.flavor.clone(),
+                instance: valid.properties.instance.clone(),
+                flavor: valid.properties.flavor.clone(),
             },
         );
         let keep: Vec<String> = [
-            Some(parsed.hash.clone()),
+            Some(valid.hash.clone()),
             self.memory
                 .update
                 .as_ref()
@@ -191,33 +147,38 @@ impl GroupRecord {
         }
     }
 
-    /// The desired state the core reconciles toward.
-    pub fn desired(&self) -> Result<Desired> {
-        let mut parsed = parse_with(&self.spec, true)?;
-        if self.deleting {
-            parsed.desired.allocation = match parsed.desired.allocation {
-                Allocation::Size(_) => Allocation::Size(0),
-                Allocation::Pets(_) => Allocation::Pets(Vec::new()),
-            };
-        }
-        Ok(parsed.desired)
-    }
-
-    /// Sets the cattle size in the stored spec.
-    pub fn set_size(&mut self, size: u64) -> Result<()> {
-        let parsed = parse_with(&self.spec, true)?;
-        if let Allocation::Pets(_) = parsed.desired.allocation {
+    /// Sets the cattle size in the stored spec (only `Allocation` changes: the rest stays as the
+    /// user wrote it) and returns the spec as now parsed.
+    pub fn set_size(&mut self, valid: &ValidGroup, size: u64) -> Result<ValidGroup> {
+        if valid.allocation.is_pets() {
             return Err(Error::invalid(format!(
                 "group '{}' allocates by LogicalIDs; change the list and commit instead of setting a size",
                 self.spec.id
             )));
         }
-        let mut props = parsed.props;
-        props.allocation.size = size;
-        self.spec.properties = Some(
-            serde_json::to_value(&props)
-                .map_err(|e| Error::internal(format!("cannot encode group: {e}")))?,
-        );
-        Ok(())
+        if size > spec::MAX_SIZE {
+            return Err(Error::invalid(format!(
+                "group '{}': {size} is more than the {} instances a group may have",
+                self.spec.id,
+                spec::MAX_SIZE
+            )));
+        }
+        let mut spec = self.spec.clone();
+        let Some(Value::Object(props)) = spec.properties.as_mut() else {
+            return Err(Error::internal(format!(
+                "group '{}': the stored spec has no Properties object",
+                self.spec.id
+            )));
+        };
+        // Zero is written as an empty allocation, as InfraKit writes it.
+        let allocation = if size == 0 {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "Size": size })
+        };
+        props.insert("Allocation".into(), allocation);
+        let parsed = spec::parse(&spec, Origin::Stored).map_err(Error::invalid)?;
+        self.spec = spec;
+        Ok(parsed)
     }
 }

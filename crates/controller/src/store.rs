@@ -1,20 +1,79 @@
-//! Where committed groups live: one JSON file per group, written atomically (temp file, fsync,
-//! rename, fsync of the directory), so a crash at any point leaves either the old record or the new
-//! one, never a torn file.
+//! Where committed groups live, behind [`GroupStore`]: every write is compare-and-swap on a
+//! revision, so a writer that lost its right to write (a second controller, a deposed swarm
+//! leader, a task holding a stale copy) cannot overwrite what another wrote.
 //!
-//! The store directory is also the single-manager lock: a controller holds an exclusive lock on
-//! `<dir>/.lock` for its lifetime, so two controllers never reconcile the same groups.
+//! [`FileStore`] is the default: one JSON file per group, written atomically (temp file, fsync,
+//! rename, fsync of the directory), so a crash at any point leaves either the old record or the
+//! new one, never a torn file. The directory is private (0700, records 0600: specs carry tokens and
+//! passwords) and is also the single-manager lock: a controller holds an exclusive lock on the
+//! directory itself for its lifetime, so two controllers never reconcile the same groups, and
+//! there is no lock file to delete from under a live controller.
 
-use std::fs::File;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use async_trait::async_trait;
+use infrakit_group::spec::check_group_id;
+use infrakit_sdk::spi::group::GroupSpec;
 use infrakit_sdk::{Error, Result};
 
 use crate::record::GroupRecord;
 
 /// The environment variable naming the store directory.
 pub const STORE_ENV: &str = "INFRAKIT_GROUP_STORE";
+
+/// The largest record file read back: a spec is limited to a few hundred KB, memory grows by a
+/// few hundred bytes per instance. A bigger file is not ours.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A record's version in the store. 0 means "not stored"; every write makes a new one.
+pub type Revision = u64;
+
+/// A record as loaded, with the revision a write must name to replace it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub record: GroupRecord,
+    pub revision: Revision,
+}
+
+/// Something in the store that cannot be managed, kept so that a person can be told and can fix
+/// it (commit a corrected spec, or free it), never deleted on our own.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    /// Where it is (a file name).
+    pub source: String,
+    /// The group it would be, when that much could be read and the ID is a valid one.
+    pub id: Option<String>,
+    /// The spec as stored, when it could be read.
+    pub spec: Option<GroupSpec>,
+    pub error: String,
+    pub revision: Revision,
+}
+
+/// Everything a store holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub groups: Vec<Stored>,
+    pub unusable: Vec<Unusable>,
+}
+
+/// A place for group records with compare-and-swap writes.
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    /// For messages: "file store /var/lib/infrakit/groups".
+    fn describe(&self) -> String;
+    /// Every record, and what could not be read.
+    async fn load(&self) -> Result<Loaded>;
+    /// Writes `record` if the stored revision of its group is still `expected` (0: there must be
+    /// none); returns the new revision. Refused with a Conflict otherwise.
+    async fn put(&self, record: &GroupRecord, expected: Revision) -> Result<Revision>;
+    /// Removes group `id` if its stored revision is still `expected`.
+    async fn delete(&self, id: &str, expected: Revision) -> Result<()>;
+}
 
 /// `$INFRAKIT_GROUP_STORE`, else `~/.infrakit/groups`, else `/var/lib/infrakit/groups`.
 pub fn default_dir() -> PathBuf {
@@ -29,70 +88,145 @@ pub fn default_dir() -> PathBuf {
 
 pub struct FileStore {
     dir: PathBuf,
-    // Held for the store's lifetime: the lock is released when the process exits, however it exits.
+    /// Held for the store's lifetime: the lock is released when the process exits, however it exits.
     _lock: File,
+    revisions: Mutex<Revisions>,
 }
 
-/// Group IDs become file names: keep them to a safe alphabet.
-pub fn validate_group_id(id: &str) -> Result<()> {
-    if infrakit_sdk::discovery::is_safe_file_name(id) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid group ID '{id}': use letters, digits, '-', '_' and '.' (at most 128, not starting with '.')"
-        )))
+/// The revision of every record this process knows. The directory lock makes this process the only
+/// writer, so what it wrote last is what is on disk.
+#[derive(Default)]
+struct Revisions {
+    by_id: HashMap<String, Revision>,
+    last: Revision,
+}
+
+impl Revisions {
+    fn next(&mut self) -> Revision {
+        self.last += 1;
+        self.last
     }
 }
 
+fn conflict(id: &str, stored: Revision, expected: Revision) -> Error {
+    Error::conflict(format!(
+        "group '{id}' changed in the store since it was read (revision {stored}, expected {expected}): \
+         not overwriting; try again"
+    ))
+}
+
 impl FileStore {
-    /// Opens (creating) `dir` and takes its lock; a second controller on the same store is refused.
+    /// Opens (creating, private) `dir` and takes its lock; a second controller on the same store is
+    /// refused.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::internal(format!(
-                "cannot create the group store {}: {e}",
-                dir.display()
-            ))
+        let shown = dir.display().to_string();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::internal(format!("cannot create the group store {shown}: {e}")))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::internal(format!("cannot make the group store {shown} private: {e}"))
         })?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))
-            .map_err(|e| Error::internal(format!("cannot open {}/.lock: {e}", dir.display())))?;
+        // The directory itself is locked: a lock file could be deleted by hand, and a second
+        // controller would then lock a new one and start.
+        let lock = File::open(&dir)
+            .map_err(|e| Error::internal(format!("cannot open the group store {shown}: {e}")))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::conflict(format!(
-                    "another group controller is using the store {}; only one may manage groups at a time",
-                    dir.display()
+                    "another group controller is using the store {shown}; only one may manage groups at a time"
                 )))
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::internal(format!("cannot lock {}/.lock: {e}", dir.display())))
+                return Err(Error::internal(format!("cannot lock the group store {shown}: {e}")))
             }
         }
-        Ok(FileStore { dir, _lock: lock })
+        Ok(FileStore {
+            dir,
+            _lock: lock,
+            revisions: Mutex::new(Revisions::default()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    fn path(&self, id: &str) -> Result<PathBuf> {
+        check_group_id(id).map_err(Error::invalid)?;
+        Ok(self.dir.join(format!("{id}.json")))
     }
 
-    /// Every stored group. A record that does not parse is reported and skipped, never deleted: a
-    /// person may want it back.
-    pub fn load_all(&self) -> Result<Vec<GroupRecord>> {
-        let mut out = Vec::new();
+    fn revisions(&self) -> std::sync::MutexGuard<'_, Revisions> {
+        self.revisions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, path: &Path, name: &str) -> std::result::Result<GroupRecord, Box<Unusable>> {
+        let unusable = |id: Option<String>, spec: Option<GroupSpec>, error: String| {
+            Box::new(Unusable {
+                source: path.display().to_string(),
+                id,
+                spec,
+                error,
+                revision: 0,
+            })
+        };
+        let stem = name.strip_suffix(".json").unwrap_or(name);
+        let named = check_group_id(stem).ok().map(|()| stem.to_string());
+        let bytes =
+            read_limited(path, MAX_RECORD_BYTES).map_err(|e| unusable(named.clone(), None, e))?;
+        let (record, warning) = GroupRecord::decode(&bytes)
+            .map_err(|e| unusable(named.clone(), None, format!("not a group record: {e}")))?;
+        if record.id() != stem {
+            // A copy under another name would be a second controller for the same group; an ID
+            // that is not a file name ("../x") would make `free` delete outside the store.
+            return Err(unusable(
+                named,
+                None,
+                format!(
+                    "the file holds group '{}', but a record's file must be named after its group ID \
+                     ({}.json); rename or remove it",
+                    record.id().escape_debug(),
+                    record.id().escape_debug()
+                ),
+            ));
+        }
+        if let Some(w) = warning {
+            tracing::warn!(file = %path.display(), "{w}");
+        }
+        Ok(record)
+    }
+}
+
+/// Reads a whole file, refusing one larger than `limit` instead of growing without bound.
+fn read_limited(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("it is larger than {limit} bytes"));
+    }
+    Ok(bytes)
+}
+
+#[async_trait]
+impl GroupStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file store {}", self.dir.display())
+    }
+
+    async fn load(&self) -> Result<Loaded> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| {
             Error::internal(format!(
                 "cannot read the group store {}: {e}",
                 self.dir.display()
             ))
         })?;
+        let mut loaded = Loaded::default();
+        let mut revisions = self.revisions();
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
@@ -100,31 +234,47 @@ impl FileStore {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<GroupRecord>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    tracing::error!(file = %path.display(), "skipping unreadable group record: {e}")
+            let revision = revisions.next();
+            match self.read(&path, &name) {
+                Ok(record) => {
+                    revisions.by_id.insert(record.id().to_string(), revision);
+                    loaded.groups.push(Stored { record, revision });
+                }
+                Err(u) => {
+                    let mut u = *u;
+                    tracing::error!(file = %u.source, "unusable group record: {}", u.error);
+                    if let Some(id) = &u.id {
+                        revisions.by_id.insert(id.clone(), revision);
+                    }
+                    u.revision = revision;
+                    loaded.unusable.push(u);
                 }
             }
         }
-        out.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-        Ok(out)
+        loaded
+            .groups
+            .sort_by(|a, b| a.record.id().cmp(b.record.id()));
+        Ok(loaded)
     }
 
-    pub fn save(&self, record: &GroupRecord) -> Result<()> {
-        validate_group_id(&record.spec.id)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
-            Error::internal(format!("cannot encode group '{}': {e}", record.spec.id))
-        })?;
-        let target = self.path(&record.spec.id);
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp-{}", record.spec.id, std::process::id()));
+    async fn put(&self, record: &GroupRecord, expected: Revision) -> Result<Revision> {
+        let id = record.id();
+        let target = self.path(id)?;
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::internal(format!("cannot encode group '{id}': {e}")))?;
+        let mut revisions = self.revisions();
+        let stored = revisions.by_id.get(id).copied().unwrap_or(0);
+        if stored != expected {
+            return Err(conflict(id, stored, expected));
+        }
+        let tmp = self.dir.join(format!(".{id}.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &target)?;
@@ -133,15 +283,23 @@ impl FileStore {
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::internal(format!(
-                "cannot save group '{}' to {}: {e}",
-                record.spec.id,
+                "cannot save group '{id}' to {}: {e}",
                 target.display()
             ))
-        })
+        })?;
+        let revision = revisions.next();
+        revisions.by_id.insert(id.to_string(), revision);
+        Ok(revision)
     }
 
-    pub fn remove(&self, id: &str) -> Result<()> {
-        match std::fs::remove_file(self.path(id)) {
+    async fn delete(&self, id: &str, expected: Revision) -> Result<()> {
+        let path = self.path(id)?;
+        let mut revisions = self.revisions();
+        let stored = revisions.by_id.get(id).copied().unwrap_or(0);
+        if stored != expected {
+            return Err(conflict(id, stored, expected));
+        }
+        match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -151,6 +309,105 @@ impl FileStore {
             }
         }
         let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+        revisions.by_id.remove(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrakit_sdk::spi::group::GroupSpec;
+    use serde_json::json;
+
+    fn record(id: &str, size: u64) -> GroupRecord {
+        let spec = GroupSpec {
+            id: id.into(),
+            properties: Some(json!({
+                "Allocation": {"Size": size},
+                "Instance": {"Plugin": "instance-file"},
+                "Flavor": {"Plugin": "flavor-vanilla"}
+            })),
+        };
+        let valid = infrakit_group::spec::parse(&spec, infrakit_group::spec::Origin::Commit)
+            .expect("valid");
+        GroupRecord::new(spec, &valid)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn writes_are_compare_and_swap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path().join("s")).expect("open");
+        block_on(async {
+            let r1 = store.put(&record("a", 1), 0).await.expect("create");
+            // A second create, or a write naming an old revision, is refused.
+            let e = store.put(&record("a", 2), 0).await.expect_err("exists");
+            assert!(e.to_string().contains("changed in the store"), "{e}");
+            let r2 = store.put(&record("a", 2), r1).await.expect("update");
+            assert!(store.put(&record("a", 3), r1).await.is_err());
+            assert!(store.delete("a", r1).await.is_err());
+            store.delete("a", r2).await.expect("delete");
+            assert!(store.load().await.expect("load").groups.is_empty());
+        });
+    }
+
+    #[test]
+    fn the_store_is_private_and_locked_even_without_a_lock_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let store = FileStore::open(&path).expect("open");
+        block_on(store.put(&record("a", 1), 0)).expect("put");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&path.join("a.json")), 0o600);
+        let e = FileStore::open(&path)
+            .err()
+            .expect("second controller refused");
+        assert!(e.to_string().contains("another group controller"), "{e}");
+        // Nothing to delete from under us: the lock is on the directory itself.
+        assert!(!path.join(".lock").exists());
+        drop(store);
+        FileStore::open(&path).expect("free again once the first is gone");
+    }
+
+    #[test]
+    fn a_record_under_another_name_or_escaping_id_is_unusable_not_managed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let store = FileStore::open(&path).expect("open");
+        block_on(store.put(&record("a", 1), 0)).expect("put");
+        std::fs::copy(path.join("a.json"), path.join("copy.json")).expect("copy");
+        let mut escaping = serde_json::to_value(record("a", 1)).expect("json");
+        escaping["Spec"]["ID"] = json!("../victim");
+        std::fs::write(path.join("evil.json"), escaping.to_string()).expect("write");
+        std::fs::write(path.join("torn.json"), b"{\"Spec\": ").expect("write");
+        let loaded = block_on(store.load()).expect("load");
+        assert_eq!(loaded.groups.len(), 1);
+        assert_eq!(loaded.groups[0].record.id(), "a");
+        let mut bad: Vec<_> = loaded
+            .unusable
+            .iter()
+            .map(|u| (u.id.clone().unwrap_or_default(), u.error.clone()))
+            .collect();
+        bad.sort();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad[0].1.contains("holds group 'a'"), "{bad:?}");
+        assert!(bad[1].1.contains("../victim"), "{bad:?}");
+        assert!(bad[2].1.contains("not a group record"), "{bad:?}");
+        // An unusable record can be removed by name, never a path outside the store.
+        let evil = loaded
+            .unusable
+            .iter()
+            .find(|u| u.id.as_deref() == Some("evil"))
+            .expect("evil");
+        block_on(store.delete("evil", evil.revision)).expect("delete");
+        assert!(block_on(store.delete("../victim", 0)).is_err());
     }
 }

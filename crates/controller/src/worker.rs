@@ -11,18 +11,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use infrakit_group::core::{
-    decide, Action, Allocation, Decision, Observed, ObservedInstance, PendingProvision, Status,
+    decide, Action, Decision, Observed, ObservedInstance, PendingProvision, Status,
 };
+use infrakit_group::spec::ValidGroup;
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::instance::{
     Description, DestroyContext, DestroyReason, InstanceId, InstancePlugin, Spec, Tags,
 };
-use infrakit_sdk::Result;
-use tokio::sync::{Notify, Semaphore};
+use infrakit_sdk::{Error, Result};
+use tokio::sync::{watch, Notify, OwnedMutexGuard, Semaphore};
 
+use crate::leader::Role;
 use crate::record::{Blocks, GroupRecord};
-use crate::store::FileStore;
+use crate::store::{GroupStore, Revision, Unusable};
 use crate::tags;
 
 /// How the controller runs.
@@ -56,16 +58,66 @@ impl Default for Options {
 /// What the controller shares with every group task.
 pub(crate) struct Ctx {
     pub resolver: Arc<dyn PluginResolver>,
-    pub store: FileStore,
+    pub store: Box<dyn GroupStore>,
     pub options: Options,
     pub permits: Semaphore,
     pub groups: Mutex<BTreeMap<String, Arc<Group>>>,
+    /// Stored records that cannot be managed, by group ID: shown, never acted on.
+    pub unusable: Mutex<BTreeMap<String, Unusable>>,
+    /// One writer lock per group ID (see `crate::controller`'s module docs). Entries are never
+    /// removed: one small mutex per group ID ever seen.
+    pub writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub role: watch::Receiver<Role>,
 }
 
 impl Ctx {
     pub fn groups(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Group>>> {
         lock(&self.groups)
     }
+
+    pub fn unusable(&self) -> MutexGuard<'_, BTreeMap<String, Unusable>> {
+        lock(&self.unusable)
+    }
+
+    /// Waits for the right to change group `id`'s record.
+    pub async fn writer(&self, id: &str) -> OwnedMutexGuard<()> {
+        let m = lock(&self.writers)
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+}
+
+/// Changes a group's record and stores it, compare-and-swap on the revision it was read at. The
+/// caller holds the group's writer lock ([`Ctx::writer`]); on a failed save nothing changes.
+pub(crate) async fn write_locked(
+    ctx: &Ctx,
+    group: &Arc<Group>,
+    change: impl FnOnce(&mut GroupRecord, &mut Arc<ValidGroup>) -> Result<()>,
+) -> Result<()> {
+    let (record, valid, expected) = {
+        let s = group.state();
+        if s.stopped {
+            return Err(Error::not_found(format!(
+                "group '{}' was just destroyed or freed; commit it again to manage it",
+                group.id
+            )));
+        }
+        let mut record = s.record.clone();
+        let mut valid = s.valid.clone();
+        change(&mut record, &mut valid)?;
+        (record, valid, s.revision)
+    };
+    let revision = ctx.store.put(&record, expected).await?;
+    let mut s = group.state();
+    s.record = record;
+    s.valid = valid;
+    s.revision = revision;
+    s.generation += 1;
+    drop(s);
+    group.wake.notify_one();
+    Ok(())
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +167,10 @@ pub(crate) struct Backoff {
 
 pub(crate) struct GroupState {
     pub record: GroupRecord,
+    /// The record's spec as parsed (once, at commit or load).
+    pub valid: Arc<ValidGroup>,
+    /// The record's revision in the store: what the next write must name.
+    pub revision: Revision,
     /// Bumped by every change of the record from outside the task (commit, scale, destroy).
     pub generation: u64,
     pending: BTreeMap<u64, Pending>,
@@ -136,11 +192,13 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    pub fn new(record: GroupRecord) -> Arc<Group> {
+    pub fn new(record: GroupRecord, valid: ValidGroup, revision: Revision) -> Arc<Group> {
         Arc::new(Group {
             id: record.id().to_string(),
             state: Mutex::new(GroupState {
                 record,
+                valid: Arc::new(valid),
+                revision,
                 generation: 0,
                 pending: BTreeMap::new(),
                 destroying: BTreeSet::new(),
@@ -168,8 +226,16 @@ impl Group {
 /// The group's task: reconcile, then sleep until woken, a deadline, or the poll interval.
 pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
     tracing::info!(group = %group.id, "managing group");
+    let mut role = ctx.role.clone();
     loop {
-        let wake_at = reconcile(&group, &ctx).await;
+        let current = role.borrow_and_update().clone();
+        let wake_at = match current {
+            Role::Leader => reconcile(&group, &ctx).await,
+            Role::Follower { reason } => {
+                stand_by(&group, reason);
+                None
+            }
+        };
         release_freed_memory();
         if group.state().stopped {
             break;
@@ -181,12 +247,23 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
         let woken = tokio::select! {
             _ = group.wake.notified() => true,
             _ = tokio::time::sleep(sleep) => false,
+            // A sender that is gone never changes the role again: sleep on.
+            Ok(()) = role.changed() => false,
         };
         if woken {
             settle(&group).await;
         }
     }
     tracing::info!(group = %group.id, "no longer managing group");
+}
+
+/// Not the leader: act on nothing, and say why.
+fn stand_by(group: &Group, reason: String) {
+    let mut s = group.state();
+    if s.view.error.as_deref() != Some(reason.as_str()) {
+        tracing::info!(group = %group.id, "standing by: {reason}");
+    }
+    s.view.error = Some(reason);
 }
 
 /// After a wake-up, waits (at most [`SETTLE`]) while actions are still running, so that a burst of
@@ -308,26 +385,15 @@ pub(crate) fn observe_instance(d: &Description, health: Health) -> ObservedInsta
 
 /// One pass. Returns the core's next deadline, if any.
 async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
-    let (record, generation) = {
+    let (valid, versions, generation) = {
         let s = group.state();
         if s.stopped {
             return None;
         }
-        // Everything but the core's memory, which is read under the lock when deciding: it holds
-        // an entry per instance and is not worth copying on every pass.
-        (s.record.config_only(), s.generation)
+        // The parsed spec is shared, not re-parsed; the versions are a handful of blocks.
+        (s.valid.clone(), s.record.versions.clone(), s.generation)
     };
-    let desired = match record.desired() {
-        Ok(d) => d,
-        Err(e) => {
-            group.set_error(format!(
-                "stored spec of group '{}' is unusable: {e}",
-                group.id
-            ));
-            return None;
-        }
-    };
-    let Some(blocks) = record.versions.get(&desired.config_hash).cloned() else {
+    let Some(blocks) = versions.get(&valid.hash).cloned() else {
         group.set_error(format!(
             "group '{}': no stored version for its config hash",
             group.id
@@ -378,10 +444,20 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     let described = Arc::new(described);
     let health = Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await);
-    let now = now_ms();
 
+    // Deciding, writing ahead and starting the actions happen under the group's writer lock: no
+    // commit, scale or destroy can slip between the decision and the record it is based on.
+    let _writer = ctx.writer(&group.id).await;
+    let current = ctx.role.borrow().clone();
+    if let Role::Follower { reason } = current {
+        // Deposed while observing.
+        stand_by(group, reason);
+        return None;
+    }
+    let now = now_ms();
     let mut decision;
-    let saved;
+    let to_save;
+    let deleting;
     {
         let mut s = group.state();
         if s.generation != generation || s.stopped {
@@ -389,6 +465,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             group.wake.notify_one();
             return None;
         }
+        deleting = s.record.deleting;
         let seen: BTreeSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
         s.pending.retain(|_, p| match &p.done {
             None => true,
@@ -404,12 +481,14 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             pending: s.pending.values().map(|p| p.provision.clone()).collect(),
             destroying: s.destroying.clone(),
         };
-        decision = decide(&desired, &observed, &s.record.memory, now);
-        saved = s.record.memory != decision.memory;
-        if saved {
-            s.record.memory = std::mem::take(&mut decision.memory);
-        }
-        s.all_proven = s.record.memory.instances.values().all(|m| m.ever_ready);
+        decision = decide(&valid.desired(deleting), &observed, &s.record.memory, now);
+        to_save = if s.record.memory != decision.memory {
+            let mut record = s.record.clone();
+            record.memory = std::mem::take(&mut decision.memory);
+            Some((record, s.revision))
+        } else {
+            None
+        };
         s.view = View {
             instances: described.clone(),
             health: health.clone(),
@@ -419,41 +498,43 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             generation,
         };
     }
-    if saved {
-        // Write-ahead: what the core must remember is on disk before any action it implies runs.
-        let record = group.state().record.clone();
-        if let Err(e) = ctx.store.save(&record) {
-            group.set_error(format!("{e}; not acting until the store works again"));
-            return None;
+    if let Some((record, expected)) = to_save {
+        // Write-ahead: what the core must remember is stored before any action it implies runs.
+        // A write refused by the store (another writer, a lost leadership) stops the actions.
+        match ctx.store.put(&record, expected).await {
+            Ok(revision) => {
+                let mut s = group.state();
+                s.record.memory = record.memory;
+                s.revision = revision;
+                s.all_proven = s.record.memory.instances.values().all(|m| m.ever_ready);
+            }
+            Err(e) => {
+                group.set_error(format!("{e}; not acting until the store works again"));
+                return None;
+            }
         }
     }
-    execute(
-        group,
-        ctx,
-        &record,
-        &desired.allocation,
-        &decision,
-        &described,
-    );
-    if record.deleting && forget_if_gone(group, ctx, &described) {
+    execute(group, ctx, &versions, &valid, &decision, &described);
+    if deleting && forget_if_gone(group, ctx, &described).await {
         return None;
     }
     decision.wake_at_ms
 }
 
-/// A deleted group is forgotten once nothing of it is left.
-fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Description]) -> bool {
-    let mut s = group.state();
-    if !(described.is_empty() && s.pending.is_empty() && s.destroying.is_empty()) {
-        return false;
-    }
-    if let Err(e) = ctx.store.remove(&group.id) {
-        drop(s);
+/// A deleted group is forgotten once nothing of it is left. The caller holds the writer lock.
+async fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Description]) -> bool {
+    let revision = {
+        let s = group.state();
+        if !(described.is_empty() && s.pending.is_empty() && s.destroying.is_empty()) {
+            return false;
+        }
+        s.revision
+    };
+    if let Err(e) = ctx.store.delete(&group.id, revision).await {
         group.set_error(e.to_string());
         return false;
     }
-    s.stopped = true;
-    drop(s);
+    group.state().stopped = true;
     ctx.groups().remove(&group.id);
     tracing::info!(group = %group.id, "group destroyed: no instance left");
     true
@@ -509,11 +590,15 @@ async fn check_health(
 fn execute(
     group: &Arc<Group>,
     ctx: &Arc<Ctx>,
-    record: &GroupRecord,
-    allocation: &Allocation,
+    versions: &BTreeMap<String, Blocks>,
+    valid: &ValidGroup,
     decision: &Decision,
     described: &[Description],
 ) {
+    // One copy of the allocation for every provision of this pass, not one each: a flavor's
+    // Prepare reads the whole list, and ten thousand pets each carrying ten thousand IDs is
+    // gigabytes.
+    let allocation = Arc::new(crate::controller::allocation(&valid.allocation));
     let mut s = group.state();
     for action in &decision.actions {
         match action {
@@ -521,7 +606,7 @@ fn execute(
                 logical_id,
                 config_hash,
             } => {
-                let Some(blocks) = record.versions.get(config_hash).cloned() else {
+                let Some(blocks) = versions.get(config_hash).cloned() else {
                     tracing::error!(group = %group.id, hash = %config_hash, "no stored version to provision");
                     continue;
                 };
@@ -546,7 +631,7 @@ fn execute(
                     logical_id: logical_id.clone(),
                     config_hash: config_hash.clone(),
                     blocks,
-                    allocation: crate::controller::allocation(allocation),
+                    allocation: allocation.clone(),
                     sequence,
                 };
                 tokio::spawn(provision(group.clone(), ctx.clone(), job));
@@ -563,22 +648,25 @@ fn execute(
                         id: id.clone(),
                         ..Description::default()
                     });
-                let hash = d.tags.get(tags::CONFIG_HASH).cloned().unwrap_or_default();
-                let blocks = record
-                    .versions
-                    .get(&hash)
-                    .or_else(|| record.versions.get(&decision_hash(record)))
-                    .cloned();
+                let blocks = blocks_of(versions, valid, &d);
                 tokio::spawn(destroy(group.clone(), ctx.clone(), d, *reason, blocks));
             }
         }
     }
 }
 
-fn decision_hash(record: &GroupRecord) -> String {
-    crate::record::parse_with(&record.spec, true)
-        .map(|p| p.hash)
-        .unwrap_or_default()
+/// The blocks an instance was made with (to drain it with its own flavor properties), else the
+/// current ones.
+fn blocks_of(
+    versions: &BTreeMap<String, Blocks>,
+    valid: &ValidGroup,
+    d: &Description,
+) -> Option<Blocks> {
+    d.tags
+        .get(tags::CONFIG_HASH)
+        .and_then(|h| versions.get(h))
+        .or_else(|| versions.get(&valid.hash))
+        .cloned()
 }
 
 struct ProvisionJob {
@@ -586,7 +674,7 @@ struct ProvisionJob {
     logical_id: Option<String>,
     config_hash: String,
     blocks: Blocks,
-    allocation: AllocationMethod,
+    allocation: Arc<AllocationMethod>,
     sequence: u64,
 }
 
@@ -726,7 +814,8 @@ async fn drain_and_destroy(
 /// pick them again.
 pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]) {
     let mut s = group.state();
-    let record = s.record.config_only();
+    let versions = s.record.versions.clone();
+    let valid = s.valid.clone();
     for id in ids {
         if !s.destroying.insert(id.clone()) {
             continue;
@@ -741,12 +830,7 @@ pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]
                 id: id.clone(),
                 ..Description::default()
             });
-        let hash = d.tags.get(tags::CONFIG_HASH).cloned().unwrap_or_default();
-        let blocks = record
-            .versions
-            .get(&hash)
-            .or_else(|| record.versions.get(&decision_hash(&record)))
-            .cloned();
+        let blocks = blocks_of(&versions, &valid, &d);
         tokio::spawn(destroy(
             group.clone(),
             ctx.clone(),
@@ -787,8 +871,9 @@ mod tests {
                            "Instance": {"Plugin": "i"}, "Flavor": {"Plugin": "f"}}
         }))
         .expect("spec");
-        let parsed = crate::record::parse(&spec).expect("parsed");
-        let group = Group::new(GroupRecord::new(spec, &parsed));
+        let valid = infrakit_group::spec::parse(&spec, infrakit_group::spec::Origin::Commit)
+            .expect("parsed");
+        let group = Group::new(GroupRecord::new(spec, &valid), valid, 1);
         let options = Options {
             poll_interval: Duration::from_secs(5),
             ..Options::default()

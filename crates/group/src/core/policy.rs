@@ -11,14 +11,17 @@
 //!  "ScaleDown": {"Order": "newest_first"}}
 //! ```
 //!
-//! [`Policy::from_json`] parses by hand rather than through serde so that every error names the full
-//! path of the offending field (`Policies.Update.MaxSurge: ...`); serde's own messages say what type
-//! was expected but not where. The serde derives are for persistence and round trips.
+//! The types are read by serde (with the path of a bad field named through serde_path_to_error) and
+//! their JSON Schema is derived from them (schemars), so the parser, the schema and the stored form
+//! are one definition.
 
 use std::fmt;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A count of instances, or a percentage of the group's target size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,22 @@ impl Serialize for CountOrPercent {
     }
 }
 
+impl JsonSchema for CountOrPercent {
+    fn schema_name() -> Cow<'static, str> {
+        "CountOrPercent".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A count (2) or a percentage of the target size (\"25%\").",
+            "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*%?\\s*$"}
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for CountOrPercent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CountOrPercent, D::Error> {
         let v = Value::deserialize(d)?;
@@ -105,7 +124,7 @@ impl<'de> Deserialize<'de> for CountOrPercent {
 }
 
 /// What an update does once more replacements failed than `MaxFailureRatio` allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     /// Stop replacing and say why; the group still heals. `infrakit group resume` continues.
@@ -118,7 +137,7 @@ pub enum FailureAction {
 }
 
 /// Which instances a scale-down removes first once outdated and unhealthy ones are gone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleDownOrder {
     /// Keep the instances that have proven themselves longest (Kubernetes' ReplicaSet rule).
@@ -127,7 +146,7 @@ pub enum ScaleDownOrder {
     OldestFirst,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 pub struct UpdatePolicy {
     /// Extra instances allowed above the target during an update. Default 0.
@@ -159,7 +178,7 @@ impl Default for UpdatePolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 pub struct RemediationPolicy {
     /// Replace an instance reported unhealthy for at least this long. 0 disables remediation.
@@ -188,14 +207,14 @@ impl Default for RemediationPolicy {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 pub struct ScaleDownPolicy {
     pub order: ScaleDownOrder,
 }
 
 /// All the policies of one group.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 pub struct Policy {
     pub update: UpdatePolicy,
@@ -214,27 +233,21 @@ const SECOND_MS: u64 = 1000;
 const GHOST_MAX_MS: u64 = 30 * SECOND_MS;
 
 impl Policy {
-    /// Parses `Properties.Policies` (absent or `null` means every default) and validates it.
+    /// Parses `Properties.Policies` on its own (absent or `null` means every default) and validates
+    /// it; errors name the field's path. A whole group spec is parsed by `crate::spec::parse`.
     pub fn from_json(v: Option<&Value>) -> Result<Policy, String> {
-        let mut policy = Policy::default();
-        let top = match v {
-            None | Some(Value::Null) => return Ok(policy),
-            Some(v) => object(v, "Policies")?,
-        };
-        for (key, value) in top {
-            match key.as_str() {
-                "Update" => parse_update(&mut policy.update, value)?,
-                "Remediation" => parse_remediation(&mut policy.remediation, value)?,
-                "ScaleDown" => parse_scale_down(&mut policy.scale_down, value)?,
-                other => {
-                    return Err(unknown(
-                        "Policies",
-                        other,
-                        &["Update", "Remediation", "ScaleDown"],
-                    ))
+        let policy = match v {
+            None | Some(Value::Null) => Policy::default(),
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    format!("Policies: {inner}")
+                } else {
+                    format!("Policies.{path}: {inner}")
                 }
-            }
-        }
+            })?,
+        };
         policy.validate()?;
         Ok(policy)
     }
@@ -357,116 +370,6 @@ impl Policy {
     }
 }
 
-fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, String> {
-    match v {
-        Value::Object(m) => Ok(m),
-        other => Err(format!("{path}: expected an object, got {other}")),
-    }
-}
-
-fn unknown(path: &str, field: &str, known: &[&str]) -> String {
-    format!(
-        "{path}: unknown field '{field}' (known fields: {})",
-        known.join(", ")
-    )
-}
-
-fn seconds(v: &Value, path: &str) -> Result<u64, String> {
-    v.as_u64()
-        .ok_or_else(|| format!("{path}: expected a whole number of seconds, got {v}"))
-}
-
-fn count(v: &Value, path: &str) -> Result<u64, String> {
-    v.as_u64()
-        .ok_or_else(|| format!("{path}: expected a whole number, got {v}"))
-}
-
-fn count_or_percent(v: &Value, path: &str) -> Result<CountOrPercent, String> {
-    CountOrPercent::parse(v).map_err(|e| format!("{path}: {e}"))
-}
-
-fn parse_update(u: &mut UpdatePolicy, v: &Value) -> Result<(), String> {
-    const KNOWN: &[&str] = &[
-        "MaxSurge",
-        "MaxUnavailable",
-        "MinReadySeconds",
-        "HealthyDeadlineSeconds",
-        "FailureAction",
-        "MaxFailureRatio",
-    ];
-    for (key, value) in object(v, "Policies.Update")? {
-        let path = format!("Policies.Update.{key}");
-        match key.as_str() {
-            "MaxSurge" => u.max_surge = count_or_percent(value, &path)?,
-            "MaxUnavailable" => u.max_unavailable = count_or_percent(value, &path)?,
-            "MinReadySeconds" => u.min_ready_seconds = seconds(value, &path)?,
-            "HealthyDeadlineSeconds" => u.healthy_deadline_seconds = seconds(value, &path)?,
-            "FailureAction" => {
-                u.failure_action = match value.as_str() {
-                    Some("pause") => FailureAction::Pause,
-                    Some("rollback") => FailureAction::Rollback,
-                    Some("continue") => FailureAction::Continue,
-                    _ => {
-                        return Err(format!(
-                            "{path}: expected \"pause\", \"rollback\" or \"continue\", got {value}"
-                        ))
-                    }
-                }
-            }
-            "MaxFailureRatio" => {
-                u.max_failure_ratio = value.as_f64().ok_or_else(|| {
-                    format!("{path}: expected a number between 0 and 1, got {value}")
-                })?
-            }
-            other => return Err(unknown("Policies.Update", other, KNOWN)),
-        }
-    }
-    Ok(())
-}
-
-fn parse_remediation(r: &mut RemediationPolicy, v: &Value) -> Result<(), String> {
-    const KNOWN: &[&str] = &[
-        "UnhealthySeconds",
-        "MaxInFlight",
-        "MaxUnhealthy",
-        "BackoffSeconds",
-        "MaxBackoffSeconds",
-    ];
-    for (key, value) in object(v, "Policies.Remediation")? {
-        let path = format!("Policies.Remediation.{key}");
-        match key.as_str() {
-            "UnhealthySeconds" => r.unhealthy_seconds = seconds(value, &path)?,
-            "MaxInFlight" => r.max_in_flight = count(value, &path)?,
-            "MaxUnhealthy" => r.max_unhealthy = count_or_percent(value, &path)?,
-            "BackoffSeconds" => r.backoff_seconds = seconds(value, &path)?,
-            "MaxBackoffSeconds" => r.max_backoff_seconds = seconds(value, &path)?,
-            other => return Err(unknown("Policies.Remediation", other, KNOWN)),
-        }
-    }
-    Ok(())
-}
-
-fn parse_scale_down(s: &mut ScaleDownPolicy, v: &Value) -> Result<(), String> {
-    for (key, value) in object(v, "Policies.ScaleDown")? {
-        match key.as_str() {
-            "Order" => {
-                s.order = match value.as_str() {
-                    Some("newest_first") => ScaleDownOrder::NewestFirst,
-                    Some("oldest_first") => ScaleDownOrder::OldestFirst,
-                    _ => {
-                        return Err(format!(
-                        "Policies.ScaleDown.Order: expected \"newest_first\" or \"oldest_first\", \
-                             got {value}"
-                    ))
-                    }
-                }
-            }
-            other => return Err(unknown("Policies.ScaleDown", other, &["Order"])),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,9 +426,9 @@ mod tests {
         let cases = [
             (
                 json!({"Update": {"MaxSurg": 1}}),
-                "Policies.Update: unknown field 'MaxSurg'",
+                "Policies.Update.MaxSurg: unknown field",
             ),
-            (json!({"Updates": {}}), "Policies: unknown field 'Updates'"),
+            (json!({"Updates": {}}), "Policies.Updates: unknown field"),
             (
                 json!({"Update": {"MinReadySeconds": "x"}}),
                 "Policies.Update.MinReadySeconds",
@@ -566,7 +469,7 @@ mod tests {
                 json!({"ScaleDown": {"Order": "random"}}),
                 "Policies.ScaleDown.Order",
             ),
-            (json!([1]), "Policies: expected an object"),
+            (json!([1]), "Policies"),
         ];
         for (v, want) in cases {
             let err = Policy::from_json(Some(&v)).expect_err("must be refused");

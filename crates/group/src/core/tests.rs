@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 
 use infrakit_sdk::spi::flavor::Health;
 use infrakit_sdk::spi::instance::DestroyReason;
-use serde_json::json;
 
 use super::policy::{CountOrPercent, FailureAction, Policy};
 use super::*;
@@ -839,35 +838,6 @@ fn adopted_instances_without_a_hash_are_outdated() {
         w.status().update.as_ref().map(|u| u.state),
         Some(UpdateState::Updating)
     );
-}
-
-#[test]
-fn desired_from_properties_hashes_instance_and_flavor() {
-    let props: infrakit_sdk::spi::group::GroupProperties = serde_json::from_value(json!({
-        "Allocation": {"Size": 5},
-        "Instance": {"Plugin": "instance-file", "Properties": {"Note": "v1"}},
-        "Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo hello"]}},
-        "Policies": {"Update": {"MaxSurge": 1}}
-    }))
-    .expect("props");
-    let d = Desired::from_properties("cattle", &props).expect("valid");
-    assert_eq!(d.allocation, Allocation::Size(5));
-    assert_eq!(d.policy.update.max_surge, CountOrPercent::Count(1));
-    let again = config_hash(
-        &json!({"Properties": {"Note": "v1"}, "Plugin": "instance-file"}),
-        &json!({"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo hello"]}}),
-    );
-    assert_eq!(d.config_hash, again);
-    let mut both = props.clone();
-    both.allocation.logical_ids = vec!["a".into()];
-    assert!(Desired::from_properties("x", &both)
-        .expect_err("both")
-        .contains("not both"));
-    let mut bad = props;
-    bad.policies = Some(json!({"Update": {"Surge": 1}}));
-    assert!(Desired::from_properties("x", &bad)
-        .expect_err("policy")
-        .contains("Policies.Update"));
 }
 
 #[test]

@@ -2,12 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use infrakit_sdk::spi::flavor::{AllocationMethod, Health};
-use infrakit_sdk::spi::group::GroupProperties;
+use infrakit_sdk::spi::flavor::Health;
 use infrakit_sdk::spi::instance::{DestroyReason, InstanceId, LogicalId};
 use serde::{Deserialize, Serialize};
 
-use super::hash::config_hash;
 use super::memory::Memory;
 use super::policy::Policy;
 
@@ -20,18 +18,6 @@ pub enum Allocation {
 }
 
 impl Allocation {
-    /// Reads InfraKit's `Allocation` block: exactly one of `Size` and `LogicalIDs`. A `Size` of 0 with
-    /// no logical IDs is a group scaled to zero.
-    pub fn from_method(m: &AllocationMethod) -> Result<Allocation, String> {
-        match (m.size, m.logical_ids.is_empty()) {
-            (n, true) => Ok(Allocation::Size(n)),
-            (0, false) => Ok(Allocation::Pets(m.logical_ids.clone())),
-            (_, false) => {
-                Err("Allocation: set either Size (cattle) or LogicalIDs (pets), not both".into())
-            }
-        }
-    }
-
     /// The number of instances the group should have.
     pub fn target(&self) -> u64 {
         match self {
@@ -67,24 +53,6 @@ pub struct Desired {
     /// [`config_hash`] of the spec's Instance and Flavor blocks; instances carrying another are outdated.
     pub config_hash: String,
     pub policy: Policy,
-}
-
-impl Desired {
-    /// Builds the decision's input from a committed spec: allocation, config hash and policies, each
-    /// error naming the field.
-    pub fn from_properties(group: &str, props: &GroupProperties) -> Result<Desired, String> {
-        let allocation = Allocation::from_method(&props.allocation)?;
-        let policy = Policy::from_json(props.policies.as_ref())?;
-        let instance =
-            serde_json::to_value(&props.instance).map_err(|e| format!("Instance: {e}"))?;
-        let flavor = serde_json::to_value(&props.flavor).map_err(|e| format!("Flavor: {e}"))?;
-        Ok(Desired {
-            group: group.to_string(),
-            allocation,
-            config_hash: config_hash(&instance, &flavor),
-            policy,
-        })
-    }
 }
 
 /// One instance of the group as the executor sees it now.

@@ -1,8 +1,9 @@
 //! Group plugins: the controller that keeps a group of instances as its spec says.
 //!
-//! [`GroupSpec`] is what a user commits (`{"ID": ..., "Properties": {...}}`); for the standard group
-//! plugin its properties are [`GroupProperties`], InfraKit's own shape (`Allocation`, `Instance`,
-//! `Flavor`) plus our optional policies.
+//! [`GroupSpec`] is what a user commits (`{"ID": ..., "Properties": {...}}`). The properties are
+//! the group plugin's business: the standard one reads InfraKit's shape (`Allocation`, `Instance`,
+//! `Flavor`, plus optional policies) through `infrakit_group::spec`, the one place that parses and
+//! checks them.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::flavor::{AllocationMethod, Health};
+use super::flavor::Health;
 use super::instance::{Description, InstanceId, LogicalId};
 use super::serde_util::null_as_default;
 use crate::Result;
@@ -19,6 +20,7 @@ pub type GroupId = String;
 
 /// A committed group: its ID and the group plugin's properties.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupSpec {
     #[serde(rename = "ID")]
     pub id: GroupId,
@@ -32,32 +34,19 @@ pub struct GroupSpec {
 
 /// A plugin reference with its properties: `{"Plugin": "flavor-vanilla", "Properties": {...}}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
+    /// The plugin's name as discovery finds it (`instance-file`, `flavor-swarm/manager`).
     #[serde(rename = "Plugin")]
     pub plugin: String,
+    /// Given to the plugin as they are; the group controller does not read them.
     #[serde(
         rename = "Properties",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub properties: Option<Value>,
-}
-
-/// The standard group plugin's properties, in InfraKit's format. Unknown fields are refused so that a
-/// typo ("Alocation") is an error that names the field instead of a silently ignored setting.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupProperties {
-    #[serde(rename = "Allocation")]
-    pub allocation: AllocationMethod,
-    #[serde(rename = "Instance")]
-    pub instance: PluginSpec,
-    #[serde(rename = "Flavor")]
-    pub flavor: PluginSpec,
-    /// Rollout and remediation policies (optional; defaults are InfraKit's one-at-a-time behaviour).
-    #[serde(rename = "Policies", default, skip_serializing_if = "Option::is_none")]
-    pub policies: Option<Value>,
 }
 
 /// A structured plan: what a commit would do (returned by `CommitGroup` with or without `pretend`).
