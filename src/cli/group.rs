@@ -178,8 +178,27 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             let specs = group.inspect_groups().await?;
             let mut rows = Vec::new();
             let mut all = Vec::new();
+            let mut unusable = Vec::new();
             for s in &specs {
-                let d = group.describe_group(&s.id).await?;
+                // One group that cannot be described (an unusable stored record) must not hide the
+                // others: list it, say why below, and exit non-zero.
+                let d = match group.describe_group(&s.id).await {
+                    Ok(d) => d,
+                    Err(e) if !e.is_not_found() => {
+                        rows.push(vec![
+                            s.id.clone(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "UNUSABLE".into(),
+                        ]);
+                        all.push(json!({"ID": s.id, "Error": e.to_string()}));
+                        unusable.push(format!("{}: {e}", s.id));
+                        continue;
+                    }
+                    // Freed or destroyed since the list was taken.
+                    Err(_) => continue,
+                };
                 rows.push(vec![
                     s.id.clone(),
                     d.target
@@ -201,6 +220,9 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 Format::Table => {
                     output::table(&["ID", "TARGET", "INSTANCES", "CONVERGED", "UPDATE"], &rows)?
                 }
+            }
+            if !unusable.is_empty() {
+                bail!("{}", unusable.join("\n"));
             }
         }
         GroupCommand::Describe { id } => {
@@ -381,6 +403,10 @@ async fn wait_gone(group: &GroupClient, id: &str, timeout: Duration) -> Result<(
         match group.describe_group(id).await {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
+            Ok(d) if !d.extra.contains_key("Deleting") => bail!(
+                "group '{id}' was committed again while it was being destroyed: it is managed \
+                 again with its new spec (destroy it again to remove it)"
+            ),
             Ok(d) => {
                 if start.elapsed() > timeout {
                     bail!(

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -121,11 +121,13 @@ impl FileStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let dir = dir.into();
         let shown = dir.display().to_string();
-        std::fs::create_dir_all(&dir)
+        // Created private; an existing directory keeps its mode (it may be one a person chose,
+        // such as a mount point): the records in it are private either way.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::internal(format!("cannot create the group store {shown}: {e}")))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            Error::internal(format!("cannot make the group store {shown} private: {e}"))
-        })?;
         // The directory itself is locked: a lock file could be deleted by hand, and a second
         // controller would then lock a new one and start.
         let lock = File::open(&dir)
@@ -364,6 +366,7 @@ mod tests {
         let path = dir.path().join("s");
         let store = FileStore::open(&path).expect("open");
         block_on(store.put(&record("a", 1), 0)).expect("put");
+        use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o700);
         assert_eq!(mode(&path.join("a.json")), 0o600);

@@ -46,9 +46,10 @@
 //! next describe.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -224,18 +225,25 @@ impl FileInstancePlugin {
     /// Uses `dir` (created if missing) for the instance files.
     pub fn new(dir: impl Into<PathBuf>) -> Result<FileInstancePlugin> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            let err = Error::from(e);
-            Error::new(
-                err.kind,
-                format!(
-                    "cannot create instance directory {}: {}; choose a writable directory \
+        // Instance files hold Init scripts and properties (tokens, passwords): a directory made
+        // here is private, and so is every file written in it. An existing directory keeps its
+        // mode (it may be a mount point a person chose).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                let err = Error::from(e);
+                Error::new(
+                    err.kind,
+                    format!(
+                        "cannot create instance directory {}: {}; choose a writable directory \
                      (--dir or ${INSTANCE_FILE_DIR_ENV})",
-                    dir.display(),
-                    err.message
-                ),
-            )
-        })?;
+                        dir.display(),
+                        err.message
+                    ),
+                )
+            })?;
         Ok(FileInstancePlugin {
             shared: Arc::new(Shared {
                 dir,
@@ -460,7 +468,11 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<()> 
     let tmp = dir.join(format!(".{name}.tmp-{:08x}", fastrand::u32(..)));
     let target = dir.join(name);
     let written = (|| {
-        let mut file = File::create_new(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         // With sync, before the rename: after a power loss the file is absent or complete.
         if sync {
@@ -821,6 +833,7 @@ mod tests {
     use super::*;
     use infrakit_sdk::ErrorKind;
     use serde_json::json;
+    use std::fs::File;
     use std::os::unix::fs::PermissionsExt;
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -896,6 +909,23 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn instance_files_and_a_new_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_tmp, plugin) = plugin();
+        let spec = Spec {
+            init: "echo secret-token".into(),
+            ..Spec::default()
+        };
+        let id = plugin.provision(spec).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(plugin.dir()), 0o700);
+        let file = plugin.dir().join(format!("{id}.json"));
+        assert_eq!(mode(&file), 0o600);
+        plugin.label(&id, tags(&[("tier", "web")])).await.unwrap();
+        assert_eq!(mode(&file), 0o600, "a relabelled file stays private");
     }
 
     #[tokio::test]
