@@ -14,6 +14,7 @@
 //! Feature `run` (default): [`run`] and [`logging`], which bring in `tracing-subscriber`; without
 //! it the crate is a library for talking to plugins and serving them inside another program.
 
+pub mod conformance;
 pub mod discovery;
 #[cfg(feature = "run")]
 pub mod logging;
