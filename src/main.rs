@@ -2,17 +2,22 @@
 //! (one static multi-call binary is what each managed plugin's rootfs holds).
 
 mod cli;
-mod logging;
 mod output;
 
 use clap::Parser;
+use infrakit_sdk::logging::{self, Output};
 
 fn main() {
     let args = cli::Cli::parse();
+    let output = if args.command.is_plugin() {
+        Output::Plugin
+    } else {
+        Output::Command
+    };
     logging::init(
         args.log_level.as_deref(),
         args.command.default_log_level(),
-        args.command.is_plugin(),
+        output,
     );
     let code = match cli::run(args) {
         Ok(()) => 0,

@@ -53,6 +53,12 @@ pub fn default_plugins_dir() -> PathBuf {
     }
 }
 
+/// Where a plugin run by hand listens by default, and so where discovery's first source looks for
+/// it: `<plugins dir>/<name>.sock`.
+pub fn default_socket(name: &str) -> PathBuf {
+    PluginsDir::new(default_plugins_dir()).socket_for(name)
+}
+
 /// Whether `s` is safe as a file name: 1 to 128 of letters, digits, '-', '_' and '.', not
 /// starting with '.'. Plugin names and group IDs both become file names.
 pub fn is_safe_file_name(s: &str) -> bool {

@@ -104,6 +104,13 @@ impl RpcClient {
         Ok(r.implements)
     }
 
+    /// POSTs `body` to `/<path>` exactly as given, without the version check, and returns the
+    /// status and the reply body: for probing how a plugin answers a request no client would send
+    /// (the conformance suite's malformed bodies).
+    pub async fn post_raw(&self, path: &str, body: impl Into<Bytes>) -> Result<(u16, Bytes)> {
+        self.transport.post(path, body.into()).await
+    }
+
     /// Checks the interface once; a failure to connect is not remembered, a mismatch is re-checked
     /// (the plugin may have been upgraded meanwhile).
     async fn ensure_compatible(&self) -> Result<()> {
