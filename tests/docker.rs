@@ -679,3 +679,66 @@ fn a_foreign_image_under_the_tests_busybox_name_is_rebuilt_before_use() {
     ]);
     assert_eq!(host, "selftest");
 }
+
+/// "Converged" is not "ready": containers whose HEALTHCHECK is still `starting` (vanilla: unknown)
+/// make a converged group that `group watch` does not call ready (it times out saying how many are
+/// healthy) and `group describe` shows as "converged, 0/2 healthy", with each container's name.
+#[test]
+fn converged_is_not_ready_until_members_are_healthy_and_describe_names_the_containers() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let id = unique("dk-ready");
+    let label = format!("infrakit.group={id}");
+    clean.labels.push(label.clone());
+    let s = Stack::new();
+    // The first check runs an hour after the start: the health stays `starting`.
+    s.commit(
+        &id,
+        json!({
+            "Allocation": {"Size": 2},
+            "Instance": {"Plugin": "instance-docker",
+                         "Properties": {"Image": busybox(), "Cmd": ["sleep", "3600"], "StopTimeout": 1,
+                                        "Healthcheck": {"Test": ["CMD", "true"], "Interval": "1h"}}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}}
+        }),
+    );
+    s.w.ok(&[
+        "group",
+        "watch",
+        &id,
+        "--converged-only",
+        "--timeout",
+        "60s",
+    ]);
+    let err = s.w.fails(&["group", "watch", &id, "--timeout", "3s"]);
+    assert!(
+        err.contains("has converged but only 0/2 of its instances are healthy"),
+        "{err}"
+    );
+    let described = s.w.ok(&["group", "describe", &id]);
+    assert!(
+        described.contains("2 of 2 instances, converged, 0/2 healthy"),
+        "{described}"
+    );
+    assert!(!described.contains("ready:"), "{described}");
+    let header = described
+        .lines()
+        .find(|l| l.starts_with("ID"))
+        .unwrap_or("");
+    assert!(header.contains("NAME"), "{described}");
+    let names: Vec<String> = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        assert!(n.starts_with(&format!("{id}-")), "{n}");
+        assert!(described.contains(n.as_str()), "{n} not in {described}");
+    }
+}
