@@ -375,3 +375,41 @@ async fn shutdown_signal() {
     }
     eprintln!("infrakit up: stopping (the instances stay)");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrakit_sdk::spi::instance::Description;
+
+    fn group(ids: &[&str], target: u64) -> GroupDescription {
+        GroupDescription {
+            instances: ids
+                .iter()
+                .map(|i| Description {
+                    id: i.to_string(),
+                    ..Description::default()
+                })
+                .collect(),
+            target: Some(target),
+            ..GroupDescription::default()
+        }
+    }
+
+    #[test]
+    fn changes_name_what_appeared_and_went_and_cap_long_id_lists() {
+        let before = group(&["a", "b"], 2);
+        let now = group(&["b", "c"], 2);
+        assert_eq!(
+            changes(Some(&before), &now),
+            vec!["+1 instance: c", "-1 instance: a"]
+        );
+        assert!(changes(Some(&now), &now).is_empty(), "nothing changed");
+        let many: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let lines = changes(Some(&group(&[], 10)), &group(&refs, 10));
+        assert_eq!(
+            lines[0],
+            "+10 instances: i0, i1, i2, i3, i4, i5, i6, i7 and 2 more"
+        );
+    }
+}
