@@ -8,7 +8,7 @@
 # Everything it creates is removed at the end, on failure too.
 #
 # Environment: BIN (infrakit binary, default target/release/infrakit), N (default 100),
-# MAX_PARALLEL (the controller's --max-parallel, default 32), IMAGE (default infrakit-test/busybox:latest,
+# MAX_PARALLEL (the controller's --max-parallel, default 32), IMAGE (default infrakit-bench/busybox:latest,
 # made with `docker import` from /bin/busybox when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/infrakit}
 N=${N:-100}
 MAX_PARALLEL=${MAX_PARALLEL:-32}
-IMAGE=${IMAGE:-infrakit-test/busybox:latest}
+IMAGE=${IMAGE:-infrakit-bench/busybox:latest}
 RUN=bench-$$-$(date +%s)
 TMP=$(mktemp -d)
 PIDS=()

@@ -293,3 +293,16 @@ fn help_lists_the_plugin_kinds() {
         assert!(help.contains(kind), "{help}");
     }
 }
+
+#[test]
+fn group_commit_of_a_missing_file_says_so_before_looking_for_the_plugin() {
+    // No group plugin runs: the missing file is still what the user hears about.
+    let w = World::new();
+    let missing = w.path("no-such-group.json");
+    let err = w.fails(&["group", "commit", missing.to_str().unwrap()]);
+    assert!(
+        err.contains("cannot read group spec file") && err.contains("no-such-group.json"),
+        "{err}"
+    );
+    assert!(!err.contains("plugin 'group' not found"), "{err}");
+}

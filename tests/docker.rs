@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::engine::{
-    self, docker, docker_ok, ensure_busybox, in_ci, text, unique, wait_until, BUSYBOX as IMAGE,
-    STATIC_BIN,
+    self, busybox, docker, docker_ok, ensure_busybox, in_ci, text, unique, wait_until, STATIC_BIN,
 };
 use common::{Plugin, World};
 use infrakit_docker::DockerInstancePlugin;
@@ -103,7 +102,7 @@ async fn plugin_against_the_engine() {
 
     // Validate: properties, image and network on the engine.
     plugin
-        .validate(&json!({"Image": IMAGE, "Cmd": ["sleep", "60"]}))
+        .validate(&json!({"Image": busybox(), "Cmd": ["sleep", "60"]}))
         .await
         .expect("valid");
     let e = plugin
@@ -117,7 +116,7 @@ async fn plugin_against_the_engine() {
         "{e}"
     );
     let e = plugin
-        .validate(&json!({"Image": IMAGE, "Network": "infrakit-no-such-net"}))
+        .validate(&json!({"Image": busybox(), "Network": "infrakit-no-such-net"}))
         .await
         .unwrap_err();
     assert!(
@@ -126,7 +125,7 @@ async fn plugin_against_the_engine() {
         "{e}"
     );
     let e = plugin
-        .validate(&json!({"Image": IMAGE, "Memroy": "1g"}))
+        .validate(&json!({"Image": busybox(), "Memroy": "1g"}))
         .await
         .unwrap_err();
     assert!(e.message.contains("Memroy"), "{e}");
@@ -134,7 +133,7 @@ async fn plugin_against_the_engine() {
     // Provision a pet with tags, env, labels and an Init script that runs before the command.
     let spec = Spec {
         properties: Some(json!({
-            "Image": IMAGE, "Cmd": ["sleep", "3600"], "Env": {"GREETING": "hello"},
+            "Image": busybox(), "Cmd": ["sleep", "3600"], "Env": {"GREETING": "hello"},
             "Labels": {"owner": "test"}, "StopTimeout": 1, "Hostname": "pet-a"
         })),
         tags: tags(&[("infrakit.group", &group), ("tier", "web")]),
@@ -261,7 +260,8 @@ async fn static_ips_from_logical_ids() {
     let (net, subnet) = test_network(&mut clean);
     let base = subnet.trim_end_matches("0/24");
     let plugin = DockerInstancePlugin::from_env().expect("engine address");
-    let props = json!({"Image": IMAGE, "Cmd": ["sleep", "3600"], "Network": net, "StopTimeout": 1});
+    let props =
+        json!({"Image": busybox(), "Cmd": ["sleep", "3600"], "Network": net, "StopTimeout": 1});
     plugin.validate(&props).await.expect("valid");
 
     let ip = format!("{base}5");
@@ -302,7 +302,7 @@ async fn static_ips_from_logical_ids() {
     // An IP-shaped logical ID without a network.
     let e = plugin
         .provision(Spec {
-            properties: Some(json!({"Image": IMAGE})),
+            properties: Some(json!({"Image": busybox()})),
             tags: tags(&[("infrakit.group", &group)]),
             logical_id: Some("192.0.2.7".into()),
             ..Spec::default()
@@ -403,7 +403,7 @@ fn cattle_heal_scale_and_destroy() {
     let s = Stack::new();
     let limit = Duration::from_secs(90);
 
-    s.commit(&id, busybox_group(5, IMAGE));
+    s.commit(&id, busybox_group(5, busybox()));
     let first = wait_until(
         "5 running containers",
         limit,
@@ -459,7 +459,7 @@ fn a_missing_image_is_a_clear_error_without_a_container_storm() {
     // An image that exists at commit (Validate checks it) and is removed afterwards: the
     // provisions that follow meet a missing image.
     let image = format!("infrakit-test/{}:1", unique("gone"));
-    docker_ok(&["tag", IMAGE, &image]);
+    docker_ok(&["tag", busybox(), &image]);
     clean.images.push(image.clone());
     let s = Stack::new();
 
@@ -504,7 +504,7 @@ fn a_missing_image_is_a_clear_error_without_a_container_storm() {
     );
 
     // Image back → the group heals.
-    docker_ok(&["tag", IMAGE, &image]);
+    docker_ok(&["tag", busybox(), &image]);
     wait_until(
         "3 containers again",
         Duration::from_secs(90),
@@ -577,7 +577,7 @@ fn managed_instance_docker_provisions() {
     };
     let r = call(
         "Provision",
-        json!({"Spec": {"Properties": {"Image": IMAGE, "Cmd": ["sleep", "3600"], "StopTimeout": 1},
+        json!({"Spec": {"Properties": {"Image": busybox(), "Cmd": ["sleep", "3600"], "StopTimeout": 1},
                         "Tags": {"infrakit.group": group}}}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -621,7 +621,7 @@ fn an_ip_outside_the_subnet_is_refused_at_commit() {
         json!({"ID": id, "Properties": {
             "Allocation": {"LogicalIDs": ids},
             "Instance": {"Plugin": "instance-docker",
-                         "Properties": {"Image": IMAGE, "Cmd": ["sleep", "3600"], "Network": net}},
+                         "Properties": {"Image": busybox(), "Cmd": ["sleep", "3600"], "Network": net}},
             "Flavor": {"Plugin": "flavor-vanilla"}
         }})
         .to_string()
@@ -639,4 +639,106 @@ fn an_ip_outside_the_subnet_is_refused_at_commit() {
     let f = s.w.write("inside.json", &pets(&[&inside]));
     s.w.ok(&["group", "commit", "--pretend", f.to_str().expect("utf-8")]);
     assert!(containers(&label).is_empty());
+}
+
+/// The tests' busybox image is theirs alone: a foreign image under its name (another content, no
+/// content label, as a user's recipe or an older test run would leave) is rebuilt before use, and
+/// the rebuilt image has the applets the tests run (`hostname` for exec).
+#[test]
+fn a_foreign_image_under_the_tests_busybox_name_is_rebuilt_before_use() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let original = docker_ok(&["image", "inspect", "--format", "{{.Id}}", busybox()]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(tmp.path().join("foreign"), "not busybox").expect("write");
+    let tar = tmp.path().join("foreign.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(tmp.path())
+        .args(["-cf", tar.to_str().expect("utf-8"), "foreign"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let foreign = docker_ok(&["import", tar.to_str().expect("utf-8"), busybox()]);
+    // Both are untagged once the name is rebuilt: removed at the end.
+    clean.images.push(foreign.clone());
+    clean.images.push(original);
+
+    ensure_busybox();
+    let now = docker_ok(&["image", "inspect", "--format", "{{.Id}}", busybox()]);
+    assert_ne!(now, foreign, "the foreign image was used");
+    let host = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--hostname",
+        "selftest",
+        busybox(),
+        "hostname",
+    ]);
+    assert_eq!(host, "selftest");
+}
+
+/// "Converged" is not "ready": containers whose HEALTHCHECK is still `starting` (vanilla: unknown)
+/// make a converged group that `group watch` does not call ready (it times out saying how many are
+/// healthy) and `group describe` shows as "converged, 0/2 healthy", with each container's name.
+#[test]
+fn converged_is_not_ready_until_members_are_healthy_and_describe_names_the_containers() {
+    let Ok(_lock) = prerequisites() else { return };
+    let mut clean = Cleanup::new();
+    let id = unique("dk-ready");
+    let label = format!("infrakit.group={id}");
+    clean.labels.push(label.clone());
+    let s = Stack::new();
+    // The first check runs an hour after the start: the health stays `starting`.
+    s.commit(
+        &id,
+        json!({
+            "Allocation": {"Size": 2},
+            "Instance": {"Plugin": "instance-docker",
+                         "Properties": {"Image": busybox(), "Cmd": ["sleep", "3600"], "StopTimeout": 1,
+                                        "Healthcheck": {"Test": ["CMD", "true"], "Interval": "1h"}}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}}
+        }),
+    );
+    s.w.ok(&[
+        "group",
+        "watch",
+        &id,
+        "--converged-only",
+        "--timeout",
+        "60s",
+    ]);
+    let err = s.w.fails(&["group", "watch", &id, "--timeout", "3s"]);
+    assert!(
+        err.contains("has converged but only 0/2 of its instances are healthy"),
+        "{err}"
+    );
+    let described = s.w.ok(&["group", "describe", &id]);
+    assert!(
+        described.contains("2 of 2 instances, converged, 0/2 healthy"),
+        "{described}"
+    );
+    assert!(!described.contains("ready:"), "{described}");
+    let header = described
+        .lines()
+        .find(|l| l.starts_with("ID"))
+        .unwrap_or("");
+    assert!(header.contains("NAME"), "{described}");
+    let names: Vec<String> = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        assert!(n.starts_with(&format!("{id}-")), "{n}");
+        assert!(described.contains(n.as_str()), "{n} not in {described}");
+    }
 }

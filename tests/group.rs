@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -460,7 +461,7 @@ fn quick_start_up_converges_the_example_and_cleans_its_sockets() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("converged"), "{stdout}");
+    assert!(stdout.contains("ready: 5/5 healthy"), "{stdout}");
     assert_eq!(instances(&dir).len(), 5);
     assert!(w.path("store/cattle.json").exists(), "the group is stored");
     let left: Vec<_> = std::fs::read_dir(w.plugins_dir())
@@ -600,4 +601,141 @@ fn plans_can_be_pinned_and_updates_rolled_back() {
     );
     let err = s.w.fails(&["group", "pause", "nosuch"]);
     assert!(err.contains("nosuch"), "{err}");
+}
+
+#[test]
+fn up_keeps_its_groups_apart_from_the_group_plugins_store() {
+    let w = World::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cattle.json");
+    let home = w.path("home");
+    let out = w
+        .cmd(&["up", example, "--until-converged", "--timeout", "60s"])
+        .env("HOME", &home)
+        .env("INFRAKIT_INSTANCE_FILE_DIR", w.path("instances"))
+        .env_remove("INFRAKIT_GROUP_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        home.join(".infrakit/up/groups/cattle.json").exists(),
+        "stored in up's own store: {stderr}"
+    );
+    assert!(
+        !home.join(".infrakit/groups").exists(),
+        "the group plugin's default store is not touched"
+    );
+    assert!(stderr.contains(".infrakit/up/groups"), "{stderr}");
+
+    // A group plugin started later with its default store does not resume the group.
+    let _files = w.serve(
+        "instance-file",
+        &[
+            "instance-file",
+            "--dir",
+            w.path("instances").to_str().unwrap(),
+        ],
+    );
+    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let mut cmd = w.cmd(&["plugin", "serve", "group", "--name", "group"]);
+    cmd.env("HOME", &home)
+        .env_remove("INFRAKIT_GROUP_STORE")
+        .stdout(std::process::Stdio::null());
+    let group = common::Plugin {
+        child: cmd.spawn().unwrap(),
+        socket: w.socket("group"),
+    };
+    group.wait_ready();
+    assert_eq!(w.ok(&["group", "ls", "-q"]).trim(), "", "nothing resumed");
+
+    let help = w.ok(&["up", "--help"]);
+    assert!(help.contains("~/.infrakit/up/groups"), "{help}");
+}
+
+/// Lines `infrakit up` printed so far, read by a thread.
+fn collect_lines(from: impl Read + Send + 'static) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+#[test]
+fn up_prints_each_change_as_it_happens_and_says_when_the_group_is_gone() {
+    let w = World::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cattle.json");
+    let child = w
+        .cmd(&["up", example, "--poll-interval", "200ms"])
+        .env("HOME", w.path("home"))
+        .env("INFRAKIT_INSTANCE_FILE_DIR", w.path("instances"))
+        .env_remove("INFRAKIT_GROUP_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = common::Plugin {
+        child,
+        socket: w.socket("group"),
+    };
+    let out = collect_lines(up.child.stdout.take().unwrap());
+    let err = collect_lines(up.child.stderr.take().unwrap());
+    let saw = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        while !out.lock().unwrap().iter().any(|l| pred(l)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}; up printed:\n{}",
+                out.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    saw("ready", &|l| l == "cattle: now 5 of 5: ready: 5/5 healthy");
+    saw("a line with the five new instances", &|l| {
+        l.starts_with("cattle: +5 instances: instance-")
+    });
+    wait_until("keeping converged", Duration::from_secs(10), || {
+        err.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("keeping group 'cattle' converged"))
+    });
+
+    w.ok(&["group", "scale", "cattle", "3"]);
+    saw("the target change", &|l| l == "cattle: target 5 -> 3");
+    saw("two instances gone, named", &|l| {
+        l.starts_with("cattle: -2 instances: instance-")
+    });
+
+    let v2 = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("\"v1\"", "\"v2\"");
+    let f = w.write("v2.json", &v2);
+    w.ok(&["group", "commit", f.to_str().unwrap()]);
+    saw("the update's end", &|l| {
+        l.starts_with("cattle: update: ") && l.contains("completed")
+    });
+
+    w.ok(&["group", "destroy", "cattle"]);
+    saw("the group gone", &|l| {
+        l.starts_with("cattle: gone (destroyed") && l.ends_with("no group left to keep converged")
+    });
+    wait_until("no longer keeping it", Duration::from_secs(10), || {
+        err.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("group 'cattle' no longer exists"))
+    });
+
+    up.signal(15);
+    up.wait_exit(Duration::from_secs(10))
+        .expect("up stops on SIGTERM");
+    let err = err.lock().unwrap().clone();
+    let keeping = err.iter().filter(|l| l.contains("keeping group")).count();
+    assert_eq!(keeping, 1, "said once, before the destroy: {err:?}");
 }

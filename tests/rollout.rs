@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::engine::{self, docker, ensure_busybox, unique, wait_until, BUSYBOX as IMAGE};
+use common::engine::{self, busybox, docker, ensure_busybox, unique, wait_until};
 use common::{Plugin, World};
 use serde_json::{json, Value};
 
@@ -316,7 +316,7 @@ impl Drop for Stack {
 /// rather than after a StopTimeout (a probe that counted a stopping container would be lenient).
 /// `version` goes into a label, so each version is another configuration.
 fn serving_spec(version: &str) -> Value {
-    json!({"Image": IMAGE, "Cmd": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+    json!({"Image": busybox(), "Cmd": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
            "StopTimeout": 1,
            "Labels": {"app.version": version},
            "Healthcheck": {"Test": ["CMD", "true"], "Interval": "1s"}})
@@ -324,7 +324,7 @@ fn serving_spec(version: &str) -> Value {
 
 /// A broken container: `cmd` exits by itself; no HEALTHCHECK, so only its state tells.
 fn broken_spec(version: &str, cmd: &str) -> Value {
-    json!({"Image": IMAGE, "Cmd": ["sh", "-c", cmd], "StopTimeout": 1,
+    json!({"Image": busybox(), "Cmd": ["sh", "-c", cmd], "StopTimeout": 1,
            "Labels": {"app.version": version}})
 }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use infrakit_sdk::rpc::client::GroupClient;
+use infrakit_sdk::spi::flavor::Health;
 use infrakit_sdk::spi::group::{GroupDescription, GroupPlugin, GroupSpec, UpdateCommand};
+use infrakit_sdk::spi::instance::InstancePlugin;
 use serde_json::json;
 
 use super::input::read_json;
@@ -49,7 +51,8 @@ pub enum GroupCommand {
     Rollback { id: String },
     /// List managed groups.
     Ls,
-    /// Show a group's instances, their health, the target and whether it has converged.
+    /// Show a group's instances, their health, the target, whether it has converged and how many
+    /// are healthy ("ready" once converged and all healthy).
     Describe { id: String },
     /// Print a group's committed spec.
     Inspect { id: String },
@@ -73,12 +76,15 @@ pub enum GroupCommand {
         #[arg(required = true)]
         instances: Vec<String>,
     },
-    /// Follow a group until it has converged.
+    /// Follow a group until it is ready: converged and every one of its target healthy.
     Watch {
         id: String,
         /// Give up after this long (e.g. 90s); 0 waits forever.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         timeout: Duration,
+        /// Stop once the group has converged (every instance present and current), healthy or not.
+        #[arg(long)]
+        converged_only: bool,
     },
 }
 
@@ -134,14 +140,20 @@ pub async fn run(args: GroupArgs) -> Result<()> {
     if let Some(result) = run_local(&args.command, format) {
         return result;
     }
+    // A commit's file is read before the plugin is looked for: a missing file is the first thing
+    // to fix.
+    let spec = match &args.command {
+        GroupCommand::Commit { file, .. } => Some(read_json::<GroupSpec>(file, "group spec")?),
+        _ => None,
+    };
     let group = client(&args.name).await?;
     match args.command {
         GroupCommand::Commit {
-            file,
+            file: _,
             pretend,
             expect,
         } => {
-            let spec: GroupSpec = read_json(&file, "group spec")?;
+            let spec = spec.context("internal: the group file was not read")?;
             let r = match &expect {
                 Some(v) => group.commit_group_expecting(spec, pretend, v).await?,
                 None => group.commit_group(spec, pretend).await?,
@@ -210,6 +222,7 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                     } else {
                         "no".into()
                     },
+                    Readiness::of(&d).healthy_of_target(),
                     update_state(&d),
                 ]);
                 all.push(json!({"ID": s.id, "Description": d}));
@@ -217,9 +230,17 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             match format {
                 Format::Json => output::json(&all)?,
                 Format::Quiet => output::lines(specs.into_iter().map(|s| s.id))?,
-                Format::Table => {
-                    output::table(&["ID", "TARGET", "INSTANCES", "CONVERGED", "UPDATE"], &rows)?
-                }
+                Format::Table => output::table(
+                    &[
+                        "ID",
+                        "TARGET",
+                        "INSTANCES",
+                        "CONVERGED",
+                        "HEALTHY",
+                        "UPDATE",
+                    ],
+                    &rows,
+                )?,
             }
             if !unusable.is_empty() {
                 bail!("{}", unusable.join("\n"));
@@ -230,7 +251,9 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             match format {
                 Format::Json => output::json(&d)?,
                 Format::Quiet => output::lines(d.instances.into_iter().map(|i| i.id))?,
-                Format::Table => print_description(&id, &d)?,
+                Format::Table => {
+                    print_description(&id, &d, &instance_names(&group, &id, &d).await)?
+                }
             }
         }
         GroupCommand::Inspect { id } => {
@@ -271,7 +294,18 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 output::lines(instances)?;
             }
         }
-        GroupCommand::Watch { id, timeout } => watch(&group, &id, timeout).await?,
+        GroupCommand::Watch {
+            id,
+            timeout,
+            converged_only,
+        } => {
+            let until = if converged_only {
+                Until::Converged
+            } else {
+                Until::Ready
+            };
+            watch(&group, &id, timeout, until).await?
+        }
     }
     Ok(())
 }
@@ -285,18 +319,142 @@ fn update_state(d: &GroupDescription) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
+/// How many of a group's instances their flavor calls healthy, against the target. Computed here
+/// from DescribeGroup's per-instance status: "converged" says every instance is present and current,
+/// not that it serves; "ready" is converged with every one of the target healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub converged: bool,
+    pub healthy: u64,
+    /// None until the group has been observed.
+    pub target: Option<u64>,
+}
+
+impl Readiness {
+    pub fn of(d: &GroupDescription) -> Readiness {
+        Readiness {
+            converged: d.converged,
+            healthy: d
+                .status
+                .iter()
+                .filter(|s| s.health == Health::Healthy)
+                .count() as u64,
+            target: d.target,
+        }
+    }
+
+    /// Converged, and at least the target healthy.
+    pub fn ready(&self) -> bool {
+        self.converged && self.target.is_some_and(|t| self.healthy >= t)
+    }
+
+    /// "3/5".
+    pub fn healthy_of_target(&self) -> String {
+        match self.target {
+            Some(t) => format!("{}/{t}", self.healthy),
+            None => format!("{}/?", self.healthy),
+        }
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    /// "ready: 5/5 healthy", "converged, 3/5 healthy" or "converging, 3/5 healthy".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let healthy = self.healthy_of_target();
+        if self.ready() {
+            write!(f, "ready: {healthy} healthy")
+        } else if self.converged {
+            write!(f, "converged, {healthy} healthy")
+        } else {
+            write!(f, "converging, {healthy} healthy")
+        }
+    }
+}
+
+/// What `watch` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Converged, healthy or not.
+    Converged,
+    /// Converged and every one of the target healthy.
+    Ready,
+}
+
+impl Until {
+    fn reached(self, r: &Readiness) -> bool {
+        match self {
+            Until::Converged => r.converged,
+            Until::Ready => r.ready(),
+        }
+    }
+}
+
+/// The property an instance plugin's description names an instance by, when it has one
+/// (instance-docker: the container's name).
+const NAME_PROPERTY: &str = "Name";
+
+fn name_in(properties: Option<&serde_json::Value>) -> Option<String> {
+    properties?
+        .get(NAME_PROPERTY)?
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// Each instance's name (a container's, for instance-docker), by instance ID; empty when the
+/// backend has none. From the group's description when it carries the properties, else asked once
+/// of the group's instance plugin; a plugin that cannot be asked just leaves the names out.
+async fn instance_names(
+    group: &GroupClient,
+    id: &str,
+    d: &GroupDescription,
+) -> std::collections::BTreeMap<String, String> {
+    let mut names: std::collections::BTreeMap<String, String> = d
+        .instances
+        .iter()
+        .filter_map(|i| Some((i.id.clone(), name_in(i.properties.as_ref())?)))
+        .collect();
+    if names.len() == d.instances.len() {
+        return names;
+    }
+    let Ok(specs) = group.inspect_groups().await else {
+        return names;
+    };
+    let plugin = specs.iter().find(|s| s.id == id).and_then(|s| {
+        s.properties
+            .as_ref()?
+            .get("Instance")?
+            .get("Plugin")?
+            .as_str()
+    });
+    let Some(plugin) = plugin else { return names };
+    let Ok(found) = infrakit_docker::discovery_from_env().find(plugin).await else {
+        return names;
+    };
+    let tags = [(infrakit_controller::tags::GROUP.to_string(), id.to_string())].into();
+    let instances = infrakit_sdk::rpc::client::InstanceClient::new(found);
+    if let Ok(described) = instances.describe_instances(&tags, true).await {
+        for i in described {
+            if let Some(n) = name_in(i.properties.as_ref()) {
+                names.insert(i.id, n);
+            }
+        }
+    }
+    names
+}
+
+fn print_description(
+    id: &str,
+    d: &GroupDescription,
+    names: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
     println!(
         "group {id}: {} of {} instances, {}",
         d.instances.len(),
         d.target
             .map(|t| t.to_string())
             .unwrap_or_else(|| "?".into()),
-        if d.converged {
-            "converged"
-        } else {
-            "converging"
-        }
+        Readiness::of(d)
     );
     if let Some(u) = &d.update {
         println!(
@@ -309,12 +467,16 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
     if !d.message.is_empty() {
         println!("note: {}", d.message);
     }
+    let with_names = !names.is_empty();
     let rows: Vec<Vec<String>> = d
         .status
         .iter()
         .map(|s| {
-            vec![
-                s.id.clone(),
+            let mut row = vec![s.id.clone()];
+            if with_names {
+                row.push(names.get(&s.id).cloned().unwrap_or_else(|| "-".into()));
+            }
+            row.extend([
                 s.logical_id.clone().unwrap_or_else(|| "-".into()),
                 s.health.to_string(),
                 if s.current {
@@ -322,14 +484,25 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
                 } else {
                     "outdated".into()
                 },
-            ]
+            ]);
+            row
         })
         .collect();
-    output::table(&["ID", "LOGICAL", "HEALTH", "VERSION"], &rows)
+    if with_names {
+        output::table(&["ID", "NAME", "LOGICAL", "HEALTH", "VERSION"], &rows)
+    } else {
+        output::table(&["ID", "LOGICAL", "HEALTH", "VERSION"], &rows)
+    }
 }
 
-/// Polls until the group reports converged. On a terminal a progress bar, otherwise a line per change.
-pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Result<()> {
+/// Polls until the group is ready (or, with [`Until::Converged`], has converged). On a terminal a
+/// progress bar of healthy instances, otherwise a line per change.
+pub async fn watch(
+    group: &dyn GroupPlugin,
+    id: &str,
+    timeout: Duration,
+    until: Until,
+) -> Result<()> {
     let start = Instant::now();
     let tty = std::io::stdout().is_terminal();
     let bar = tty.then(|| {
@@ -349,14 +522,10 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
             .describe_group(id)
             .await
             .context("cannot follow the group")?;
+        let readiness = Readiness::of(&d);
         let target = d.target.unwrap_or(0);
-        let ready = d
-            .status
-            .iter()
-            .filter(|s| s.current && s.health == infrakit_sdk::spi::flavor::Health::Healthy)
-            .count() as u64;
         let line = format!(
-            "{} instances, {ready} current and healthy, target {target}{}{}",
+            "{} instances, {readiness}{}{}",
             d.instances.len(),
             match &d.update {
                 Some(u) => format!(
@@ -374,7 +543,7 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
         match &bar {
             Some(b) => {
                 b.set_length(target);
-                b.set_position(ready.min(target));
+                b.set_position(readiness.healthy.min(target));
                 b.set_message(line.clone());
                 b.tick();
             }
@@ -382,15 +551,31 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
             None => {}
         }
         last = line;
-        if d.converged {
-            if let Some(b) = &bar {
-                b.finish_with_message(format!("converged: {last}"));
+        if until.reached(&readiness) {
+            let elapsed = start.elapsed().as_secs_f64();
+            let what = if readiness.ready() {
+                "ready"
             } else {
-                println!("{id}: converged in {:.1}s", start.elapsed().as_secs_f64());
+                "converged"
+            };
+            if let Some(b) = &bar {
+                b.finish_with_message(format!("{what} in {elapsed:.1}s: {last}"));
+            } else {
+                println!("{id}: {what} in {elapsed:.1}s");
             }
             return Ok(());
         }
         if !timeout.is_zero() && start.elapsed() > timeout {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            if readiness.converged {
+                bail!(
+                    "group '{id}' has converged but only {} of its instances are healthy after {timeout:?}: {last}\n\
+                     (`infrakit group describe {id}` shows each one's health; --converged-only stops at convergence)",
+                    readiness.healthy_of_target()
+                );
+            }
             bail!("group '{id}' has not converged after {timeout:?}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

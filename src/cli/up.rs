@@ -1,45 +1,76 @@
 //! `infrakit up FILE`: the quick start. One process runs the group controller and the built-in
 //! plugins (file instances, vanilla and combo flavors), commits the file, shows the group converge,
-//! and keeps it converged until Ctrl-C. The plugins are also served on their sockets, so
-//! `infrakit group describe`, `infrakit instance describe` etc. work from another terminal meanwhile.
+//! and keeps it converged until Ctrl-C, printing a line whenever the group changes. The plugins are
+//! also served on their sockets, so `infrakit group describe`, `infrakit instance describe` etc.
+//! work from another terminal meanwhile.
+//!
+//! Its groups are stored apart from `infrakit plugin serve group`'s (~/.infrakit/up/groups, not
+//! ~/.infrakit/groups): a group left by `up` would otherwise be resumed by a later hand-run group
+//! plugin against other plugins, and its instances left unmanaged.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use infrakit_controller::GroupController;
+use infrakit_controller::{FileStore, GroupController};
 use infrakit_plugins::flavor_combo::ComboFlavor;
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
 use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver, PluginResolver};
 use infrakit_sdk::rpc::server::{Plugins, Server};
 use infrakit_sdk::spi::flavor::FlavorPlugin;
-use infrakit_sdk::spi::group::{GroupPlugin, GroupSpec};
+use infrakit_sdk::spi::group::{GroupDescription, GroupPlugin, GroupSpec};
 use infrakit_sdk::spi::instance::InstancePlugin;
 
-use super::group::watch;
+use super::group::Readiness;
 use super::input::read_json;
 use super::serve::{socket_for, ControllerArgs};
 
+/// How often `up` asks the controller how the group is doing.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// At most this many instance IDs in one "appeared"/"gone" line.
+const IDS_PER_LINE: usize = 8;
+
 #[derive(Args, Debug)]
-#[command(after_help = "Example:\n  infrakit up examples/cattle.json\n\
-    then, in another terminal: infrakit group describe cattle; ls ~/.infrakit/instance-file")]
+#[command(
+    after_help = "Example:\n  infrakit up examples/cattle.json\n\
+    then, in another terminal: infrakit group describe cattle; ls ~/.infrakit/instance-file\n\n\
+    Its groups are stored in ~/.infrakit/up/groups (--store), apart from `infrakit plugin serve \
+    group`'s ~/.infrakit/groups, so a hand-run group plugin never resumes a group `up` left.",
+    mut_arg("store", |a| a.help(
+        "Where committed groups are stored (default ~/.infrakit/up/groups: `up`'s own, not the group plugin's)"
+    ))
+)]
 pub struct UpArgs {
     /// The group file to commit.
     pub file: String,
     /// Where the file instance plugin keeps its instances (default ~/.infrakit/instance-file).
     #[arg(long, env = "INFRAKIT_INSTANCE_FILE_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Exit once the group has converged (the instances stay) instead of keeping it converged.
+    /// Exit once the group is ready: converged and every one of its target healthy (the
+    /// instances stay), instead of keeping it converged.
     #[arg(long)]
     pub until_converged: bool,
-    /// Give up if the group has not converged after this long (0: wait forever).
+    /// Give up if the group is not ready after this long (0: wait forever).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub timeout: Duration,
     #[command(flatten)]
     pub controller: ControllerArgs,
+}
+
+/// `up`'s own group store: ~/.infrakit/up/groups.
+pub fn default_store_dir() -> PathBuf {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home)
+            .join(".infrakit")
+            .join("up")
+            .join("groups"),
+        None => PathBuf::from("/var/lib/infrakit/up/groups"),
+    }
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -75,7 +106,13 @@ async fn up(args: UpArgs) -> Result<()> {
             .with_flavor("flavor-vanilla", vanilla.clone())
             .with_flavor("flavor-combo", combo.clone()),
     );
-    let store = args.controller.open_store()?;
+    let store_dir = args
+        .controller
+        .store
+        .clone()
+        .unwrap_or_else(default_store_dir);
+    let store = FileStore::open(&store_dir)
+        .with_context(|| format!("cannot use group store {}", store_dir.display()))?;
     eprintln!(
         "infrakit up: instances in {}, groups stored in {}",
         dir.display(),
@@ -125,20 +162,202 @@ async fn up(args: UpArgs) -> Result<()> {
     let outcome = async {
         let result = controller.commit_group(spec, false).await?;
         println!("{}", result.details);
-        watch(controller.as_ref(), &id, args.timeout).await
+        follow(controller.as_ref(), &id, &args, stop_tx.subscribe()).await
     }
     .await;
-    if outcome.is_ok() && !args.until_converged {
-        eprintln!(
-            "infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)"
-        );
-    } else {
-        let _ = stop_tx.send(true);
-    }
+    let _ = stop_tx.send(true);
     while let Some(r) = servers.join_next().await {
         r??;
     }
     outcome
+}
+
+/// Prints a line whenever the group changes, until Ctrl-C, or (--until-converged) until it is
+/// ready. Fails when it is not ready within --timeout.
+async fn follow(
+    group: &dyn GroupPlugin,
+    id: &str,
+    args: &UpArgs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last: Option<GroupDescription> = None;
+    let mut gone = false;
+    let mut ready_once = false;
+    let mut last_error = String::new();
+    loop {
+        match group.describe_group(id).await {
+            Ok(d) => {
+                last_error.clear();
+                if gone {
+                    println!("{id}: committed again");
+                    gone = false;
+                }
+                for line in changes(last.as_ref(), &d) {
+                    println!("{id}: {line}");
+                }
+                let readiness = Readiness::of(&d);
+                if readiness.ready() && !ready_once {
+                    ready_once = true;
+                    println!("{id}: ready in {:.1}s", start.elapsed().as_secs_f64());
+                    if args.until_converged {
+                        return Ok(());
+                    }
+                    eprintln!(
+                        "infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)"
+                    );
+                }
+                if !ready_once && !args.timeout.is_zero() && start.elapsed() > args.timeout {
+                    bail!(
+                        "group '{id}' is not ready after {:?}: {} of {} instances, {readiness}",
+                        args.timeout,
+                        d.instances.len(),
+                        d.target.map_or("?".into(), |t| t.to_string()),
+                    );
+                }
+                last = Some(d);
+            }
+            Err(e) if e.is_not_found() => {
+                if !gone {
+                    gone = true;
+                    let how = match &last {
+                        Some(d) if d.extra.contains_key("Deleting") => "destroyed",
+                        _ => "destroyed or freed",
+                    };
+                    println!("{id}: gone ({how}); no group left to keep converged");
+                    eprintln!(
+                        "infrakit up: group '{id}' no longer exists; the plugins keep serving until Ctrl-C \
+                         (`infrakit group commit FILE` manages a group again)"
+                    );
+                    last = None;
+                    if args.until_converged {
+                        bail!("group '{id}' was removed before it was ready");
+                    }
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_error {
+                    println!("{id}: cannot describe the group: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+/// What changed between two descriptions of a group, as lines for a person (the first
+/// description against `None`: where the group stands).
+pub fn changes(before: Option<&GroupDescription>, now: &GroupDescription) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Some(before) = before else {
+        lines.push(format!(
+            "{} of {} instances, {}",
+            now.instances.len(),
+            now.target.map_or("?".into(), |t| t.to_string()),
+            Readiness::of(now)
+        ));
+        if let Some(u) = update_line(now) {
+            lines.push(u);
+        }
+        if !now.message.is_empty() {
+            lines.push(format!("note: {}", now.message));
+        }
+        return lines;
+    };
+    let ids = |d: &GroupDescription| {
+        d.instances
+            .iter()
+            .map(|i| i.id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (old, new) = (ids(before), ids(now));
+    let appeared: Vec<&String> = new.difference(&old).collect();
+    let vanished: Vec<&String> = old.difference(&new).collect();
+    if !appeared.is_empty() {
+        lines.push(format!("+{} {}", appeared.len(), id_list(&appeared)));
+    }
+    if !vanished.is_empty() {
+        lines.push(format!("-{} {}", vanished.len(), id_list(&vanished)));
+    }
+    if before.target != now.target {
+        lines.push(format!(
+            "target {} -> {}",
+            before.target.map_or("?".into(), |t| t.to_string()),
+            now.target.map_or("?".into(), |t| t.to_string())
+        ));
+    }
+    if now.extra.contains_key("Deleting") && !before.extra.contains_key("Deleting") {
+        lines.push("being destroyed: draining and destroying every instance".into());
+    }
+    let update = update_line(now);
+    if update != update_line(before) {
+        if let Some(u) = update {
+            lines.push(u);
+        }
+    }
+    if before.message != now.message {
+        lines.push(if now.message.is_empty() {
+            "note cleared".into()
+        } else {
+            format!("note: {}", now.message)
+        });
+    }
+    let (r0, r1) = (Readiness::of(before), Readiness::of(now));
+    if r0 != r1 && !now.extra.contains_key("Deleting") {
+        lines.push(format!(
+            "now {} of {}: {r1}",
+            now.instances.len(),
+            now.target.map_or("?".into(), |t| t.to_string())
+        ));
+    }
+    lines
+}
+
+/// "instance-a, instance-b" (and how many more).
+fn id_list(ids: &[&String]) -> String {
+    let mut s = ids
+        .iter()
+        .take(IDS_PER_LINE)
+        .map(|i| i.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > IDS_PER_LINE {
+        s.push_str(&format!(" and {} more", ids.len() - IDS_PER_LINE));
+    }
+    format!(
+        "{} {s}",
+        if ids.len() == 1 {
+            "instance:"
+        } else {
+            "instances:"
+        }
+    )
+}
+
+/// "update: <the controller's message>" ("updating: 2 of 5 replaced"), or the state and counts
+/// when there is no message.
+fn update_line(d: &GroupDescription) -> Option<String> {
+    let u = d.update.as_ref()?;
+    if let Some(m) = u
+        .get("Message")
+        .and_then(|v| v.as_str())
+        .filter(|m| !m.is_empty())
+    {
+        return Some(format!("update: {m}"));
+    }
+    let field = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    Some(format!(
+        "update {}: {} of {} replaced, {} failed",
+        u.get("State").and_then(|v| v.as_str()).unwrap_or("?"),
+        field("Done"),
+        field("Total"),
+        field("Failures")
+    ))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -157,4 +376,42 @@ async fn shutdown_signal() {
         _ => std::future::pending::<()>().await,
     }
     eprintln!("infrakit up: stopping (the instances stay)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrakit_sdk::spi::instance::Description;
+
+    fn group(ids: &[&str], target: u64) -> GroupDescription {
+        GroupDescription {
+            instances: ids
+                .iter()
+                .map(|i| Description {
+                    id: i.to_string(),
+                    ..Description::default()
+                })
+                .collect(),
+            target: Some(target),
+            ..GroupDescription::default()
+        }
+    }
+
+    #[test]
+    fn changes_name_what_appeared_and_went_and_cap_long_id_lists() {
+        let before = group(&["a", "b"], 2);
+        let now = group(&["b", "c"], 2);
+        assert_eq!(
+            changes(Some(&before), &now),
+            vec!["+1 instance: c", "-1 instance: a"]
+        );
+        assert!(changes(Some(&now), &now).is_empty(), "nothing changed");
+        let many: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let lines = changes(Some(&group(&[], 10)), &group(&refs, 10));
+        assert_eq!(
+            lines[0],
+            "+10 instances: i0, i1, i2, i3, i4, i5, i6, i7 and 2 more"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! What the tests that need a Docker Engine share (tests/docker.rs, engine.rs, rollout.rs,
-//! zookeeper.rs): the docker CLI, the prerequisites check with its lock, and the busybox image.
+//! zookeeper.rs): the docker CLI, the prerequisites check with its lock, and the tests' own busybox
+//! image.
 
 #![allow(dead_code)]
 
@@ -18,8 +19,15 @@ pub const STATIC_BIN: &str = concat!(
     "/target/static/x86_64-unknown-linux-gnu/release/infrakit"
 );
 
-/// A busybox image made here with `docker import` (nothing can be pulled): [`ensure_busybox`].
-pub const BUSYBOX: &str = "infrakit-test/busybox:latest";
+/// The tests' busybox image's repository: a name of their own that no recipe or user picks; the
+/// tag is the content hash ([`busybox`]).
+pub const BUSYBOX_REPO: &str = "infrakit-selftest/busybox";
+
+/// The applets the tests run in a busybox container (`exec`, Cmd, Init, HEALTHCHECK).
+const BUSYBOX_APPLETS: &[&str] = &["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"];
+
+/// The label holding the content hash, checked before the image is used.
+const BUSYBOX_LABEL: &str = "infrakit.selftest.content";
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -97,9 +105,45 @@ pub fn prerequisites(what: &str, more: impl FnOnce() -> Option<String>) -> Resul
     Ok(lock)
 }
 
-/// [`BUSYBOX`] from the host's static busybox (Debian's busybox-static), unless it exists.
+/// The hash of what the tests' busybox image holds: the host's /bin/busybox and the applet list.
+fn busybox_content_hash() -> &'static str {
+    use sha2::{Digest, Sha256};
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let binary = std::fs::read("/bin/busybox").unwrap_or_else(|e| {
+            panic!("cannot read /bin/busybox ({e}): install Debian's busybox-static")
+        });
+        let mut h = Sha256::new();
+        h.update(&binary);
+        for applet in BUSYBOX_APPLETS {
+            h.update(b"\0");
+            h.update(applet.as_bytes());
+        }
+        hex::encode(h.finalize())
+    })
+}
+
+/// The tests' busybox image, `infrakit-selftest/busybox:<content hash>` ([`ensure_busybox`]
+/// makes it).
+pub fn busybox() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("{BUSYBOX_REPO}:{}", &busybox_content_hash()[..16]))
+}
+
+/// Makes [`busybox`] from the host's static busybox (Debian's busybox-static) with `docker import`
+/// (nothing can be pulled), unless an image of that name carries the same content hash in its
+/// label: neither a stale image (another busybox, fewer applets) nor a foreign one under the same
+/// name is ever used.
 pub fn ensure_busybox() {
-    if docker(&["image", "inspect", BUSYBOX]).status.success() {
+    let (name, hash) = (busybox(), busybox_content_hash());
+    let label = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        &format!("{{{{index .Config.Labels \"{BUSYBOX_LABEL}\"}}}}"),
+        name,
+    ]);
+    if label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == hash {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -107,7 +151,7 @@ pub fn ensure_busybox() {
     std::fs::create_dir_all(&bin).expect("mkdir");
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .expect("copy /bin/busybox (install Debian's busybox-static)");
-    for applet in ["sh", "sleep", "cat", "echo", "true", "ls", "hostname", "ip"] {
+    for applet in BUSYBOX_APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
     }
     let tar = tmp.path().join("rootfs.tar");
@@ -124,8 +168,10 @@ pub fn ensure_busybox() {
         "import",
         "--change",
         "CMD [\"sh\"]",
+        "--change",
+        &format!("LABEL {BUSYBOX_LABEL}={hash}"),
         tar.to_str().expect("utf-8 path"),
-        BUSYBOX,
+        name,
     ]);
 }
 
