@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::engine::{self, docker, docker_ok, ensure_busybox, unique, BUSYBOX};
+use common::engine::{self, busybox, docker, docker_ok, ensure_busybox, unique};
 use common::{Plugin, World};
 use infrakit_sdk::conformance::{self, Report};
 use infrakit_sdk::rpc::client::{Endpoint, FlavorClient, InstanceClient};
@@ -194,9 +194,9 @@ async fn instance_docker_passes_the_instance_conformance_suite() {
     let w = World::new();
     let _p = w.serve("instance-docker", &["instance-docker"]);
     let mut options = conformance::instance::Options::new(
-        json!({"Image": BUSYBOX, "Cmd": ["sleep", "600"], "StopTimeout": 1}),
+        json!({"Image": busybox(), "Cmd": ["sleep", "600"], "StopTimeout": 1}),
     );
-    options.invalid_properties = Some(json!({"Image": BUSYBOX, "Memroy": "1g"}));
+    options.invalid_properties = Some(json!({"Image": busybox(), "Memroy": "1g"}));
     // The engine fixes labels at creation: instance-docker refuses to relabel, by design.
     options.relabel = false;
     options.tags.insert("infrakit.group".into(), group.clone());
