@@ -1,5 +1,3 @@
-//! The tags the controller owns on every instance.
+//! The tags the controller owns on every instance: defined once, in the SDK.
 
-pub const GROUP: &str = "infrakit.group";
-pub const CONFIG_HASH: &str = "infrakit.config.hash";
-pub const LOGICAL_ID: &str = "infrakit.logical_id";
+pub use infrakit_sdk::spi::tags::{CONFIG_HASH, GROUP, LOGICAL_ID};

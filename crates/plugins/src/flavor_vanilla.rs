@@ -31,6 +31,7 @@
 //! backend's properties (instance-file's stored record) are not misread.
 
 use async_trait::async_trait;
+use infrakit_sdk::spi::backend::BackendState;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::instance::{Attachment, Description, Spec, Tags};
 use infrakit_sdk::{Error, Result};
@@ -101,17 +102,15 @@ fn append_init(existing: &str, lines: &[String]) -> String {
 /// What the instance plugin's description says about the instance's health, if it says anything
 /// (see the module documentation). `None`: no verdict, the instance exists.
 pub fn backend_verdict(properties: Option<&Value>) -> Option<Health> {
-    let p = properties?;
-    let state = p.get("State").and_then(Value::as_str);
-    match state {
+    properties?;
+    let b = BackendState::read(properties);
+    match b.state {
         Some("exited" | "dead") => return Some(Health::Unhealthy),
-        _ if p.get("Running").and_then(Value::as_bool) == Some(false) => {
-            return Some(Health::Unhealthy)
-        }
+        _ if b.running == Some(false) => return Some(Health::Unhealthy),
         Some("restarting" | "paused") => return Some(Health::Unknown),
         _ => {}
     }
-    match p.get("Health").and_then(Value::as_str) {
+    match b.health {
         Some("unhealthy") => Some(Health::Unhealthy),
         Some("starting") => Some(Health::Unknown),
         _ => None,

@@ -38,6 +38,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use infrakit_sdk::spi::backend::BackendState;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::instance::{Description, Spec};
 use infrakit_sdk::{Error, Result};
@@ -467,16 +468,16 @@ pub fn judge_srvr(answer: &str, members: Option<usize>) -> Option<Verdict> {
 
 /// What instance-docker's properties (when present) say about the container, if they settle it.
 fn judge_container(properties: Option<&Value>) -> Option<Verdict> {
-    let state = properties?.get("State")?.as_str()?;
+    let backend = BackendState::read(properties);
+    let state = backend.state?;
     match state {
         // These never answer again by themselves; replacing them is the only way back.
         "exited" | "dead" => Some(verdict(
             Health::Unhealthy,
             format!(
                 "container {state} (exit code {})",
-                properties
-                    .and_then(|p| p.get("ExitCode"))
-                    .and_then(Value::as_i64)
+                backend
+                    .exit_code
                     .map_or_else(|| "?".to_string(), |c| c.to_string())
             ),
         )),
@@ -530,7 +531,12 @@ fn member_ip(instance: &Description) -> Result<Ipv4Addr> {
     let id = instance
         .logical_id
         .as_deref()
-        .or_else(|| instance.tags.get("infrakit.logical_id").map(String::as_str))
+        .or_else(|| {
+            instance
+                .tags
+                .get(infrakit_sdk::spi::tags::LOGICAL_ID)
+                .map(String::as_str)
+        })
         .ok_or_else(|| {
             invalid(format_args!(
                 "instance {} has no logical ID: cannot tell which member it is",

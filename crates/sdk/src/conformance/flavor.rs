@@ -33,7 +33,7 @@ impl Options {
 }
 
 /// The tags the group controller puts on every instance, as a flavor receives them.
-const CONTROLLER_TAGS: [&str; 2] = ["infrakit.group", "infrakit.config.hash"];
+const CONTROLLER_TAGS: [&str; 2] = [crate::spi::tags::GROUP, crate::spi::tags::CONFIG_HASH];
 
 /// Runs every check against the flavor behind `client` and reports each one.
 pub async fn run(client: &FlavorClient, options: Options) -> Report {
