@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use infrakit_group::core::{command as core_command, preview, Allocation, Command, Observed};
+use infrakit_group::core::{
+    command as core_command, preview, rules, Allocation, Command, Observed,
+};
 use infrakit_group::spec::{self, Origin, ValidGroup};
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::AllocationMethod;
@@ -372,11 +374,11 @@ impl GroupPlugin for GroupController {
         }
         Ok(GroupDescription {
             instances: (*view.instances).clone(),
-            converged: view.observed
-                && view.error.is_none()
-                && view.generation == s.generation
-                && !s.record.deleting
-                && status.as_ref().is_some_and(|st| st.converged),
+            converged: rules::converged(
+                status.as_ref(),
+                view.observed && view.error.is_none() && view.generation == s.generation,
+                s.record.deleting,
+            ),
             target: status.as_ref().map(|st| st.target),
             status: view
                 .instances

@@ -16,6 +16,7 @@ pub mod policy;
 mod preview;
 mod remediate;
 mod rollout;
+pub mod rules;
 mod scale;
 mod types;
 mod view;

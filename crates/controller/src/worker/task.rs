@@ -1,0 +1,241 @@
+//! The group's task: observe, decide, write ahead, act, then sleep until the next event, deadline
+//! or poll. Only a leader acts (see `crate::leader`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use infrakit_group::core::{decide, rules, Observed};
+use infrakit_sdk::spi::instance::Description;
+
+use super::execute::execute;
+use super::observe::check_health;
+use super::state::{group_tags, millis, now_ms, observe_instance, Ctx, Group, View};
+use crate::leader::Role;
+
+/// The group's task: reconcile, then sleep until woken, a deadline, or the poll interval.
+pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
+    tracing::info!(group = %group.id, "managing group");
+    let mut role = ctx.role.clone();
+    loop {
+        let current = role.borrow_and_update().clone();
+        let wake_at = match current {
+            Role::Leader => reconcile(&group, &ctx).await,
+            Role::Follower { reason } => {
+                stand_by(&group, reason);
+                None
+            }
+        };
+        release_freed_memory();
+        if group.state().stopped {
+            break;
+        }
+        let mut sleep = ctx.options.poll_interval;
+        if let Some(at) = wake_at {
+            sleep = sleep.min(Duration::from_millis(at.saturating_sub(now_ms())));
+        }
+        let woken = tokio::select! {
+            _ = group.wake.notified() => true,
+            _ = tokio::time::sleep(sleep) => false,
+            // A sender that is gone never changes the role again: sleep on.
+            Ok(()) = role.changed() => false,
+        };
+        if woken {
+            settle(&group).await;
+        }
+    }
+    tracing::info!(group = %group.id, "no longer managing group");
+}
+
+/// Not the leader: act on nothing, and say why.
+fn stand_by(group: &Group, reason: String) {
+    let mut s = group.state();
+    if s.view.error.as_deref() != Some(reason.as_str()) {
+        tracing::info!(group = %group.id, "standing by: {reason}");
+    }
+    s.view.error = Some(reason);
+}
+
+/// After a wake-up, waits (at most [`SETTLE`]) while actions are still running, so that a burst of
+/// completions (a thousand provisions finishing) costs one observation instead of one each; when
+/// nothing is running any more (one step of a rolling update done) the next pass starts at once.
+async fn settle(group: &Group) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while group.state().running() {
+        tokio::select! {
+            _ = group.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+/// How long completions are batched at most.
+const SETTLE: Duration = Duration::from_millis(25);
+
+/// Hands memory freed by a pass back to the kernel. A pass over a thousand instances allocates a few
+/// megabytes and frees them again; glibc keeps freed chunks in its arenas, so without this the
+/// controller's RSS settles at its busiest moment rather than at what it holds.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One pass. Returns the core's next deadline, if any.
+async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
+    let (valid, versions, generation) = {
+        let s = group.state();
+        if s.stopped {
+            return None;
+        }
+        // The parsed spec is shared, not re-parsed; the versions are a handful of blocks.
+        (s.valid.clone(), s.record.versions.clone(), s.generation)
+    };
+    let Some(blocks) = versions.get(&valid.hash).cloned() else {
+        group.set_error(format!(
+            "group '{}': no stored version for its config hash",
+            group.id
+        ));
+        return None;
+    };
+    let instance = match ctx.resolver.instance(&blocks.instance.plugin).await {
+        Ok(p) => p,
+        Err(e) => {
+            group.set_error(format!(
+                "instance plugin '{}': {e}; retrying",
+                blocks.instance.plugin
+            ));
+            return None;
+        }
+    };
+    let flavor = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
+        Ok(p) => p,
+        Err(e) => {
+            group.set_error(format!(
+                "flavor plugin '{}': {e}; retrying",
+                blocks.flavor.plugin
+            ));
+            return None;
+        }
+    };
+    // An observation that fails decides nothing: acting on a partial view is how instances get
+    // destroyed by mistake.
+    // Backend state (a container's exit code, its addresses) is what a flavor judges health by, but
+    // it makes every description several times bigger: ask for it only on passes that will ask the
+    // flavor about someone.
+    let with_properties = {
+        let s = group.state();
+        s.health_due(s.healthy_trust_ms(&ctx.options))
+    };
+    let described = match instance
+        .describe_instances(&group_tags(&group.id), with_properties)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            group.set_error(format!(
+                "cannot list the instances of group '{}' through '{}': {e}; retrying",
+                group.id, blocks.instance.plugin
+            ));
+            return None;
+        }
+    };
+    let described = Arc::new(described);
+    let health = Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await);
+
+    // Deciding, writing ahead and starting the actions happen under the group's writer lock: no
+    // commit, scale or destroy can slip between the decision and the record it is based on.
+    let _writer = ctx.writer(&group.id).await;
+    let current = ctx.role.borrow().clone();
+    if let Role::Follower { reason } = current {
+        // Deposed while observing.
+        stand_by(group, reason);
+        return None;
+    }
+    let now = now_ms();
+    let mut decision;
+    let to_save;
+    let deleting;
+    {
+        let mut s = group.state();
+        if s.generation != generation || s.stopped {
+            // The spec changed while we looked: look again with the new one.
+            group.wake.notify_one();
+            return None;
+        }
+        deleting = s.record.deleting;
+        let seen: BTreeSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
+        s.pending.retain(|_, p| match &p.done {
+            None => true,
+            Some((id, at)) => {
+                rules::still_pending(seen.contains(id.as_str()), millis(at.elapsed()))
+            }
+        });
+        let observed = Observed {
+            instances: described
+                .iter()
+                .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+                .collect(),
+            pending: s.pending.values().map(|p| p.provision.clone()).collect(),
+            destroying: s.destroying.clone(),
+        };
+        decision = decide(&valid.desired(deleting), &observed, &s.record.memory, now);
+        to_save = if s.record.memory != decision.memory {
+            let mut record = s.record.clone();
+            record.memory = std::mem::take(&mut decision.memory);
+            Some((record, s.revision))
+        } else {
+            None
+        };
+        s.view = View {
+            instances: described.clone(),
+            health: health.clone(),
+            status: Some(decision.status.clone()),
+            error: None,
+            observed: true,
+            generation,
+        };
+    }
+    if let Some((record, expected)) = to_save {
+        // Write-ahead: what the core must remember is stored before any action it implies runs.
+        // A write refused by the store (another writer, a lost leadership) stops the actions.
+        match ctx.store.put(&record, expected).await {
+            Ok(revision) => {
+                let mut s = group.state();
+                s.record.memory = record.memory;
+                s.revision = revision;
+                s.all_proven = s.record.memory.instances.values().all(|m| m.ever_ready);
+            }
+            Err(e) => {
+                group.set_error(format!("{e}; not acting until the store works again"));
+                return None;
+            }
+        }
+    }
+    execute(group, ctx, &versions, &valid, &decision, &described);
+    if deleting && forget_if_gone(group, ctx, &described).await {
+        return None;
+    }
+    decision.wake_at_ms
+}
+
+/// A deleted group is forgotten once nothing of it is left. The caller holds the writer lock.
+async fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Description]) -> bool {
+    let revision = {
+        let s = group.state();
+        if !(described.is_empty() && s.pending.is_empty() && s.destroying.is_empty()) {
+            return false;
+        }
+        s.revision
+    };
+    if let Err(e) = ctx.store.delete(&group.id, revision).await {
+        group.set_error(e.to_string());
+        return false;
+    }
+    group.state().stopped = true;
+    ctx.groups().remove(&group.id);
+    tracing::info!(group = %group.id, "group destroyed: no instance left");
+    true
+}
