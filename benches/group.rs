@@ -2,7 +2,9 @@
 //! - seconds to converge 1,000 instances from a commit;
 //! - seconds to replace 100 deleted instances;
 //! - CPU seconds and peak RSS while watching 1,000 instances for 60 s at a 500 ms poll;
-//! - seconds for a one-at-a-time rolling update of 100 (no soak).
+//! - seconds for a one-at-a-time rolling update of 100 (no soak);
+//! - pets: seconds to converge 2,000 and 10,000 logical IDs and the group plugin's peak RSS for each
+//!   (memory must grow linearly with the pets; `PETS=0` skips it).
 //!
 //! Run: `make bench-group` (or `cargo bench --bench group`). `IDLE_SECS` shortens the idle phase.
 //! Go InfraKit v0.5 on this kind of machine, 500 ms poll: 0.84 s, 0.50 s, 12.9 CPU-s for its whole
@@ -199,8 +201,10 @@ async fn main() {
 
     // 3. Idle: watching 1,000 instances at a 500 ms poll.
     let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
-    // Reset the group plugin's peak RSS (VmHWM): the figure is the peak while watching.
+    // Reset the peak RSS (VmHWM) of the group and instance-file plugins: the figure is the peak
+    // while watching.
     let _ = std::fs::write(format!("/proc/{}/clear_refs", pids[0]), "5");
+    let _ = std::fs::write(format!("/proc/{}/clear_refs", pids[1]), "5");
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     // RSS sampled every 100 ms: its median is what the controller holds, the peak what its
     // health passes (every health interval, with backend properties) add for a moment.
@@ -226,6 +230,10 @@ async fn main() {
         rss_kb.get(rss_kb.len() / 2).copied().unwrap_or_default() as f64 / 1024.0,
         status_kb(pids[0], "VmHWM:") as f64 / 1024.0
     );
+    println!(
+        "instance-file RSS while watching 1,000: {:.1} MB peak   (Go: 20-23 MB)",
+        status_kb(pids[1], "VmHWM:") as f64 / 1024.0
+    );
 
     // 4. A one-at-a-time rolling update of 100, no soak.
     g.destroy_group("big").await.expect("destroy");
@@ -247,5 +255,38 @@ async fn main() {
         "rolling update of 100, one at a time:     {:>8.3} s   (Go InfraKit v0.5: 54.9 s)",
         start.elapsed().as_secs_f64()
     );
+    g.destroy_group("roll").await.expect("destroy");
+    while g.describe_group("roll").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 5. Pets: memory linear in the number of logical IDs (each provision once carried a copy of
+    // the whole list: 10,000 pets took over 3 GB).
+    let pet_counts: Vec<u64> = match std::env::var("PETS").ok().as_deref() {
+        Some("0") => Vec::new(),
+        _ => vec![2_000, 10_000],
+    };
+    for n in pet_counts {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", pids[0]), "5");
+        let ids: Vec<String> = (0..n).map(|i| format!("pet-{i:05}")).collect();
+        let pets: GroupSpec = serde_json::from_value(json!({"ID": "pets", "Properties": {
+            "Allocation": {"LogicalIDs": ids},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Note": "pet"}},
+            "Flavor": {"Plugin": "flavor-vanilla"}
+        }}))
+        .expect("pets spec");
+        let start = Instant::now();
+        g.commit_group(pets, false).await.expect("commit pets");
+        until_converged(&g, "pets", Duration::from_secs(600)).await;
+        println!(
+            "{n:>6} pets: converged in {:>7.3} s, group plugin peak RSS {:.1} MB",
+            start.elapsed().as_secs_f64(),
+            status_kb(pids[0], "VmHWM:") as f64 / 1024.0
+        );
+        g.destroy_group("pets").await.expect("destroy pets");
+        while g.describe_group("pets").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     drop(procs);
 }
