@@ -182,3 +182,31 @@ impl GroupRecord {
         Ok(parsed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_of_the_wrong_shape_is_reset_with_a_warning_not_silently() {
+        let good = serde_json::json!({
+            "Spec": {"ID": "g", "Properties": {"Allocation": {"Size": 1},
+                     "Instance": {"Plugin": "i"}, "Flavor": {"Plugin": "f"}}},
+            "Memory": {"next_serial": 7}
+        });
+        let (r, warning) = GroupRecord::decode(good.to_string().as_bytes()).expect("record");
+        assert_eq!(r.memory.next_serial, 7);
+        assert!(warning.is_none());
+
+        let mut bad = good.clone();
+        bad["Memory"] = serde_json::json!({"next_serial": "seven", "instances": [1]});
+        let (r, warning) = GroupRecord::decode(bad.to_string().as_bytes()).expect("record");
+        assert_eq!(r.memory, Memory::default());
+        let warning = warning.expect("a warning says the memory was reset");
+        assert!(
+            warning.contains("group 'g'") && warning.contains("fresh memory"),
+            "{warning}"
+        );
+        r.parse().expect("the spec itself is fine");
+    }
+}
