@@ -16,7 +16,7 @@ use common::engine::{
     STATIC_BIN,
 };
 use common::{Plugin, World};
-use infrakit_docker::DockerInstancePlugin;
+use infrakit_plugins::instance_docker::DockerInstancePlugin;
 use infrakit_sdk::spi::instance::{DestroyContext, InstancePlugin, Spec, Tags};
 use serde_json::{json, Value};
 

@@ -2,18 +2,15 @@
 //!
 //! - [`engine`]: a minimal client for the engine's API on its unix socket (`GET /plugins`, ...).
 //! - [`create`]: a plugin context as an in-memory tar and `POST /plugins/create` (`infrakit plugin create`).
-//! - [`instance`]: [`DockerInstancePlugin`], the `instance-docker` plugin (each instance a container).
 //! - [`source`]: [`EngineSource`], a discovery source finding InfraKit's managed plugins through the
 //!   engine. Callers add it with `Discovery::insert(1, ...)` (after the plugins directory, before the
 //!   legacy locations); the SDK itself never talks to the engine.
 
 pub mod create;
 pub mod engine;
-pub mod instance;
 pub mod source;
 
 pub use engine::Engine;
-pub use instance::DockerInstancePlugin;
 pub use source::{EngineSource, ENGINE_PLUGINS_DIR_ENV};
 
 use std::sync::Arc;

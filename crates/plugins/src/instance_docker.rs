@@ -42,7 +42,7 @@ use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engine::{engine_message, Engine};
+use infrakit_docker::engine::{engine_message, Engine};
 pub use properties::Properties;
 
 /// The label every container made by this plugin carries.
