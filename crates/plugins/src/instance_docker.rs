@@ -2,7 +2,7 @@
 //!
 //! - **Tags are container labels**, plus a marker label (`infrakit.instance-docker=1`) so that
 //!   `DescribeInstances` lists only containers this plugin made. The filter runs on the engine
-//!   (`GET /containers/json?all=1&filters={"label":[...]}`): one request whatever the number of
+//!   (a container list with a `label` filter): one request whatever the number of
 //!   containers on the host. Exited containers are listed too (a flavor judges them through the
 //!   `State`/`ExitCode`/`Health` properties; `docker rm` makes them disappear and get replaced).
 //! - **Names**: `<group>-<logical ID>` for pets (so `docker ps` says which member is which),
@@ -23,26 +23,35 @@
 //! - The image is never pulled: it must exist on the engine (`docker build`, `docker load`,
 //!   `docker import`, or a pull by the user). A missing one is a clear error; the group controller
 //!   backs off between attempts, and no container is created for it.
+//! - **The engine** is reached through `infrakit-docker`'s [`Engine`]: bollard's typed requests,
+//!   pinned to the engine API version we test against (1.41).
 
 pub mod properties;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use hyper::Method;
+use infrakit_docker::bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerState, EndpointIpamConfig,
+    EndpointSettings, HealthConfig, HostConfig, ImageInspect, Mount as EngineMount, MountType,
+    NetworkInspect, NetworkingConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+};
+use infrakit_docker::bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+    RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use infrakit_docker::engine::{refusal, Engine};
 use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::instance::{
     Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
 };
 use infrakit_sdk::{Error, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use infrakit_docker::engine::{engine_message, Engine};
 pub use properties::Properties;
 
 /// The label every container made by this plugin carries.
@@ -86,62 +95,32 @@ impl DockerInstancePlugin {
         &self.engine
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Bytes)> {
-        let (ct, bytes) = match body {
-            Some(b) => (
-                Some("application/json"),
-                Bytes::from(serde_json::to_vec(b).map_err(|e| Error::internal(e.to_string()))?),
-            ),
-            None => (None, Bytes::new()),
-        };
-        self.engine.request(method, path, ct, bytes).await
-    }
-
-    /// An engine answer that is not what we wanted, as an error of the right kind.
-    fn engine_error(&self, what: &str, status: u16, body: &[u8]) -> Error {
-        let msg = format!(
-            "{what}: the engine answered {status}: {}",
-            engine_message(body)
-        );
-        match status {
-            404 => Error::not_found(msg),
-            409 => Error::conflict(msg),
-            400..=499 => Error::invalid(msg),
-            _ => Error::internal(msg),
-        }
-    }
-
-    /// `GET /images/NAME/json`: the image's config, or the error a user should read.
+    /// The image's config, or the error a user should read.
     async fn inspect_image(&self, image: &str) -> Result<ImageInspect> {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/images/{}/json", path_escape(image)),
-                None,
-            )
-            .await?;
-        match status {
-            200 => parse(&body, "image inspect"),
-            404 => Err(image_missing(image)),
-            _ => Err(self.engine_error(&format!("inspecting image {image}"), status, &body)),
+        match self
+            .engine
+            .docker()?
+            .inspect_image(&path_escape(image))
+            .await
+        {
+            Ok(i) => Ok(i),
+            Err(e) if status(&e) == Some(404) => Err(image_missing(image)),
+            Err(e) => Err(self.engine.error(&format!("inspecting image {image}"), e)),
         }
     }
 
-    /// `GET /networks/NAME`.
     async fn inspect_network(&self, name: &str) -> Result<NetworkInspect> {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/networks/{}", path_escape(name)),
-                None,
-            )
-            .await?;
-        match status {
-            200 => parse(&body, "network inspect"),
-            404 => Err(Error::invalid(format!(
+        match self
+            .engine
+            .docker()?
+            .inspect_network(&path_escape(name), None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => Ok(n),
+            Err(e) if status(&e) == Some(404) => Err(Error::invalid(format!(
                 "network '{name}' not found on the engine; create it first (docker network create --subnet ... {name})"
             ))),
-            _ => Err(self.engine_error(&format!("inspecting network {name}"), status, &body)),
+            Err(e) => Err(self.engine.error(&format!("inspecting network {name}"), e)),
         }
     }
 
@@ -174,8 +153,8 @@ impl DockerInstancePlugin {
     }
 
     /// The engine's create body for `spec`.
-    async fn create_body(&self, props: &Properties, spec: &Spec) -> Result<Value> {
-        let mut labels: BTreeMap<String, String> = props.labels.clone();
+    async fn create_body(&self, props: &Properties, spec: &Spec) -> Result<ContainerCreateBody> {
+        let mut labels: HashMap<String, String> = props.labels.clone().into_iter().collect();
         labels.extend(spec.tags.clone());
         if let Some(l) = &spec.logical_id {
             labels.insert(LOGICAL_ID_LABEL.to_string(), l.clone());
@@ -186,10 +165,10 @@ impl DockerInstancePlugin {
         if !spec.init.trim().is_empty() {
             // The script runs first, then `exec "$@"` becomes what the container would have run
             // without it, so we need the image's defaults for whatever the properties leave out.
-            let image = self.inspect_image(&props.image).await?;
-            let ep =
-                entrypoint.unwrap_or_else(|| image.config.entrypoint.clone().unwrap_or_default());
-            let c = cmd.unwrap_or_else(|| image.config.cmd.clone().unwrap_or_default());
+            let config = self.inspect_image(&props.image).await?.config;
+            let config = config.unwrap_or_default();
+            let ep = entrypoint.unwrap_or_else(|| config.entrypoint.unwrap_or_default());
+            let c = cmd.unwrap_or_else(|| config.cmd.unwrap_or_default());
             let shell = props.shell.clone().unwrap_or_else(|| "/bin/sh".to_string());
             let script = format!("{}\nexec \"$@\"", spec.init.trim_end());
             let mut args = vec![shell, "-c".to_string(), script, "infrakit-init".to_string()];
@@ -198,113 +177,138 @@ impl DockerInstancePlugin {
             cmd = Some(c);
         }
 
-        let mut exposed = serde_json::Map::new();
-        let mut bindings = serde_json::Map::new();
+        let mut exposed: Vec<String> = Vec::new();
+        let mut bindings: PortMap = HashMap::new();
         for p in &props.ports {
             let (container, host_ip, host_port) = properties::parse_port(p)?;
-            exposed.insert(container.clone(), json!({}));
-            let list = bindings.entry(container).or_insert_with(|| json!([]));
-            if let Some(a) = list.as_array_mut() {
-                a.push(json!({"HostIp": host_ip, "HostPort": host_port}));
+            if !exposed.contains(&container) {
+                exposed.push(container.clone());
             }
+            bindings
+                .entry(container)
+                .or_default()
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: Some(host_ip),
+                    host_port: Some(host_port),
+                });
         }
 
-        let mut host = json!({
-            "Binds": props.binds,
-            "Mounts": props.mounts,
-            "Tmpfs": props.tmpfs,
-            "PortBindings": bindings,
-            "CapAdd": props.cap_add,
-            "CapDrop": props.cap_drop,
-            "ExtraHosts": props.extra_hosts,
-            "Dns": props.dns,
-            "Privileged": props.privileged,
-            "ReadonlyRootfs": props.read_only,
-        });
-        if props.init_process {
-            host["Init"] = json!(true);
-        }
-        if let Some(m) = &props.memory {
-            host["Memory"] = json!(m.bytes()?);
-        }
-        if let Some(c) = props.cpus {
-            host["NanoCpus"] = json!((c * 1e9) as i64);
-        }
-        if let Some(r) = &props.restart_policy {
-            let (name, count) = properties::parse_restart_policy(r)?;
-            host["RestartPolicy"] = json!({"Name": name, "MaximumRetryCount": count});
-        }
+        let memory = match &props.memory {
+            Some(m) => Some(i64::try_from(m.bytes()?).map_err(|_| {
+                Error::invalid("Memory is larger than the engine can take".to_string())
+            })?),
+            None => None,
+        };
+        let restart_policy = match &props.restart_policy {
+            Some(r) => Some(restart_policy(r)?),
+            None => None,
+        };
+        let mounts = props
+            .mounts
+            .iter()
+            .map(engine_mount)
+            .collect::<Result<Vec<_>>>()?;
+        let healthcheck = match &props.healthcheck {
+            Some(h) => {
+                let ns = |k: &str, d: &Option<String>| {
+                    d.as_deref()
+                        .map(|d| properties::parse_duration_ns(&format!("Healthcheck.{k}"), d))
+                        .transpose()
+                };
+                Some(HealthConfig {
+                    test: Some(h.test.clone()),
+                    interval: ns("Interval", &h.interval)?,
+                    timeout: ns("Timeout", &h.timeout)?,
+                    start_period: ns("StartPeriod", &h.start_period)?,
+                    retries: h.retries.map(i64::from),
+                    ..Default::default()
+                })
+            }
+            None => None,
+        };
 
-        let mut body = json!({
-            "Image": props.image,
-            "Labels": labels,
-            "ExposedPorts": exposed,
-            "Tty": props.tty,
-            "HostConfig": host,
-        });
-        let fields = [
-            ("Cmd", cmd.map(|c| json!(c))),
-            ("Entrypoint", entrypoint.map(|e| json!(e))),
-            ("Env", props.env.as_ref().map(|e| json!(e.to_list()))),
-            ("WorkingDir", props.working_dir.as_ref().map(|w| json!(w))),
-            ("User", props.user.as_ref().map(|u| json!(u))),
-            ("Hostname", props.hostname.as_ref().map(|h| json!(h))),
-            ("StopTimeout", props.stop_timeout.map(|t| json!(t))),
-            ("StopSignal", props.stop_signal.as_ref().map(|s| json!(s))),
-        ];
-        for (k, v) in fields {
-            if let Some(v) = v {
-                body[k] = v;
-            }
-        }
-        if let Some(h) = &props.healthcheck {
-            let mut hc = json!({"Test": h.test});
-            for (k, d) in [
-                ("Interval", &h.interval),
-                ("Timeout", &h.timeout),
-                ("StartPeriod", &h.start_period),
-            ] {
-                if let Some(d) = d {
-                    hc[k] = json!(properties::parse_duration_ns(
-                        &format!("Healthcheck.{k}"),
-                        d
-                    )?);
+        let host = HostConfig {
+            binds: Some(props.binds.clone()),
+            mounts: Some(mounts),
+            tmpfs: Some(props.tmpfs.clone().into_iter().collect()),
+            port_bindings: Some(bindings),
+            cap_add: Some(props.cap_add.clone()),
+            cap_drop: Some(props.cap_drop.clone()),
+            extra_hosts: Some(props.extra_hosts.clone()),
+            dns: Some(props.dns.clone()),
+            privileged: Some(props.privileged),
+            readonly_rootfs: Some(props.read_only),
+            init: props.init_process.then_some(true),
+            memory,
+            nano_cpus: props.cpus.map(|c| (c * 1e9) as i64),
+            restart_policy,
+            network_mode: props.network.clone(),
+            ..Default::default()
+        };
+
+        let networking_config = match &props.network {
+            Some(net) => {
+                let mut endpoint = EndpointSettings::default();
+                if !props.network_aliases.is_empty() {
+                    endpoint.aliases = Some(props.network_aliases.clone());
                 }
-            }
-            if let Some(r) = h.retries {
-                hc["Retries"] = json!(r);
-            }
-            body["Healthcheck"] = hc;
-        }
-        if let Some(net) = &props.network {
-            body["HostConfig"]["NetworkMode"] = json!(net);
-            let mut endpoint = json!({});
-            if !props.network_aliases.is_empty() {
-                endpoint["Aliases"] = json!(props.network_aliases);
-            }
-            if let Some(l) = &spec.logical_id {
-                match self.static_ip(props, l).await? {
-                    Some(IpAddr::V4(ip)) => {
-                        endpoint["IPAMConfig"] = json!({"IPv4Address": ip.to_string()})
-                    }
-                    Some(IpAddr::V6(ip)) => {
-                        endpoint["IPAMConfig"] = json!({"IPv6Address": ip.to_string()})
-                    }
-                    None => {}
+                if let Some(l) = &spec.logical_id {
+                    endpoint.ipam_config = match self.static_ip(props, l).await? {
+                        Some(IpAddr::V4(ip)) => Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        Some(IpAddr::V6(ip)) => Some(EndpointIpamConfig {
+                            ipv6_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        None => None,
+                    };
                 }
+                Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(net.clone(), endpoint)])),
+                })
             }
-            body["NetworkingConfig"] = json!({"EndpointsConfig": {net.as_str(): endpoint}});
-        } else if let Some(l) = &spec.logical_id {
-            // Same error as with a network, for an IP-shaped logical ID without one.
-            self.static_ip(props, l).await?;
-        }
-        Ok(body)
+            None => {
+                if let Some(l) = &spec.logical_id {
+                    // Same error as with a network, for an IP-shaped logical ID without one.
+                    self.static_ip(props, l).await?;
+                }
+                None
+            }
+        };
+
+        Ok(ContainerCreateBody {
+            image: Some(props.image.clone()),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            tty: Some(props.tty),
+            cmd,
+            entrypoint,
+            env: props.env.as_ref().map(|e| e.to_list()),
+            working_dir: props.working_dir.clone(),
+            user: props.user.clone(),
+            hostname: props.hostname.clone(),
+            stop_timeout: props.stop_timeout.map(i64::from),
+            stop_signal: props.stop_signal.clone(),
+            healthcheck,
+            host_config: Some(host),
+            networking_config,
+            ..Default::default()
+        })
     }
 
     /// Removes a container we could not start, so a failing start leaves nothing behind.
     async fn remove_quietly(&self, id: &str) {
-        let path = format!("/containers/{}?force=1&v=1", path_escape(id));
-        if let Err(e) = self.call(Method::DELETE, &path, None).await {
+        let removed = match self.engine.docker() {
+            Ok(docker) => docker
+                .remove_container(&path_escape(id), Some(remove_options()))
+                .await
+                .map_err(|e| self.engine.error("removing", e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
             tracing::warn!(
                 container = id,
                 "cannot remove a container that failed to start: {e}"
@@ -312,21 +316,65 @@ impl DockerInstancePlugin {
         }
     }
 
-    /// `GET /containers/ID/json`, None when it is gone.
-    async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInspect>> {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/containers/{}/json", path_escape(id)),
-                None,
-            )
-            .await?;
-        match status {
-            200 => parse(&body, "container inspect").map(Some),
-            404 => Ok(None),
-            _ => Err(self.engine_error(&format!("inspecting container {id}"), status, &body)),
+    /// The container's inspection, None when it is gone.
+    async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInspectResponse>> {
+        match self
+            .engine
+            .docker()?
+            .inspect_container(&path_escape(id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.engine.error(&format!("inspecting container {id}"), e)),
         }
     }
+}
+
+/// The status of the engine's refusal, if the engine refused.
+fn status(e: &infrakit_docker::bollard::errors::Error) -> Option<u16> {
+    refusal(e).map(|(status, _)| status)
+}
+
+/// Remove with its anonymous volumes, running or not.
+fn remove_options() -> RemoveContainerOptions {
+    RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    }
+}
+
+/// `no`, `always`, `unless-stopped`, `on-failure[:N]` as the engine's restart policy.
+fn restart_policy(text: &str) -> Result<RestartPolicy> {
+    let (name, count) = properties::parse_restart_policy(text)?;
+    let name = match name.as_str() {
+        "no" => RestartPolicyNameEnum::NO,
+        "always" => RestartPolicyNameEnum::ALWAYS,
+        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+        _ => RestartPolicyNameEnum::ON_FAILURE,
+    };
+    Ok(RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: Some(i64::from(count)),
+    })
+}
+
+/// A `Mounts` entry as the engine's mount; its `Type` must be one the engine knows.
+fn engine_mount(m: &properties::Mount) -> Result<EngineMount> {
+    let typ: MountType = serde_json::from_value(Value::String(m.kind.clone())).map_err(|_| {
+        Error::invalid(format!(
+            "Mounts: Type '{}' is not one of bind, volume, tmpfs",
+            m.kind
+        ))
+    })?;
+    Ok(EngineMount {
+        typ: Some(typ),
+        source: m.source.clone(),
+        target: Some(m.target.clone()),
+        read_only: m.read_only.then_some(true),
+        ..Default::default()
+    })
 }
 
 #[async_trait]
@@ -351,28 +399,32 @@ impl InstancePlugin for DockerInstancePlugin {
         let props = Properties::parse(spec.properties.as_ref().unwrap_or(&Value::Null))?;
         let body = self.create_body(&props, &spec).await?;
         let name = container_name(&spec);
-        let path = format!("/containers/create?name={}", query_escape(&name));
-        let (status, reply) = self.call(Method::POST, &path, Some(&body)).await?;
-        let id = match status {
-            201 | 200 => parse::<Created>(&reply, "container create")?.id,
-            404 if engine_message(&reply).contains("image") => {
-                // Logged here too: the count of these lines is how a storm would show.
-                tracing::info!(image = %props.image, container = %name, "provision refused: image not found");
-                return Err(image_missing(&props.image));
-            }
-            409 => {
-                return Err(Error::conflict(format!(
-                    "a container named '{name}' already exists ({}); remove it or give the instance another logical ID",
-                    engine_message(&reply)
-                )))
-            }
-            _ => return Err(self.engine_error(&format!("creating container {name}"), status, &reply)),
+        let docker = self.engine.docker()?;
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
         };
-        let (status, reply) = self
-            .call(Method::POST, &format!("/containers/{id}/start"), None)
-            .await?;
-        if !matches!(status, 204 | 304) {
-            let err = self.engine_error(&format!("starting container {name}"), status, &reply);
+        let id = match docker.create_container(Some(options), body).await {
+            Ok(created) => created.id,
+            Err(e) => match refusal(&e) {
+                Some((404, m)) if m.contains("image") => {
+                    // Logged here too: the count of these lines is how a storm would show.
+                    tracing::info!(image = %props.image, container = %name, "provision refused: image not found");
+                    return Err(image_missing(&props.image));
+                }
+                Some((409, m)) => {
+                    return Err(Error::conflict(format!(
+                        "a container named '{name}' already exists ({m}); remove it or give the instance another logical ID"
+                    )))
+                }
+                _ => return Err(self.engine.error(&format!("creating container {name}"), e)),
+            },
+        };
+        if let Err(e) = docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+        {
+            let err = self.engine.error(&format!("starting container {name}"), e);
             self.remove_quietly(&id).await;
             return Err(err);
         }
@@ -384,7 +436,7 @@ impl InstancePlugin for DockerInstancePlugin {
         let Some(c) = self.inspect_container(id).await? else {
             return Err(Error::not_found(format!("no container {id}")));
         };
-        let have = c.config.labels.unwrap_or_default();
+        let have = c.config.and_then(|c| c.labels).unwrap_or_default();
         let missing: Vec<String> = labels
             .iter()
             .filter(|(k, v)| have.get(*k) != Some(*v))
@@ -400,52 +452,55 @@ impl InstancePlugin for DockerInstancePlugin {
     }
 
     async fn destroy(&self, id: &str, _context: DestroyContext) -> Result<()> {
-        let escaped = path_escape(id);
+        let (docker, escaped) = (self.engine.docker()?, path_escape(id));
         // No `t`: the engine uses the container's own StopTimeout (the properties' StopTimeout).
-        let (status, body) = self
-            .call(Method::POST, &format!("/containers/{escaped}/stop"), None)
-            .await?;
-        match status {
-            204 | 304 => {}
-            404 => return Err(Error::not_found(format!("no container {id}"))),
-            _ => return Err(self.engine_error(&format!("stopping container {id}"), status, &body)),
+        // An already stopped container (304) is success.
+        match docker
+            .stop_container(&escaped, None::<StopContainerOptions>)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if status(&e) == Some(404) => {
+                return Err(Error::not_found(format!("no container {id}")))
+            }
+            Err(e) => return Err(self.engine.error(&format!("stopping container {id}"), e)),
         }
-        let (status, body) = self
-            .call(
-                Method::DELETE,
-                &format!("/containers/{escaped}?force=1&v=1"),
-                None,
-            )
-            .await?;
-        match status {
-            // 404: removed by someone else since the stop; 409: a removal is already under way.
-            204 | 404 => Ok(()),
-            409 if engine_message(&body).contains("in progress") => Ok(()),
-            _ => Err(self.engine_error(&format!("removing container {id}"), status, &body)),
+        match docker
+            .remove_container(&escaped, Some(remove_options()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => match refusal(&e) {
+                // 404: removed by someone else since the stop; 409: a removal is already under way.
+                Some((404, _)) => Ok(()),
+                Some((409, m)) if m.contains("in progress") => Ok(()),
+                _ => Err(self.engine.error(&format!("removing container {id}"), e)),
+            },
         }
     }
 
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
         let mut labels = vec![format!("{MARKER_LABEL}=1")];
         labels.extend(tags.iter().map(|(k, v)| format!("{k}={v}")));
-        let filters = json!({"label": labels}).to_string();
-        let path = format!("/containers/json?all=1&filters={}", query_escape(&filters));
-        let (status, body) = self.call(Method::GET, &path, None).await?;
-        if status != 200 {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), labels)])),
+            ..Default::default()
+        };
+        let listed = self
+            .engine
+            .docker()?
+            .list_containers(Some(options))
+            .await
             // Never "no instances" on an engine error: the controller would re-create everything.
-            return Err(Error::unavailable(format!(
-                "listing containers: the engine answered {status}: {}",
-                engine_message(&body)
-            )));
-        }
-        let listed: Vec<ListedContainer> = parse(&body, "container list")?;
+            .map_err(|e| Error::unavailable(self.engine.error("listing containers", e).message))?;
         let mut out: Vec<Description> = listed
             .into_iter()
             .map(|c| {
-                let mut tags = c.labels.unwrap_or_default();
+                let mut tags: Tags = c.labels.unwrap_or_default().into_iter().collect();
                 tags.remove(MARKER_LABEL);
                 Description {
-                    id: c.id,
+                    id: c.id.unwrap_or_default(),
                     logical_id: tags.get(LOGICAL_ID_LABEL).cloned(),
                     tags,
                     properties: None,
@@ -466,7 +521,7 @@ impl InstancePlugin for DockerInstancePlugin {
             while let Some(joined) = set.join_next().await {
                 let (i, r) = joined.map_err(|e| Error::internal(format!("inspect task: {e}")))?;
                 if let Some(c) = r? {
-                    out[i].properties = Some(c.state_properties());
+                    out[i].properties = Some(state_properties(&c));
                 }
             }
             // A container removed between the list and its inspect has no properties: drop it.
@@ -481,14 +536,6 @@ fn image_missing(image: &str) -> Error {
     Error::invalid(format!(
         "image {image} not found on the engine; build or pull it first"
     ))
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| {
-        Error::internal(format!(
-            "the engine's {what} answer is not what we expect: {e}"
-        ))
-    })
 }
 
 /// A container name the engine accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
@@ -546,8 +593,8 @@ fn static_ip_on(ip: IpAddr, network: Option<(&str, &NetworkInspect)>) -> Result<
     };
     let subnets: Vec<&str> = info
         .ipam
-        .config
         .iter()
+        .flat_map(|ipam| ipam.config.iter().flatten())
         .filter_map(|c| c.subnet.as_deref())
         .collect();
     if subnets.iter().any(|s| in_subnet(ip, s)) {
@@ -588,21 +635,10 @@ fn in_subnet(ip: IpAddr, cidr: &str) -> bool {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (for a query value).
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Like `query_escape` but keeps `/` and `:` (image references `registry:5000/a/b:tag` are path
-/// segments the engine's router matches as they are).
+/// A name or ID as a path segment of a request: everything but unreserved characters
+/// percent-encoded (bollard puts names into paths as they are, so a `?` or `#` in a user's name
+/// would otherwise change the request), except `/`, `:` and `@`: image references
+/// (`registry:5000/a/b:tag`, `a@sha256:...`) are matched by the engine's router as they are.
 fn path_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -615,123 +651,6 @@ fn path_escape(s: &str) -> String {
     out
 }
 
-// The engine's answers: only what we read, every field tolerant of absence.
-
-#[derive(Deserialize)]
-struct Created {
-    #[serde(rename = "Id")]
-    id: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageInspect {
-    #[serde(default)]
-    config: ImageConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageConfig {
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct NetworkInspect {
-    #[serde(default, rename = "IPAM")]
-    ipam: Ipam,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct Ipam {
-    #[serde(default, deserialize_with = "null_default")]
-    config: Vec<IpamConfig>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct IpamConfig {
-    #[serde(default)]
-    subnet: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedContainer {
-    id: String,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerInspect {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    state: ContainerState,
-    #[serde(default)]
-    config: ContainerConfig,
-    #[serde(default)]
-    restart_count: u64,
-    #[serde(default)]
-    network_settings: NetworkSettings,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerConfig {
-    #[serde(default)]
-    image: String,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerState {
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    running: bool,
-    #[serde(default)]
-    exit_code: i64,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    started_at: String,
-    #[serde(default)]
-    finished_at: String,
-    #[serde(default)]
-    health: Option<HealthState>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct HealthState {
-    #[serde(default)]
-    status: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct NetworkSettings {
-    #[serde(default, deserialize_with = "null_default")]
-    networks: BTreeMap<String, Endpoint>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct Endpoint {
-    #[serde(default, rename = "IPAddress")]
-    ip_address: String,
-}
-
 /// What `DescribeInstances` with `properties` says about a container.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -739,62 +658,133 @@ struct StateProperties<'a> {
     name: &'a str,
     image: &'a str,
     /// `created`, `running`, `restarting`, `exited`, `paused`, `dead`.
-    state: &'a str,
+    state: String,
     running: bool,
     exit_code: i64,
     #[serde(skip_serializing_if = "str::is_empty")]
     error: &'a str,
     /// Docker's health status (`starting`, `healthy`, `unhealthy`), `none` without a healthcheck.
-    health: &'a str,
+    health: String,
     started_at: &'a str,
     finished_at: &'a str,
-    restart_count: u64,
+    restart_count: i64,
     /// Network name → the container's address on it.
     #[serde(rename = "IPAddresses")]
     ip_addresses: BTreeMap<&'a str, &'a str>,
 }
 
-impl ContainerInspect {
-    fn state_properties(&self) -> Value {
-        let s = &self.state;
-        let p = StateProperties {
-            name: self.name.trim_start_matches('/'),
-            image: &self.config.image,
-            state: &s.status,
-            running: s.running,
-            exit_code: s.exit_code,
-            error: &s.error,
-            health: s
-                .health
+/// The engine's inspection as `DescribeInstances` properties (what is absent: empty or zero).
+fn state_properties(c: &ContainerInspectResponse) -> Value {
+    let state = c.state.as_ref();
+    let text = |field: fn(&ContainerState) -> Option<&String>| {
+        state
+            .and_then(field)
+            .map(String::as_str)
+            .unwrap_or_default()
+    };
+    let p = StateProperties {
+        name: c
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/'),
+        image: c
+            .config
+            .as_ref()
+            .and_then(|c| c.image.as_deref())
+            .unwrap_or_default(),
+        state: state
+            .and_then(|s| s.status.as_ref())
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        running: state.and_then(|s| s.running).unwrap_or_default(),
+        exit_code: state.and_then(|s| s.exit_code).unwrap_or_default(),
+        error: text(|s| s.error.as_ref()),
+        health: match state.and_then(|s| s.health.as_ref()) {
+            Some(h) => h
+                .status
                 .as_ref()
-                .map(|h| h.status.as_str())
-                .unwrap_or("none"),
-            started_at: &s.started_at,
-            finished_at: &s.finished_at,
-            restart_count: self.restart_count,
-            ip_addresses: self
-                .network_settings
-                .networks
-                .iter()
-                .filter(|(_, e)| !e.ip_address.is_empty())
-                .map(|(n, e)| (n.as_str(), e.ip_address.as_str()))
-                .collect(),
-        };
-        serde_json::to_value(p).unwrap_or(Value::Null)
-    }
-}
-
-fn null_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            None => "none".to_string(),
+        },
+        started_at: text(|s| s.started_at.as_ref()),
+        finished_at: text(|s| s.finished_at.as_ref()),
+        restart_count: c.restart_count.unwrap_or_default(),
+        ip_addresses: c
+            .network_settings
+            .iter()
+            .flat_map(|n| n.networks.iter().flatten())
+            .filter_map(|(n, e)| Some((n.as_str(), e.ip_address.as_deref()?)))
+            .filter(|(_, ip)| !ip.is_empty())
+            .collect(),
+    };
+    serde_json::to_value(p).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The properties become what `docker run` would send for the same flags (no engine is asked:
+    /// no Init, no IP-shaped logical ID).
+    #[tokio::test]
+    async fn create_body_is_what_docker_run_sends() {
+        let plugin = DockerInstancePlugin::new(Engine::new("/nonexistent/docker.sock"));
+        let props = Properties::parse(&json!({
+            "Image": "busybox:local", "Cmd": ["sleep", "60"], "Env": {"A": "b"},
+            "Ports": ["127.0.0.1:8080:80/udp", "9000"], "Memory": "256m", "Cpus": 0.5,
+            "RestartPolicy": "on-failure:3", "InitProcess": true, "StopTimeout": 2,
+            "Mounts": [{"Type": "volume", "Source": "v", "Target": "/d", "ReadOnly": true}],
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": "1s", "Retries": 3}
+        }))
+        .unwrap();
+        let mut spec = Spec::default();
+        spec.tags.insert(GROUP_TAG.into(), "web".into());
+        spec.logical_id = Some("web1".into());
+        let body = plugin.create_body(&props, &spec).await.unwrap();
+        let body = serde_json::to_value(body).unwrap();
+        assert_eq!(body["Image"], "busybox:local");
+        assert_eq!(body["Cmd"], json!(["sleep", "60"]));
+        assert_eq!(body["Env"], json!(["A=b"]));
+        assert_eq!(body["Labels"][LOGICAL_ID_LABEL], "web1");
+        assert_eq!(body["Labels"][GROUP_TAG], "web");
+        assert_eq!(body["Labels"][MARKER_LABEL], "1");
+        assert_eq!(body["ExposedPorts"], json!({"80/udp": {}, "9000/tcp": {}}));
+        assert_eq!(body["StopTimeout"], 2);
+        assert_eq!(
+            body["Healthcheck"],
+            json!({"Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000i64, "Retries": 3})
+        );
+        let host = &body["HostConfig"];
+        assert_eq!(
+            host["PortBindings"]["80/udp"],
+            json!([{"HostIp": "127.0.0.1", "HostPort": "8080"}])
+        );
+        assert_eq!(
+            host["PortBindings"]["9000/tcp"],
+            json!([{"HostIp": "", "HostPort": ""}])
+        );
+        assert_eq!(host["Memory"], 256 << 20);
+        assert_eq!(host["NanoCpus"], 500_000_000);
+        assert_eq!(host["Init"], true);
+        assert_eq!(
+            host["RestartPolicy"],
+            json!({"Name": "on-failure", "MaximumRetryCount": 3})
+        );
+        assert_eq!(
+            host["Mounts"],
+            json!([{"Type": "volume", "Source": "v", "Target": "/d", "ReadOnly": true}])
+        );
+        assert!(body.get("NetworkingConfig").is_none(), "{body}");
+
+        let bad =
+            Properties::parse(&json!({"Image": "x", "Mounts": [{"Type": "nfs", "Target": "/d"}]}))
+                .unwrap();
+        let e = plugin.create_body(&bad, &spec).await.unwrap_err();
+        assert!(e.message.contains("Type 'nfs'"), "{e}");
+    }
 
     #[test]
     fn subnets() {
@@ -847,12 +837,42 @@ mod tests {
         assert!(container_name(&spec).starts_with("g_x-"));
     }
 
+    /// A user's ID reaches the engine as one path segment, and the engine's 404 is `NotFound`.
+    #[tokio::test]
+    async fn destroy_escapes_the_id_and_reports_a_missing_container() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            let body = r#"{"message":"No such container: a?b"}"#;
+            let reply = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        let plugin = DockerInstancePlugin::new(Engine::new(&sock));
+        let e = plugin
+            .destroy("a?b", DestroyContext::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, infrakit_sdk::ErrorKind::NotFound, "{e}");
+        let head = server.await.unwrap();
+        let line = head.lines().next().unwrap_or_default();
+        assert!(
+            line.starts_with("POST /") && line.ends_with("containers/a%3Fb/stop HTTP/1.1"),
+            "{line}"
+        );
+    }
+
     #[test]
     fn escapes() {
-        assert_eq!(
-            query_escape(r#"{"label":["a=b"]}"#),
-            "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D"
-        );
         assert_eq!(path_escape("reg:5000/a/b:1"), "reg:5000/a/b:1");
+        assert_eq!(path_escape("a?b#c d%"), "a%3Fb%23c%20d%25");
     }
 }
