@@ -13,6 +13,7 @@ use infrakit_controller::{FileStore, GroupController, Options};
 use infrakit_plugins::flavor_combo::ComboFlavor;
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::flavor_zookeeper::ZooKeeperFlavor;
+use infrakit_plugins::instance_docker::DockerInstancePlugin;
 use infrakit_plugins::instance_file::{self, FileInstancePlugin};
 use infrakit_sdk::discovery::{self, PluginsDir};
 use infrakit_sdk::resolve::DiscoveryResolver;
@@ -179,7 +180,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
         Kind::InstanceDocker => {
             // No engine check here: the socket is already bound, and an engine that comes up
             // later is found on the first call (each call says clearly when there is none).
-            let plugin = infrakit_docker::DockerInstancePlugin::from_env()?;
+            let plugin = DockerInstancePlugin::from_env()?;
             tracing::info!(engine = %plugin.engine().address(), "docker instances");
             Plugins::new().instance(plugin)
         }

@@ -1,12 +1,15 @@
 //! Creating a managed plugin without the docker CLI: the context (`config.json` + `rootfs/`) as a
-//! tar built in memory, `POST /plugins/create?name=...` on the engine.
+//! tar built in memory, `POST /plugins/create?name=...` on the engine (through bollard).
 
 use std::path::Path;
 
 use bytes::Bytes;
 use infrakit_sdk::{Error, Result};
 
-use crate::engine::{engine_message, Engine};
+use bollard::body_full;
+use bollard::query_parameters::CreatePluginOptions;
+
+use crate::engine::Engine;
 
 /// The plugin context `dir` (which must hold `config.json` and `rootfs/`) as an uncompressed tar,
 /// in memory (a plugin's rootfs here is one ~5 MB binary).
@@ -41,7 +44,8 @@ pub fn context_tar(dir: &Path) -> Result<Vec<u8>> {
 }
 
 impl Engine {
-    /// `POST /plugins/create?name=NAME` with the context tar: creates a disabled plugin.
+    /// `POST /plugins/create?name=NAME` with the context tar (bollard's `create_plugin`): creates
+    /// a disabled plugin.
     pub async fn create_plugin(&self, name: &str, context: Vec<u8>) -> Result<()> {
         if name.is_empty()
             || !name
@@ -52,26 +56,13 @@ impl Engine {
                 "invalid plugin reference '{name}': use e.g. infrakit/group:0.1.0"
             )));
         }
-        let path = format!("/plugins/create?name={name}");
-        let (status, body) = self
-            .request(
-                hyper::Method::POST,
-                &path,
-                Some("application/x-tar"),
-                Bytes::from(context),
-            )
-            .await?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(Error::new(
-                infrakit_sdk::ErrorKind::from_status(status),
-                format!(
-                    "the engine refused to create plugin '{name}' ({status}): {}",
-                    engine_message(&body)
-                ),
-            ))
-        }
+        let options = CreatePluginOptions {
+            name: name.to_string(),
+        };
+        self.docker()?
+            .create_plugin(options, body_full(Bytes::from(context)))
+            .await
+            .map_err(|e| self.error(&format!("creating plugin '{name}'"), e))
     }
 }
 

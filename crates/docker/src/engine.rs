@@ -1,27 +1,36 @@
-//! A very small Docker Engine API client: HTTP/1.1 on the engine's unix socket.
+//! The Docker Engine's API on its unix socket, through bollard.
 //!
-//! Why not bollard (DESIGN.md names it): bollard 0.21 has no public way to send a raw request, its
-//! `list_plugins` fails on a plugin whose env has a `null` value (which the engine returns for an
-//! env declared without one), and all we need is `GET /plugins` (plus `POST /plugins/create` later).
-//! One hyper connection per call, already in the workspace, costs nothing in build time or binary
-//! size; bollard would add ~60 crates to a static binary that must stay small.
+//! [`Engine`] knows where the engine is and how long to wait for it; [`Engine::docker`] is a
+//! bollard client for it, with which callers make typed requests (containers, images, networks,
+//! plugin create), and [`Engine::error`] turns bollard's failures into InfraKit errors a user can
+//! act on. bollard is built for the unix socket only (no TLS, no HTTP over TCP: a remote engine's
+//! plugin sockets are unreachable from here anyway).
+//!
+//! **The API version is pinned** to [`API_VERSION`], 1.41, what the engine we support speaks
+//! (Debian's docker.io 20.10), rather than negotiated. bollard releases differ: 0.21 sends
+//! unversioned paths (the engine then answers as its own version), later ones send
+//! `/v<version>/...`, and their default version (1.53 in 0.21) is one 20.10 refuses. Pinned, every
+//! release sends something 20.10 accepts, and a newer engine answers with the 1.41 behaviour this
+//! code is tested against; negotiating would cost a `GET /version` before each client's first
+//! request and let a newer engine answer with behaviour we never tested.
+//!
+//! What bollard cannot read from 20.10 is ours: the plugin list ([`crate::plugins`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use infrakit_sdk::{Error, Result};
-use serde::{Deserialize, Deserializer};
-use tokio::net::UnixStream;
+use bollard::errors::Error as BollardError;
+use bollard::{ClientVersion, Docker};
+use infrakit_sdk::{Error, ErrorKind, Result};
 
 /// Where the engine listens when `DOCKER_HOST` says nothing else.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
-/// Replies larger than this are refused (a `GET /plugins` with dozens of plugins is a few 10 kB).
-const MAX_REPLY_BYTES: usize = 16 << 20;
+/// The engine API version every request is made for (see the module docs).
+pub const API_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 
 /// The engine's API on a unix socket.
 #[derive(Debug, Clone)]
@@ -52,6 +61,8 @@ impl Engine {
         }
     }
 
+    /// `connect` bounds reaching the socket (the plugin list's own request); `total` bounds a
+    /// whole request (bollard's requests: whole seconds, rounded up).
     pub fn with_timeouts(mut self, connect: Duration, total: Duration) -> Engine {
         self.connect_timeout = connect;
         self.timeout = total;
@@ -62,274 +73,186 @@ impl Engine {
         &self.socket
     }
 
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `unix:///var/run/docker.sock`, for messages.
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
-    /// Sends one request; returns the status and the whole body. Failing to reach the engine is
-    /// `Unavailable`.
-    pub async fn request(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> Result<(u16, Bytes)> {
-        let what = format!("{method} {path}");
-        match tokio::time::timeout(
-            self.timeout,
-            self.request_inner(method, path, content_type, body),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::unavailable(format!(
-                "the Docker engine at {} did not answer {what} within {:?}",
+    /// A bollard client for this engine, pinned to [`API_VERSION`]. Cheap (no connection is made
+    /// until a request; bollard keeps none idle), so callers make one per operation and an engine
+    /// that comes up later is found. No socket is `Unavailable`.
+    pub fn docker(&self) -> Result<Docker> {
+        let path = self.socket.to_str().ok_or_else(|| {
+            Error::invalid(format!(
+                "the engine's socket path {} is not UTF-8; set DOCKER_HOST=unix://PATH to one that is",
+                self.socket.display()
+            ))
+        })?;
+        let secs = self.timeout.as_secs() + u64::from(self.timeout.subsec_nanos() > 0);
+        Docker::connect_with_unix(path, secs.max(1), &API_VERSION)
+            .map_err(|e| self.error("connecting", e))
+    }
+
+    /// A bollard failure as InfraKit's error. The engine's refusals keep their meaning (by
+    /// `ErrorKind::from_status`: 404 is `NotFound`, 409 `Conflict`, ...) and its message; an
+    /// engine that cannot be reached or does not answer in time is `Unavailable`; an answer we
+    /// cannot read is `Internal`. `what` says what we were doing ("inspecting container x").
+    pub fn error(&self, what: &str, e: BollardError) -> Error {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => Error::new(
+                ErrorKind::from_status(status_code),
+                format!("{what}: the engine answered {status_code}: {message}"),
+            ),
+            BollardError::SocketNotFoundError(_) => Error::unavailable(format!(
+                "no Docker engine at {} (no such socket)",
+                self.address()
+            )),
+            BollardError::RequestTimeoutError => Error::unavailable(format!(
+                "{what}: the Docker engine at {} did not answer within {:?}",
                 self.address(),
                 self.timeout
-            ))),
-        }
-    }
-
-    async fn request_inner(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> Result<(u16, Bytes)> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, UnixStream::connect(&self.socket))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let why = match e.kind() {
-                        std::io::ErrorKind::NotFound => "no such socket".to_string(),
-                        std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                        _ => e.to_string(),
-                    };
-                    return Err(Error::unavailable(format!(
-                        "no Docker engine at {} ({why})",
-                        self.address()
-                    )));
-                }
-                Err(_) => {
-                    return Err(Error::unavailable(format!(
-                        "no Docker engine at {} (no connection within {:?})",
-                        self.address(),
-                        self.connect_timeout
-                    )))
-                }
-            };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Error::unavailable(format!("{}: {e}", self.address())))?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("engine connection ended: {e}");
-            }
-        });
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(hyper::header::HOST, "docker");
-        if let Some(ct) = content_type {
-            req = req.header(hyper::header::CONTENT_TYPE, ct);
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| Error::internal(format!("cannot build {method} {path}: {e}")))?;
-        let resp = sender.send_request(req).await.map_err(|e| {
-            Error::unavailable(format!("{method} {path} on {}: {e}", self.address()))
-        })?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                Error::unavailable(format!(
-                    "reading the reply to {method} {path} from {}: {e}",
-                    self.address()
+            )),
+            BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
+                Error::internal(format!(
+                    "{what}: the engine's answer is not what we expect: {e}"
                 ))
-            })?
-            .to_bytes();
-        // One request per connection: dropping the sender ends the connection task.
-        drop(sender);
-        conn.abort();
-        Ok((status, body))
-    }
-
-    /// `GET /plugins`: every installed plugin, enabled or not.
-    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>> {
-        let (status, body) = self
-            .request(hyper::Method::GET, "/plugins", None, Bytes::new())
-            .await?;
-        if status != 200 {
-            return Err(Error::unavailable(format!(
-                "GET /plugins on {} answered {status}: {}",
-                self.address(),
-                engine_message(&body)
-            )));
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::internal(format!(
-                "GET /plugins on {} returned JSON we do not understand: {e}",
-                self.address()
-            ))
-        })
-    }
-}
-
-/// The engine's `{"message": "..."}` error body, or the body itself.
-pub fn engine_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Msg {
-        message: String,
-    }
-    match serde_json::from_slice::<Msg>(body) {
-        Ok(m) => m.message,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    }
-}
-
-/// The part of the engine's plugin object discovery needs. Every field tolerates `null` and
-/// absence: the engine (and other tools creating plugins) are not strict about either.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PluginInfo {
-    #[serde(default, deserialize_with = "null_default")]
-    pub id: String,
-    /// The local name (`acme/instance-docker:1.2`): the reference it was created or installed
-    /// under, or the alias given at install.
-    #[serde(default, deserialize_with = "null_default")]
-    pub name: String,
-    #[serde(default, deserialize_with = "null_default")]
-    pub enabled: bool,
-    /// Where it was installed from (a registry reference), when it was installed.
-    #[serde(default, deserialize_with = "null_default")]
-    pub plugin_reference: String,
-    #[serde(default, deserialize_with = "null_default")]
-    pub config: PluginConfig,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PluginConfig {
-    #[serde(default, deserialize_with = "null_default")]
-    pub interface: PluginInterface,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PluginInterface {
-    #[serde(default, deserialize_with = "null_default")]
-    pub types: Vec<InterfaceType>,
-    #[serde(default, deserialize_with = "null_default")]
-    pub socket: String,
-}
-
-/// An interface type. The API returns objects (`{"Prefix": "infrakit", "Capability": "group",
-/// "Version": "1.0"}`); config.json and older engines write strings (`infrakit.group/1.0`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum InterfaceType {
-    Text(String),
-    Parts {
-        #[serde(rename = "Prefix", default)]
-        prefix: String,
-        #[serde(rename = "Capability", default)]
-        capability: String,
-        #[serde(rename = "Version", default)]
-        version: String,
-    },
-}
-
-impl InterfaceType {
-    /// `prefix.capability/version`, as written in config.json.
-    pub fn text(&self) -> String {
-        match self {
-            InterfaceType::Text(t) => t.clone(),
-            InterfaceType::Parts {
-                prefix,
-                capability,
-                version,
-            } => format!("{prefix}.{capability}/{version}"),
+            }
+            other => match io_cause(&other) {
+                Some(io) => Error::unavailable(format!(
+                    "{what}: no Docker engine at {} ({})",
+                    self.address(),
+                    io_reason(io)
+                )),
+                None => Error::unavailable(format!("{what} on {}: {other}", self.address())),
+            },
         }
     }
 }
 
-impl PluginInfo {
-    /// True when one of its interface types is InfraKit's (`infrakit.`).
-    pub fn is_infrakit(&self) -> bool {
-        self.config
-            .interface
-            .types
-            .iter()
-            .any(|t| t.text().starts_with("infrakit."))
-    }
-
-    /// The name InfraKit finds it by: the repository part of its name without registry, path,
-    /// tag or digest (`127.0.0.1:5000/acme/instance-docker:1.2` → `instance-docker`).
-    pub fn short_name(&self) -> &str {
-        short_name(&self.name)
+/// The engine's refusal in a bollard failure: its status and message, when it answered with one.
+pub fn refusal(e: &BollardError) -> Option<(u16, &str)> {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => Some((*status_code, message)),
+        _ => None,
     }
 }
 
-/// See [`PluginInfo::short_name`].
-pub fn short_name(reference: &str) -> &str {
-    let no_digest = reference.split('@').next().unwrap_or(reference);
-    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
-    // A ':' in the last path component can only be a tag (a registry's port is never last).
-    last.split(':').next().unwrap_or(last)
+/// The I/O error at the root of a failure (the connector's, under hyper's), if any.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
 }
 
-fn null_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+/// Why a socket could not be reached, in a few words.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such socket".to_string(),
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        _ => e.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn short_names() {
-        assert_eq!(short_name("acme/instance-docker:1.2"), "instance-docker");
-        assert_eq!(short_name("instance-docker"), "instance-docker");
-        assert_eq!(short_name("127.0.0.1:5000/infrakit/group:0.1.0"), "group");
-        assert_eq!(
-            short_name("reg:5000/a/b/flavor-vanilla@sha256:abc"),
-            "flavor-vanilla"
+    /// What bollard puts on the wire is what a 20.10 engine accepts: an unversioned path or one
+    /// for API 1.41, never bollard's own default version (which 20.10 refuses).
+    #[tokio::test]
+    async fn requests_are_for_api_1_41_or_unversioned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let reply =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK";
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            head
+        });
+        let engine = Engine::new(&sock);
+        let pong = engine.docker().unwrap().ping().await.unwrap();
+        assert_eq!(pong, "OK");
+        let head = server.await.unwrap();
+        let line = head.lines().next().unwrap_or_default();
+        assert!(
+            line == "GET /_ping HTTP/1.1" || line == "GET /v1.41/_ping HTTP/1.1",
+            "{line}"
         );
-        assert_eq!(short_name("infrakit/group:latest"), "group");
+    }
+
+    #[tokio::test]
+    async fn no_engine_is_unavailable_and_says_where() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::new(tmp.path().join("none.sock"));
+        let e = engine.docker().unwrap_err();
+        assert_eq!(e.kind, infrakit_sdk::ErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("none.sock") && e.message.contains("no such socket"));
+
+        // A socket file nobody listens on: refused, not found.
+        let path = tmp.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let engine = Engine::new(&path);
+        let e = engine
+            .docker()
+            .unwrap()
+            .ping()
+            .await
+            .map_err(|e| engine.error("pinging", e))
+            .unwrap_err();
+        assert_eq!(e.kind, infrakit_sdk::ErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("connection refused"), "{e}");
     }
 
     #[test]
-    fn parses_engine_plugins_with_nulls_and_both_type_forms() {
-        let json = r#"[
-          {"Id": "abc", "Name": "infrakit/group:0.1.0", "Enabled": true, "PluginReference": null,
-           "Settings": {"Env": ["A=b"], "Mounts": null},
-           "Config": {"Env": [{"Name": "X", "Value": null}],
-                      "Interface": {"Types": [{"Prefix": "infrakit", "Capability": "group", "Version": "1.0"}],
-                                    "Socket": "group.sock"}}},
-          {"Id": "def", "Name": "vieux/sshfs:latest", "Enabled": false,
-           "Config": {"Interface": {"Types": ["docker.volumedriver/1.0"], "Socket": "sshfs.sock"}}},
-          {"Id": "ghi", "Name": "x", "Enabled": true, "Config": {"Interface": {"Types": null, "Socket": null}}}
-        ]"#;
-        let plugins: Vec<PluginInfo> = serde_json::from_str(json).unwrap();
-        assert_eq!(plugins.len(), 3);
-        assert!(plugins[0].is_infrakit() && plugins[0].enabled);
-        assert_eq!(plugins[0].short_name(), "group");
+    fn refusals_keep_their_meaning() {
+        let engine = Engine::new("/x.sock");
+        let refused = |status_code| BollardError::DockerResponseServerError {
+            status_code,
+            message: "no such thing".into(),
+        };
+        let e = engine.error("inspecting x", refused(404));
+        assert_eq!(e.kind, infrakit_sdk::ErrorKind::NotFound);
         assert_eq!(
-            plugins[0].config.interface.types[0].text(),
-            "infrakit.group/1.0"
+            e.message,
+            "inspecting x: the engine answered 404: no such thing"
         );
-        assert!(!plugins[1].is_infrakit());
-        assert!(!plugins[2].is_infrakit());
+        assert_eq!(
+            engine.error("x", refused(409)).kind,
+            infrakit_sdk::ErrorKind::Conflict
+        );
+        assert_eq!(
+            engine.error("x", refused(400)).kind,
+            infrakit_sdk::ErrorKind::Invalid
+        );
+        assert_eq!(
+            engine.error("x", refused(500)).kind,
+            infrakit_sdk::ErrorKind::Internal
+        );
+        assert_eq!(refusal(&refused(409)), Some((409, "no such thing")));
     }
 }

@@ -1,19 +1,23 @@
 //! InfraKit and the Docker Engine.
 //!
-//! - [`engine`]: a minimal client for the engine's API on its unix socket (`GET /plugins`, ...).
+//! - [`engine`]: where the engine is, a bollard client for it pinned to API 1.41, and its failures
+//!   as InfraKit errors. bollard is re-exported ([`bollard`]) so that users of this crate (the
+//!   `instance-docker` plugin) make typed requests with the same version.
+//! - [`plugins`]: the engine's plugin list, with our own request and types (bollard's refuse the
+//!   `null`s a 20.10 engine sends).
 //! - [`create`]: a plugin context as an in-memory tar and `POST /plugins/create` (`infrakit plugin create`).
-//! - [`instance`]: [`DockerInstancePlugin`], the `instance-docker` plugin (each instance a container).
 //! - [`source`]: [`EngineSource`], a discovery source finding InfraKit's managed plugins through the
 //!   engine. Callers add it with `Discovery::insert(1, ...)` (after the plugins directory, before the
 //!   legacy locations); the SDK itself never talks to the engine.
 
+pub use bollard;
+
 pub mod create;
 pub mod engine;
-pub mod instance;
+pub mod plugins;
 pub mod source;
 
 pub use engine::Engine;
-pub use instance::DockerInstancePlugin;
 pub use source::{EngineSource, ENGINE_PLUGINS_DIR_ENV};
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //!
 //! - [`instance_file`]: an instance plugin whose instances are JSON files in a directory. It is the
 //!   backend for trying InfraKit out and for tests: deleting a file by hand "kills" an instance.
+//! - [`instance_docker`]: an instance plugin whose instances are containers on the Docker engine
+//!   (reached through `infrakit-docker`'s engine client).
 //! - [`flavor_vanilla`]: a flavor that adds fixed init lines, tags and attachments, and calls an
 //!   instance healthy unless its backend says otherwise (an exited container).
 //! - [`flavor_combo`]: a flavor made of other flavors, applied in order, reached through the SDK's
@@ -13,5 +15,6 @@
 pub mod flavor_combo;
 pub mod flavor_vanilla;
 pub mod flavor_zookeeper;
+pub mod instance_docker;
 pub mod instance_file;
 mod serde_util;
