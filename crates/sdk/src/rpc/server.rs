@@ -4,9 +4,13 @@
 //! passes at once, and SIGTERM is caught from then on), then any slow start-up work, then
 //! [`Server::serve`] until SIGTERM or SIGINT, after which in-flight requests get a moment to finish
 //! and the socket file is removed.
+//!
+//! Every connection is bounded (see [`Limits`] and `connections.rs`): a cap on connections, deadlines
+//! for a request's head, its body and an idle keep-alive connection, and a body size limit. A
+//! request's handler runs to the end even if its client goes away, so a call that started is never
+//! left half done by a dropped connection.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,13 +21,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+pub use super::connections::Limits;
+use super::connections::{serve_connection, Connections};
 use super::messages::*;
+use super::open_files;
 use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
 use crate::spi::flavor::FlavorPlugin;
 use crate::spi::group::GroupPlugin;
@@ -34,6 +40,9 @@ use crate::{Error, ErrorKind, Result};
 /// How long in-flight requests may run on after SIGTERM before the process exits anyway: a managed
 /// plugin must be gone well within the engine's patience.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+
+/// How long the accept loop pauses after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The implementations one plugin process serves, by interface and sub-type (`""` is the default).
 #[derive(Default, Clone)]
@@ -93,6 +102,7 @@ pub struct Server {
     inode: u64,
     sigterm: Signal,
     sigint: Signal,
+    limits: Limits,
 }
 
 impl Server {
@@ -125,7 +135,14 @@ impl Server {
             inode,
             sigterm,
             sigint,
+            limits: Limits::default(),
         })
+    }
+
+    /// Serves under `limits` instead of [`Limits::default`].
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.limits = limits;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -140,6 +157,7 @@ impl Server {
             inode,
             mut sigterm,
             mut sigint,
+            limits,
         } = self;
         let stop = async move {
             tokio::select! {
@@ -147,12 +165,13 @@ impl Server {
                 _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             }
         };
-        run(listener, path, inode, plugins, stop).await
+        run(listener, path, inode, limits, plugins, stop).await
     }
 
     /// Serves until `stop` completes (for embedding and tests).
     pub async fn serve_until(self, plugins: Plugins, stop: impl Future<Output = ()>) -> Result<()> {
-        run(self.listener, self.path, self.inode, plugins, stop).await
+        let limits = self.limits;
+        run(self.listener, self.path, self.inode, limits, plugins, stop).await
     }
 }
 
@@ -160,41 +179,60 @@ async fn run(
     listener: UnixListener,
     path: PathBuf,
     inode: u64,
+    limits: Limits,
     plugins: Plugins,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
-    let router = Arc::new(Router { plugins });
+    let router = Arc::new(Router {
+        plugins,
+        body_read_timeout: limits.body_read_timeout,
+    });
+    let max_connections = limits.effective_max_connections(open_files::soft_limit());
+    if max_connections < limits.max_connections {
+        tracing::warn!(
+            "serving at most {max_connections} connections, not {}: the open-file limit \
+             (ulimit -n) leaves no more room",
+            limits.max_connections
+        );
+    }
+    let connections = Connections::new(limits, max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), "serving");
+    tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), max_connections, "serving");
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let stream = tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
-        }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let admission = tokio::select! {
+            _ = &mut stop => break,
+            admitted = connections.admit() => admitted,
+        };
+        let Some(admission) = admission else {
+            tracing::warn!(
+                "{max_connections} connections are all in calls; closing a new one unanswered"
+            );
+            continue;
+        };
+        let router = router.clone();
+        let handler = move |req| {
+            let router = router.clone();
+            async move { router.handle(req).await }
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            admission,
+            graceful.watcher(),
+            handler,
+        ));
     }
     drop(listener);
     remove_if_ours(&path, inode);
@@ -270,12 +308,13 @@ fn remove_if_ours(path: &Path, inode: u64) {
 
 struct Router {
     plugins: Plugins,
+    body_read_timeout: Duration,
 }
 
 type Reply = Response<Full<Bytes>>;
 
 impl Router {
-    async fn handle(&self, req: Request<Incoming>) -> Reply {
+    async fn handle(self: Arc<Router>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().trim_start_matches('/').to_string();
         if req.method() != Method::POST {
             return error_reply(
@@ -292,18 +331,25 @@ impl Router {
         if too_big {
             return too_large(&path);
         }
-        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e)
+        let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect();
+        let body = match tokio::time::timeout(self.body_read_timeout, body).await {
+            Err(_) => {
+                return error_reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the request body of /{path} did not arrive within {:?}",
+                        self.body_read_timeout
+                    ),
+                )
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
                 return too_large(&path)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 return error_reply(
                     StatusCode::BAD_REQUEST,
                     &format!("cannot read the request body: {e}"),
@@ -311,7 +357,18 @@ impl Router {
             }
         };
         tracing::debug!(method = %path, bytes = body.len(), "call");
-        let result = self.route(&path, &body).await;
+        // On a task of its own so that it finishes even if the client goes away meanwhile: a
+        // provision cut off halfway would leave what it made behind, unrecorded.
+        let call = {
+            let router = self.clone();
+            let path = path.clone();
+            tokio::spawn(async move { router.route(&path, &body).await })
+        };
+        let result = call.await.unwrap_or_else(|e| {
+            Err(Error::internal(format!(
+                "the handler of /{path} failed: {e}"
+            )))
+        });
         match result {
             Ok(json) => Response::builder()
                 .status(StatusCode::OK)
