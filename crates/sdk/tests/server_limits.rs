@@ -241,6 +241,42 @@ async fn at_the_cap_the_longest_waiting_connection_makes_room_for_a_new_client()
 }
 
 #[tokio::test]
+async fn at_the_cap_connections_stuck_in_a_slow_body_make_room_too() {
+    let s = Served::start(limits(|l| l.max_connections = 3));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(&s.socket).await;
+        let head = "POST /Flavor.Healthy HTTP/1.1\r\nHost: plugin\r\nContent-Length: 100\r\n\
+                    Expect: 100-continue\r\n\r\n";
+        c.write_all(head.as_bytes()).await.expect("write head");
+        // hyper says "100 Continue" when the handler starts reading the body: from here the
+        // connection is a request in progress, not an idle one.
+        let mut buf = vec![0u8; 256];
+        let n = timeout(STEP, c.read(&mut buf))
+            .await
+            .expect("100 in time")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"));
+        c.write_all(b"{").await.expect("write some body");
+        held.push(c);
+    }
+    let mut newest = connect(&s.socket).await;
+    newest
+        .write_all(head("/Flavor.Healthy", HEALTHY.len(), true).as_bytes())
+        .await
+        .expect("write head");
+    newest.write_all(HEALTHY).await.expect("write body");
+    let (reply, _) = read_to_close(&mut newest).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "reply: {reply}");
+    assert_eq!(
+        s.plugin.healthy_calls.load(Ordering::SeqCst),
+        1,
+        "no half-received request reached the plugin"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn at_the_cap_with_every_connection_in_a_call_a_new_one_is_closed_after_the_admit_wait() {
     let s = Served::start(limits(|l| {
         l.max_connections = 1;

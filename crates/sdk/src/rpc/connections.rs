@@ -103,14 +103,25 @@ impl Limits {
 /// What one connection is doing, as far as the limits care.
 #[derive(Debug, Clone, Copy)]
 struct State {
-    /// hyper has handed a request to the handler and the reply is not yet back.
-    in_call: bool,
-    /// When the connection last finished a call (or was accepted).
+    phase: Phase,
+    /// When the connection last finished a request (or was accepted).
     idle_since: Instant,
     /// When the first byte of the next request's head arrived, if one has.
     head_since: Option<Instant>,
     /// Asked to close to make room; not chosen again.
     evicting: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests, or receiving a head.
+    Waiting,
+    /// The head is in and the body is being read (since the head's first byte): nothing has been
+    /// done yet, so the connection may still be closed to make room (a slow body must not hold a
+    /// place a real client needs).
+    Reading(Instant),
+    /// The handler is at work: the connection is closed by nothing here until the reply is out.
+    Working,
 }
 
 /// One admitted connection's state, shared by its IO, its service and its watchdog.
@@ -126,7 +137,7 @@ impl Slot {
     fn new() -> Slot {
         Slot {
             state: Mutex::new(State {
-                in_call: false,
+                phase: Phase::Waiting,
                 idle_since: Instant::now(),
                 head_since: None,
                 evicting: false,
@@ -142,34 +153,31 @@ impl Slot {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes arrived: between calls they are the start of a request head.
+    /// Bytes arrived: between requests they are the start of a head.
     fn on_read(&self) {
         let mut s = self.lock();
-        if !s.in_call && s.head_since.is_none() {
+        if s.phase == Phase::Waiting && s.head_since.is_none() {
             s.head_since = Some(Instant::now());
             drop(s);
             self.head_started.notify_one();
         }
     }
 
-    fn begin_call(self: &Arc<Slot>) -> CallGuard {
+    /// hyper has a request's head and calls the service.
+    fn begin_request(self: &Arc<Slot>) -> RequestGuard {
         let mut s = self.lock();
-        s.in_call = true;
-        s.head_since = None;
-        CallGuard(self.clone())
+        s.phase = Phase::Reading(s.head_since.take().unwrap_or_else(Instant::now));
+        RequestGuard(self.clone())
     }
 
-    /// When the connection is to be closed, or (in a call, which has no deadline here) when to look
-    /// again.
+    /// When the connection is to be closed, or (reading a body, whose deadline is the handler's, or
+    /// working, which has none) when to look again.
     fn deadline(&self, limits: &Limits) -> Instant {
         let s = self.lock();
-        if s.in_call {
-            Instant::now() + limits.idle_timeout
-        } else {
-            match s.head_since {
-                Some(t) => t + limits.header_read_timeout,
-                None => s.idle_since + limits.idle_timeout,
-            }
+        match (s.phase, s.head_since) {
+            (Phase::Waiting, Some(t)) => t + limits.header_read_timeout,
+            (Phase::Waiting, None) => s.idle_since + limits.idle_timeout,
+            _ => Instant::now() + limits.idle_timeout,
         }
     }
 
@@ -177,45 +185,62 @@ impl Slot {
     fn expired(&self, limits: &Limits) -> Option<&'static str> {
         let s = self.lock();
         let now = Instant::now();
-        match (s.in_call, s.head_since) {
-            (true, _) => None,
-            (false, Some(t)) if now >= t + limits.header_read_timeout => {
+        match (s.phase, s.head_since) {
+            (Phase::Waiting, Some(t)) if now >= t + limits.header_read_timeout => {
                 Some("request head not complete within the header read timeout")
             }
-            (false, None) if now >= s.idle_since + limits.idle_timeout => {
+            (Phase::Waiting, None) if now >= s.idle_since + limits.idle_timeout => {
                 Some("idle longer than the keep-alive timeout")
             }
             _ => None,
         }
     }
 
-    /// How long the connection has waited without completing a request (None: in a call, or
+    /// Since when the connection has waited without a request being worked on (None: working, or
     /// already chosen): the longest waiting is closed first to make room.
     fn waiting_since(&self) -> Option<Instant> {
         let s = self.lock();
-        (!s.in_call && !s.evicting).then(|| s.head_since.unwrap_or(s.idle_since))
+        if s.evicting {
+            return None;
+        }
+        match s.phase {
+            Phase::Waiting => Some(s.head_since.unwrap_or(s.idle_since)),
+            Phase::Reading(t) => Some(t),
+            Phase::Working => None,
+        }
     }
 
     fn mark_evicting(&self) {
         self.lock().evicting = true;
     }
 
-    /// An eviction request arrived: close unless a call began since it was chosen.
+    /// An eviction request arrived: close unless the handler began working since it was chosen.
     fn accept_eviction(&self) -> bool {
         let mut s = self.lock();
         s.evicting = false;
-        !s.in_call
+        s.phase != Phase::Working
     }
 }
 
-/// Marks the end of a call, however the call ends (a dropped service future included).
-struct CallGuard(Arc<Slot>);
+/// Marks the end of a request, however it ends (a dropped service future included).
+struct RequestGuard(Arc<Slot>);
 
-impl Drop for CallGuard {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
         let mut s = self.0.lock();
-        s.in_call = false;
+        s.phase = Phase::Waiting;
         s.idle_since = Instant::now();
+    }
+}
+
+/// Put in each request's extensions: the handler calls [`WorkStarted::begin`] once it has the whole
+/// body and starts doing what was asked, after which the connection is never closed to make room.
+#[derive(Clone)]
+pub(crate) struct WorkStarted(Arc<Slot>);
+
+impl WorkStarted {
+    pub fn begin(self) {
+        self.0.lock().phase = Phase::Working;
     }
 }
 
@@ -327,12 +352,13 @@ pub(crate) async fn serve_connection<H, F>(
     let slot = admission.slot.clone();
     let service = {
         let slot = slot.clone();
-        hyper::service::service_fn(move |req| {
-            let call = slot.begin_call();
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let request = slot.begin_request();
+            req.extensions_mut().insert(WorkStarted(slot.clone()));
             let reply = handler(req);
             async move {
                 let reply = reply.await;
-                drop(call);
+                drop(request);
                 Ok::<_, Infallible>(reply)
             }
         })

@@ -27,7 +27,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use super::connections::Limits;
-use super::connections::{serve_connection, Connections};
+use super::connections::{serve_connection, Connections, WorkStarted};
 use super::messages::*;
 use super::open_files;
 use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
@@ -314,7 +314,8 @@ struct Router {
 type Reply = Response<Full<Bytes>>;
 
 impl Router {
-    async fn handle(self: Arc<Router>, req: Request<Incoming>) -> Reply {
+    async fn handle(self: Arc<Router>, mut req: Request<Incoming>) -> Reply {
+        let work = req.extensions_mut().remove::<WorkStarted>();
         let path = req.uri().path().trim_start_matches('/').to_string();
         if req.method() != Method::POST {
             return error_reply(
@@ -365,6 +366,9 @@ impl Router {
             tokio::spawn(async move { router.route(&path, &body).await })
         };
         let result = call.await.unwrap_or_else(|e| {
+        if let Some(work) = work {
+            work.begin();
+        }
             Err(Error::internal(format!(
                 "the handler of /{path} failed: {e}"
             )))
