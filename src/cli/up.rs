@@ -21,7 +21,7 @@ use infrakit_sdk::spi::instance::InstancePlugin;
 
 use super::group::watch;
 use super::input::read_json;
-use super::serve::{socket_for, ControllerArgs};
+use super::serve::{raise_open_files_limit, socket_for, ControllerArgs};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  infrakit up examples/cattle.json\n\
@@ -43,6 +43,7 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
+    raise_open_files_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -95,11 +95,12 @@ impl Plugins {
     }
 }
 
-/// A bound, not yet serving, plugin socket.
+/// A bound, not yet serving, plugin socket. Dropped without serving (a start refused after the
+/// bind: a locked store, a bad directory), it removes its socket file, so no dead socket is left
+/// for discovery to find.
 pub struct Server {
     listener: UnixListener,
-    path: PathBuf,
-    inode: u64,
+    socket: SocketFile,
     sigterm: Signal,
     sigint: Signal,
     limits: Limits,
@@ -127,12 +128,14 @@ impl Server {
             .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         std_listener.set_nonblocking(true)?;
-        let inode = std::fs::metadata(&path)?.ino();
+        let socket = SocketFile {
+            inode: std::fs::metadata(&path)?.ino(),
+            path,
+        };
         let listener = UnixListener::from_std(std_listener)?;
         Ok(Server {
             listener,
-            path,
-            inode,
+            socket,
             sigterm,
             sigint,
             limits: Limits::default(),
@@ -146,15 +149,14 @@ impl Server {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.socket.path
     }
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn serve(self, plugins: Plugins) -> Result<()> {
         let Server {
             listener,
-            path,
-            inode,
+            socket,
             mut sigterm,
             mut sigint,
             limits,
@@ -165,20 +167,18 @@ impl Server {
                 _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             }
         };
-        run(listener, path, inode, limits, plugins, stop).await
+        run(listener, socket, limits, plugins, stop).await
     }
 
     /// Serves until `stop` completes (for embedding and tests).
     pub async fn serve_until(self, plugins: Plugins, stop: impl Future<Output = ()>) -> Result<()> {
-        let limits = self.limits;
-        run(self.listener, self.path, self.inode, limits, plugins, stop).await
+        run(self.listener, self.socket, self.limits, plugins, stop).await
     }
 }
 
 async fn run(
     listener: UnixListener,
-    path: PathBuf,
-    inode: u64,
+    socket: SocketFile,
     limits: Limits,
     plugins: Plugins,
     stop: impl Future<Output = ()>,
@@ -197,7 +197,7 @@ async fn run(
     }
     let connections = Connections::new(limits, max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), max_connections, "serving");
+    tracing::info!(socket = %socket.path.display(), implements = ?router.plugins.implements(), max_connections, "serving");
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -235,7 +235,7 @@ async fn run(
         ));
     }
     drop(listener);
-    remove_if_ours(&path, inode);
+    drop(socket);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -295,14 +295,22 @@ fn remove_if_stale(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes the socket file only if it is still the one we bound: a successor may already have
+/// The socket file a server bound; removed when dropped (after serving, or when a start is refused
+/// after the bind), but only if it is still the one we bound: a successor may already have
 /// replaced it.
-fn remove_if_ours(path: &Path, inode: u64) {
-    if std::fs::metadata(path)
-        .map(|m| m.ino() == inode)
-        .unwrap_or(false)
-    {
-        let _ = std::fs::remove_file(path);
+struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path)
+            .map(|m| m.ino() == self.inode)
+            .unwrap_or(false)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -358,6 +366,9 @@ impl Router {
             }
         };
         tracing::debug!(method = %path, bytes = body.len(), "call");
+        if let Some(work) = work {
+            work.begin();
+        }
         // On a task of its own so that it finishes even if the client goes away meanwhile: a
         // provision cut off halfway would leave what it made behind, unrecorded.
         let call = {
@@ -366,9 +377,6 @@ impl Router {
             tokio::spawn(async move { router.route(&path, &body).await })
         };
         let result = call.await.unwrap_or_else(|e| {
-        if let Some(work) = work {
-            work.begin();
-        }
             Err(Error::internal(format!(
                 "the handler of /{path} failed: {e}"
             )))
