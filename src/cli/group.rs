@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::input::read_json;
 use super::OutputFlags;
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 
 #[derive(Args, Debug)]
 pub struct GroupArgs {
@@ -82,6 +82,16 @@ pub enum GroupCommand {
     },
 }
 
+impl GroupCommand {
+    /// The files the command reads (checked before anything else is done).
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            GroupCommand::Commit { file, .. } | GroupCommand::Validate { file } => vec![file],
+            _ => vec![],
+        }
+    }
+}
+
 pub async fn client(name: &str) -> Result<GroupClient> {
     Ok(GroupClient::new(
         infrakit_docker::discovery_from_env().find(name).await?,
@@ -112,7 +122,7 @@ fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
                 })),
                 Format::Quiet => Ok(()),
                 Format::Table => {
-                    println!(
+                    outln!(
                         "{file}: valid group '{}' ({}, instance plugin {}, flavor plugin {}, config hash {})",
                         spec.id,
                         match &parsed.desired.allocation {
@@ -123,7 +133,7 @@ fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
                         parsed.props.flavor.plugin,
                         &parsed.hash[..12.min(parsed.hash.len())]
                     );
-                    println!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");
+                    outln!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");
                     Ok(())
                 }
             }
@@ -137,27 +147,33 @@ pub async fn run(args: GroupArgs) -> Result<()> {
     if let Some(result) = run_local(&args.command, format) {
         return result;
     }
+    // A commit's file is read before the plugin is looked for: a wrong file is the first thing to fix.
+    let mut commit_spec = match &args.command {
+        GroupCommand::Commit { file, .. } => Some(read_json::<GroupSpec>(file, "group spec")?),
+        _ => None,
+    };
     let group = client(&args.name).await?;
     match args.command {
         GroupCommand::Commit {
-            file,
-            pretend,
-            expect,
+            pretend, expect, ..
         } => {
-            let spec: GroupSpec = read_json(&file, "group spec")?;
+            let Some(spec) = commit_spec.take() else {
+                bail!("internal: the spec of a commit is read before the group plugin is found");
+            };
             let r = match &expect {
                 Some(v) => group.commit_group_expecting(spec, pretend, v).await?,
                 None => group.commit_group(spec, pretend).await?,
             };
             match format {
                 Format::Json => output::json(&json!({"Details": r.details, "Plan": r.plan}))?,
-                Format::Quiet => println!("{}", r.plan.map(|p| p.version).unwrap_or_default()),
+                Format::Quiet => outln!("{}", r.plan.map(|p| p.version).unwrap_or_default()),
                 Format::Table => {
-                    println!("{}", r.details);
+                    outln!("{}", r.details);
                     if let (true, Some(plan)) = (pretend, r.plan) {
-                        println!(
+                        outln!(
                             "plan version {} (commit it unchanged with --expect {})",
-                            plan.version, plan.version
+                            plan.version,
+                            plan.version
                         );
                     }
                 }
@@ -165,14 +181,14 @@ pub async fn run(args: GroupArgs) -> Result<()> {
         }
         GroupCommand::Validate { .. } | GroupCommand::Schema => unreachable_local()?,
         GroupCommand::Pause { id } => {
-            println!("{}", group.update_command(&id, UpdateCommand::Pause).await?)
+            outln!("{}", group.update_command(&id, UpdateCommand::Pause).await?)
         }
-        GroupCommand::Resume { id } => println!(
+        GroupCommand::Resume { id } => outln!(
             "{}",
             group.update_command(&id, UpdateCommand::Resume).await?
         ),
         GroupCommand::Rollback { id } => {
-            println!(
+            outln!(
                 "{}",
                 group.update_command(&id, UpdateCommand::Rollback).await?
             )
@@ -224,7 +240,7 @@ pub async fn run(args: GroupArgs) -> Result<()> {
         GroupCommand::Free { id } => {
             group.free_group(&id).await?;
             if format != Format::Quiet {
-                println!("freed group '{id}': its instances are no longer managed");
+                outln!("freed group '{id}': its instances are no longer managed");
             }
         }
         GroupCommand::Destroy {
@@ -237,13 +253,13 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 wait_gone(&group, &id, timeout).await?;
             }
             if format != Format::Quiet {
-                println!("destroyed group '{id}'");
+                outln!("destroyed group '{id}'");
             }
         }
         GroupCommand::Scale { id, size } => {
             group.set_size(&id, size).await?;
             if format != Format::Quiet {
-                println!("group '{id}' target size is now {size}");
+                outln!("group '{id}' target size is now {size}");
             }
         }
         GroupCommand::DestroyInstances { id, instances } => {
@@ -267,7 +283,7 @@ fn update_state(d: &GroupDescription) -> String {
 }
 
 fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
-    println!(
+    outln!(
         "group {id}: {} of {} instances, {}",
         d.instances.len(),
         d.target
@@ -280,7 +296,7 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
         }
     );
     if let Some(u) = &d.update {
-        println!(
+        outln!(
             "update: {}",
             u.get("Message")
                 .and_then(|m| m.as_str())
@@ -288,7 +304,7 @@ fn print_description(id: &str, d: &GroupDescription) -> Result<()> {
         );
     }
     if !d.message.is_empty() {
-        println!("note: {}", d.message);
+        outln!("note: {}", d.message);
     }
     let rows: Vec<Vec<String>> = d
         .status
@@ -359,7 +375,7 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
                 b.set_message(line.clone());
                 b.tick();
             }
-            None if line != last => println!("{id}: {line}"),
+            None if line != last => outln!("{id}: {line}"),
             None => {}
         }
         last = line;
@@ -367,7 +383,7 @@ pub async fn watch(group: &dyn GroupPlugin, id: &str, timeout: Duration) -> Resu
             if let Some(b) = &bar {
                 b.finish_with_message(format!("converged: {last}"));
             } else {
-                println!("{id}: converged in {:.1}s", start.elapsed().as_secs_f64());
+                outln!("{id}: converged in {:.1}s", start.elapsed().as_secs_f64());
             }
             return Ok(());
         }

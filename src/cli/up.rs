@@ -22,6 +22,7 @@ use infrakit_sdk::spi::instance::InstancePlugin;
 use super::group::watch;
 use super::input::read_json;
 use super::serve::{raise_open_files_limit, socket_for, ControllerArgs};
+use crate::output::{errln, outln};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  infrakit up examples/cattle.json\n\
@@ -77,7 +78,7 @@ async fn up(args: UpArgs) -> Result<()> {
             .with_flavor("flavor-combo", combo.clone()),
     );
     let store = args.controller.open_store()?;
-    eprintln!(
+    errln!(
         "infrakit up: instances in {}, groups stored in {}",
         dir.display(),
         store.dir().display()
@@ -123,14 +124,12 @@ async fn up(args: UpArgs) -> Result<()> {
     let id = spec.id.clone();
     let outcome = async {
         let result = controller.commit_group(spec, false).await?;
-        println!("{}", result.details);
+        outln!("{}", result.details);
         watch(controller.as_ref(), &id, args.timeout).await
     }
     .await;
     if outcome.is_ok() && !args.until_converged {
-        eprintln!(
-            "infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)"
-        );
+        errln!("infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)");
     } else {
         let _ = stop_tx.send(true);
     }
@@ -155,5 +154,5 @@ async fn shutdown_signal() {
         }
         _ => std::future::pending::<()>().await,
     }
-    eprintln!("infrakit up: stopping (the instances stay)");
+    errln!("infrakit up: stopping (the instances stay)");
 }
