@@ -1,5 +1,6 @@
 //! What keeps one bad client from starving a plugin's other clients: a cap on connections (at the
-//! cap, the connection that has waited longest without completing a request is closed to make room),
+//! cap, the connection that has waited longest without a request being worked on is closed to make
+//! room: idle, half-sent heads and bodies still arriving alike, since nothing has been done for them),
 //! a deadline for a request's head, a deadline for an idle keep-alive connection, and HTTP/1
 //! half-close (a client that shuts down its write side after its request still gets the reply).
 //!
