@@ -4,8 +4,9 @@
 //! a deadline for a request's head, a deadline for an idle keep-alive connection, and HTTP/1
 //! half-close (a client that shuts down its write side after its request still gets the reply).
 //!
-//! Not here: what a request may contain (the body limit and its read deadline are the router's, in
-//! `server.rs`). The limits and what a client sees when it hits one are listed in docs/limits.md.
+//! Not here: what a request may contain. The router (`server.rs`) enforces the body size limit and
+//! the body deadline from [`Limits`]. The limits and what a client sees when it hits one are listed
+//! in docs/limits.md.
 //!
 //! Why our own watchdog rather than hyper's `header_read_timeout`: hyper starts that timer whenever
 //! it waits for a request head, idle keep-alive included, so it cannot give a half-sent head 10 s
@@ -282,8 +283,8 @@ impl Connections {
     }
 
     /// Room for one more connection: at once under the cap; at the cap, after closing the
-    /// connection that has waited longest without completing a request. None when every connection
-    /// stayed in a call for [`Limits::admit_wait`].
+    /// connection that has waited longest without a request being worked on. None when every
+    /// connection stayed at work for [`Limits::admit_wait`].
     pub async fn admit(self: &Arc<Connections>) -> Option<Admission> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(self.register(permit));
