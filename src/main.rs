@@ -21,8 +21,10 @@ fn main() {
     );
     let code = match cli::run(args) {
         Ok(()) => 0,
+        // `infrakit ... | head`: the reader has what it wanted; end as if done.
+        Err(e) if output::is_closed_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::errln!("error: {e:#}");
             1
         }
     };

@@ -5,6 +5,47 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
+/// `println!` that returns the write's error (`?`) instead of panicking: with stdout closed
+/// (`infrakit ... | head -0`) the command then ends quietly (see [`is_closed_pipe`]) rather than
+/// aborting.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )?
+    };
+}
+pub(crate) use outln;
+
+/// `eprintln!` that never panics: a closed standard error loses the message, nothing more.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        {
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!("{}\n", format_args!($($arg)*)),
+            );
+        }
+    };
+}
+pub(crate) use errln;
+
+/// The command failed only because whoever reads its output stopped reading (a closed pipe): not
+/// worth a message or a failing exit status, as `head` users expect.
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let kind = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => Some(io.kind()),
+            // serde_json's writer wraps the io error in its own.
+            None => cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind),
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,

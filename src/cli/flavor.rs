@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::input::read_json;
 use super::OutputFlags;
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 
 #[derive(Args, Debug)]
 pub struct FlavorArgs {
@@ -108,6 +108,25 @@ pub enum FlavorCommand {
     },
 }
 
+impl FlavorCommand {
+    /// The files the command reads (checked before anything else is done).
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            FlavorCommand::Validate { file, .. } => vec![file],
+            FlavorCommand::Prepare { file, spec, .. } => std::iter::once(file)
+                .chain(spec)
+                .map(String::as_str)
+                .collect(),
+            FlavorCommand::Healthy { file, instance } | FlavorCommand::Drain { file, instance } => {
+                std::iter::once(file)
+                    .chain(&instance.instance)
+                    .map(String::as_str)
+                    .collect()
+            }
+        }
+    }
+}
+
 pub async fn run(args: FlavorArgs) -> Result<()> {
     let endpoint = infrakit_docker::discovery_from_env()
         .find(&args.name)
@@ -119,7 +138,7 @@ pub async fn run(args: FlavorArgs) -> Result<()> {
             let props: Value = read_json(&file, "JSON document")?;
             client.validate(&props, &allocation.allocation()).await?;
             if format != Format::Quiet {
-                println!("valid");
+                outln!("valid");
             }
         }
         FlavorCommand::Prepare {
@@ -148,7 +167,7 @@ pub async fn run(args: FlavorArgs) -> Result<()> {
             let health = client.healthy(&props, &instance.description()?).await?;
             match format {
                 Format::Json => output::json(&serde_json::json!({ "Health": health }))?,
-                _ => println!("{health}"),
+                _ => outln!("{health}"),
             }
         }
         FlavorCommand::Drain { file, instance } => {
@@ -156,7 +175,7 @@ pub async fn run(args: FlavorArgs) -> Result<()> {
             let d = instance.description()?;
             client.drain(&props, &d).await?;
             if format != Format::Quiet {
-                println!("drained {}", d.id);
+                outln!("drained {}", d.id);
             }
         }
     }

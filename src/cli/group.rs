@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::input::read_json;
 use super::OutputFlags;
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 
 #[derive(Args, Debug)]
 pub struct GroupArgs {
@@ -88,6 +88,16 @@ pub enum GroupCommand {
     },
 }
 
+impl GroupCommand {
+    /// The files the command reads (checked before anything else is done).
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            GroupCommand::Commit { file, .. } | GroupCommand::Validate { file } => vec![file],
+            _ => vec![],
+        }
+    }
+}
+
 pub async fn client(name: &str) -> Result<GroupClient> {
     Ok(GroupClient::new(
         infrakit_docker::discovery_from_env().find(name).await?,
@@ -115,7 +125,7 @@ fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
                 })),
                 Format::Quiet => Ok(()),
                 Format::Table => {
-                    println!(
+                    outln!(
                         "{file}: valid group '{}' ({}, instance plugin {}, flavor plugin {}, config hash {})",
                         spec.id,
                         match &parsed.allocation {
@@ -126,7 +136,7 @@ fn run_local(command: &GroupCommand, format: Format) -> Option<Result<()>> {
                         parsed.properties.flavor.plugin,
                         &parsed.hash[..12.min(parsed.hash.len())]
                     );
-                    println!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");
+                    outln!("(the plugins are checked at commit; `commit --pretend` checks them without changing anything)");
                     Ok(())
                 }
             }
@@ -160,13 +170,14 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             };
             match format {
                 Format::Json => output::json(&json!({"Details": r.details, "Plan": r.plan}))?,
-                Format::Quiet => println!("{}", r.plan.map(|p| p.version).unwrap_or_default()),
+                Format::Quiet => outln!("{}", r.plan.map(|p| p.version).unwrap_or_default()),
                 Format::Table => {
-                    println!("{}", r.details);
+                    outln!("{}", r.details);
                     if let (true, Some(plan)) = (pretend, r.plan) {
-                        println!(
+                        outln!(
                             "plan version {} (commit it unchanged with --expect {})",
-                            plan.version, plan.version
+                            plan.version,
+                            plan.version
                         );
                     }
                 }
@@ -174,14 +185,14 @@ pub async fn run(args: GroupArgs) -> Result<()> {
         }
         GroupCommand::Validate { .. } | GroupCommand::Schema => unreachable_local()?,
         GroupCommand::Pause { id } => {
-            println!("{}", group.update_command(&id, UpdateCommand::Pause).await?)
+            outln!("{}", group.update_command(&id, UpdateCommand::Pause).await?)
         }
-        GroupCommand::Resume { id } => println!(
+        GroupCommand::Resume { id } => outln!(
             "{}",
             group.update_command(&id, UpdateCommand::Resume).await?
         ),
         GroupCommand::Rollback { id } => {
-            println!(
+            outln!(
                 "{}",
                 group.update_command(&id, UpdateCommand::Rollback).await?
             )
@@ -266,7 +277,7 @@ pub async fn run(args: GroupArgs) -> Result<()> {
         GroupCommand::Free { id } => {
             group.free_group(&id).await?;
             if format != Format::Quiet {
-                println!("freed group '{id}': its instances are no longer managed");
+                outln!("freed group '{id}': its instances are no longer managed");
             }
         }
         GroupCommand::Destroy {
@@ -279,13 +290,13 @@ pub async fn run(args: GroupArgs) -> Result<()> {
                 wait_gone(&group, &id, timeout).await?;
             }
             if format != Format::Quiet {
-                println!("destroyed group '{id}'");
+                outln!("destroyed group '{id}'");
             }
         }
         GroupCommand::Scale { id, size } => {
             group.set_size(&id, size).await?;
             if format != Format::Quiet {
-                println!("group '{id}' target size is now {size}");
+                outln!("group '{id}' target size is now {size}");
             }
         }
         GroupCommand::DestroyInstances { id, instances } => {
@@ -448,7 +459,7 @@ fn print_description(
     d: &GroupDescription,
     names: &std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
-    println!(
+    outln!(
         "group {id}: {} of {} instances, {}",
         d.instances.len(),
         d.target
@@ -457,7 +468,7 @@ fn print_description(
         Readiness::of(d)
     );
     if let Some(u) = &d.update {
-        println!(
+        outln!(
             "update: {}",
             u.get("Message")
                 .and_then(|m| m.as_str())
@@ -465,7 +476,7 @@ fn print_description(
         );
     }
     if !d.message.is_empty() {
-        println!("note: {}", d.message);
+        outln!("note: {}", d.message);
     }
     let with_names = !names.is_empty();
     let rows: Vec<Vec<String>> = d
@@ -547,7 +558,7 @@ pub async fn watch(
                 b.set_message(line.clone());
                 b.tick();
             }
-            None if line != last => println!("{id}: {line}"),
+            None if line != last => outln!("{id}: {line}"),
             None => {}
         }
         last = line;
@@ -561,7 +572,7 @@ pub async fn watch(
             if let Some(b) = &bar {
                 b.finish_with_message(format!("{what} in {elapsed:.1}s: {last}"));
             } else {
-                println!("{id}: {what} in {elapsed:.1}s");
+                outln!("{id}: {what} in {elapsed:.1}s");
             }
             return Ok(());
         }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::input::{parse_pairs, read_json};
 use super::OutputFlags;
-use crate::output::{self, Format};
+use crate::output::{self, errln, outln, Format};
 
 #[derive(Args, Debug)]
 pub struct InstanceArgs {
@@ -57,6 +57,16 @@ pub enum InstanceCommand {
     },
 }
 
+impl InstanceCommand {
+    /// The files the command reads (checked before anything else is done).
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            InstanceCommand::Validate { file } | InstanceCommand::Provision { file } => vec![file],
+            _ => vec![],
+        }
+    }
+}
+
 pub async fn run(args: InstanceArgs) -> Result<()> {
     let endpoint = infrakit_docker::discovery_from_env()
         .find(&args.name)
@@ -68,7 +78,7 @@ pub async fn run(args: InstanceArgs) -> Result<()> {
             let props: Value = read_json(&file, "JSON document")?;
             client.validate(&props).await?;
             if format != Format::Quiet {
-                println!("valid");
+                outln!("valid");
             }
         }
         InstanceCommand::Provision { file } => {
@@ -76,13 +86,13 @@ pub async fn run(args: InstanceArgs) -> Result<()> {
             let id = client.provision(spec).await?;
             match format {
                 Format::Json => output::json(&serde_json::json!({ "ID": id }))?,
-                _ => println!("{id}"),
+                _ => outln!("{id}"),
             }
         }
         InstanceCommand::Label { id, labels } => {
             client.label(&id, parse_pairs(&labels)?).await?;
             if format != Format::Quiet {
-                println!("{id}");
+                outln!("{id}");
             }
         }
         InstanceCommand::Destroy { ids, reason } => {
@@ -95,9 +105,9 @@ pub async fn run(args: InstanceArgs) -> Result<()> {
             let mut failed = 0;
             for id in &ids {
                 match client.destroy(id, context).await {
-                    Ok(()) => println!("{id}"),
+                    Ok(()) => outln!("{id}"),
                     Err(e) => {
-                        eprintln!("error: {id}: {e}");
+                        errln!("error: {id}: {e}");
                         failed += 1;
                     }
                 }

@@ -77,6 +77,17 @@ impl Command {
         )
     }
 
+    /// The files the command reads: a missing one is reported before anything else happens.
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            Command::Plugin { .. } => vec![],
+            Command::Instance(args) => args.command.input_files(),
+            Command::Flavor(args) => args.command.input_files(),
+            Command::Group(args) => args.command.input_files(),
+            Command::Up(args) => vec![&args.file],
+        }
+    }
+
     /// Plugins log what they do; commands a person runs only warn.
     pub fn default_log_level(&self) -> &'static str {
         match self {
@@ -89,6 +100,7 @@ impl Command {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    input::check_exist(cli.command.input_files())?;
     match cli.command {
         Command::Plugin {
             command: plugin::PluginCommand::Serve(args),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::serve::ServeArgs;
 use super::OutputFlags;
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
@@ -65,7 +65,7 @@ async fn create(name: &str, dir: &std::path::Path) -> Result<()> {
     let context = infrakit_docker::create::context_tar(dir)?;
     let size = context.len();
     engine.create_plugin(name, context).await?;
-    println!(
+    outln!(
         "created plugin {name} ({:.1} MB context); enable it with: docker plugin enable {name}",
         size as f64 / 1_048_576.0
     );

@@ -1,7 +1,9 @@
 //! `infrakit plugin serve <kind>`: runs one plugin on a unix socket until SIGTERM/SIGINT.
 //!
 //! The socket is bound before any start-up work, so a Docker engine enabling the plugin sees it at
-//! once; the plugin is then built and served.
+//! once; the plugin is then built and served. A start refused after the bind (a store another
+//! controller holds, a bad directory) removes the socket again as it exits: binding after the slow
+//! work instead would make the engine's enable wait on it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,6 +127,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    raise_open_files_limit();
     // One thread per plugin process: requests are small and mostly wait on IO or other plugins, so
     // one thread answers them with the least latency (no hand-off between workers: 10-15% faster
     // round trips in `make bench`) and the smallest footprint (one malloc arena; the group plugin's
@@ -133,6 +136,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve(args))
+}
+
+/// Raises the soft open-file limit to the hard one: a plugin's clients, its own outbound connections
+/// and its files share it, and many systems start processes at 1,024. Failing is not fatal: the
+/// server fits its connection cap to whatever limit is in force.
+pub fn raise_open_files_limit() {
+    match infrakit_sdk::rpc::open_files::raise_to_hard_limit() {
+        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit (ulimit -n): {e}"),
+    }
 }
 
 /// The socket for plugin `name`: `--socket`, else `<plugins dir>/<name>.sock`.

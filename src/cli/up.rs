@@ -27,7 +27,8 @@ use infrakit_sdk::spi::instance::InstancePlugin;
 
 use super::group::Readiness;
 use super::input::read_json;
-use super::serve::{socket_for, ControllerArgs};
+use super::serve::{raise_open_files_limit, socket_for, ControllerArgs};
+use crate::output::{errln, outln};
 
 /// How often `up` asks the controller how the group is doing.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
@@ -74,6 +75,7 @@ pub fn default_store_dir() -> PathBuf {
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
+    raise_open_files_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -113,7 +115,7 @@ async fn up(args: UpArgs) -> Result<()> {
         .unwrap_or_else(default_store_dir);
     let store = FileStore::open(&store_dir)
         .with_context(|| format!("cannot use group store {}", store_dir.display()))?;
-    eprintln!(
+    errln!(
         "infrakit up: instances in {}, groups stored in {}",
         dir.display(),
         store.dir().display()
@@ -161,7 +163,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let id = spec.id.clone();
     let outcome = async {
         let result = controller.commit_group(spec, false).await?;
-        println!("{}", result.details);
+        outln!("{}", result.details);
         follow(controller.as_ref(), &id, &args, stop_tx.subscribe()).await
     }
     .await;
@@ -190,20 +192,20 @@ async fn follow(
             Ok(d) => {
                 last_error.clear();
                 if gone {
-                    println!("{id}: committed again");
+                    outln!("{id}: committed again");
                     gone = false;
                 }
                 for line in changes(last.as_ref(), &d) {
-                    println!("{id}: {line}");
+                    outln!("{id}: {line}");
                 }
                 let readiness = Readiness::of(&d);
                 if readiness.ready() && !ready_once {
                     ready_once = true;
-                    println!("{id}: ready in {:.1}s", start.elapsed().as_secs_f64());
+                    outln!("{id}: ready in {:.1}s", start.elapsed().as_secs_f64());
                     if args.until_converged {
                         return Ok(());
                     }
-                    eprintln!(
+                    errln!(
                         "infrakit up: keeping group '{id}' converged; Ctrl-C to stop (the instances stay)"
                     );
                 }
@@ -224,8 +226,8 @@ async fn follow(
                         Some(d) if d.extra.contains_key("Deleting") => "destroyed",
                         _ => "destroyed or freed",
                     };
-                    println!("{id}: gone ({how}); no group left to keep converged");
-                    eprintln!(
+                    outln!("{id}: gone ({how}); no group left to keep converged");
+                    errln!(
                         "infrakit up: group '{id}' no longer exists; the plugins keep serving until Ctrl-C \
                          (`infrakit group commit FILE` manages a group again)"
                     );
@@ -238,7 +240,7 @@ async fn follow(
             Err(e) => {
                 let e = e.to_string();
                 if e != last_error {
-                    println!("{id}: cannot describe the group: {e}");
+                    outln!("{id}: cannot describe the group: {e}");
                     last_error = e;
                 }
             }
@@ -375,7 +377,7 @@ async fn shutdown_signal() {
         }
         _ => std::future::pending::<()>().await,
     }
-    eprintln!("infrakit up: stopping (the instances stay)");
+    errln!("infrakit up: stopping (the instances stay)");
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! - 200 with the JSON result, or a 4xx/5xx status with `{"Err": "message"}`.
 
 pub mod client;
+pub mod connections;
 pub mod messages;
+pub mod open_files;
 pub mod server;
 mod transport;
 

@@ -4,9 +4,13 @@
 //! passes at once, and SIGTERM is caught from then on), then any slow start-up work, then
 //! [`Server::serve`] until SIGTERM or SIGINT, after which in-flight requests get a moment to finish
 //! and the socket file is removed.
+//!
+//! Every connection is bounded (see [`Limits`] and `connections.rs`): a cap on connections, deadlines
+//! for a request's head, its body and an idle keep-alive connection, and a body size limit. A
+//! request's handler runs to the end even if its client goes away, so a call that started is never
+//! left half done by a dropped connection.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,13 +21,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+pub use super::connections::Limits;
+use super::connections::{serve_connection, Connections, WorkStarted};
 use super::messages::*;
+use super::open_files;
 use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
 use crate::spi::flavor::FlavorPlugin;
 use crate::spi::group::GroupPlugin;
@@ -34,6 +40,9 @@ use crate::{Error, ErrorKind, Result};
 /// How long in-flight requests may run on after SIGTERM before the process exits anyway: a managed
 /// plugin must be gone well within the engine's patience.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(700);
+
+/// How long the accept loop pauses after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The implementations one plugin process serves, by interface and sub-type (`""` is the default).
 #[derive(Default, Clone)]
@@ -86,13 +95,15 @@ impl Plugins {
     }
 }
 
-/// A bound, not yet serving, plugin socket.
+/// A bound, not yet serving, plugin socket. Dropped without serving (a start refused after the
+/// bind: a locked store, a bad directory), it removes its socket file, so no dead socket is left
+/// for discovery to find.
 pub struct Server {
     listener: UnixListener,
-    path: PathBuf,
-    inode: u64,
+    socket: SocketFile,
     sigterm: Signal,
     sigint: Signal,
+    limits: Limits,
 }
 
 impl Server {
@@ -117,29 +128,38 @@ impl Server {
             .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         std_listener.set_nonblocking(true)?;
-        let inode = std::fs::metadata(&path)?.ino();
+        let socket = SocketFile {
+            inode: std::fs::metadata(&path)?.ino(),
+            path,
+        };
         let listener = UnixListener::from_std(std_listener)?;
         Ok(Server {
             listener,
-            path,
-            inode,
+            socket,
             sigterm,
             sigint,
+            limits: Limits::default(),
         })
     }
 
+    /// Serves under `limits` instead of [`Limits::default`].
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.limits = limits;
+        self
+    }
+
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.socket.path
     }
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn serve(self, plugins: Plugins) -> Result<()> {
         let Server {
             listener,
-            path,
-            inode,
+            socket,
             mut sigterm,
             mut sigint,
+            limits,
         } = self;
         let stop = async move {
             tokio::select! {
@@ -147,57 +167,75 @@ impl Server {
                 _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             }
         };
-        run(listener, path, inode, plugins, stop).await
+        run(listener, socket, limits, plugins, stop).await
     }
 
     /// Serves until `stop` completes (for embedding and tests).
     pub async fn serve_until(self, plugins: Plugins, stop: impl Future<Output = ()>) -> Result<()> {
-        run(self.listener, self.path, self.inode, plugins, stop).await
+        run(self.listener, self.socket, self.limits, plugins, stop).await
     }
 }
 
 async fn run(
     listener: UnixListener,
-    path: PathBuf,
-    inode: u64,
+    socket: SocketFile,
+    limits: Limits,
     plugins: Plugins,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
-    let router = Arc::new(Router { plugins });
+    let router = Arc::new(Router {
+        plugins,
+        body_read_timeout: limits.body_read_timeout,
+    });
+    let max_connections = limits.effective_max_connections(open_files::soft_limit());
+    if max_connections < limits.max_connections {
+        tracing::warn!(
+            "serving at most {max_connections} connections, not {}: the open-file limit \
+             (ulimit -n) leaves no more room",
+            limits.max_connections
+        );
+    }
+    let connections = Connections::new(limits, max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tracing::info!(socket = %path.display(), implements = ?router.plugins.implements(), "serving");
+    tracing::info!(socket = %socket.path.display(), implements = ?router.plugins.implements(), max_connections, "serving");
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let stream = tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
-        }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let admission = tokio::select! {
+            _ = &mut stop => break,
+            admitted = connections.admit() => admitted,
+        };
+        let Some(admission) = admission else {
+            tracing::warn!(
+                "{max_connections} connections are all in calls; closing a new one unanswered"
+            );
+            continue;
+        };
+        let router = router.clone();
+        let handler = move |req| {
+            let router = router.clone();
+            async move { router.handle(req).await }
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            admission,
+            graceful.watcher(),
+            handler,
+        ));
     }
     drop(listener);
-    remove_if_ours(&path, inode);
+    drop(socket);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -257,25 +295,35 @@ fn remove_if_stale(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes the socket file only if it is still the one we bound: a successor may already have
+/// The socket file a server bound; removed when dropped (after serving, or when a start is refused
+/// after the bind), but only if it is still the one we bound: a successor may already have
 /// replaced it.
-fn remove_if_ours(path: &Path, inode: u64) {
-    if std::fs::metadata(path)
-        .map(|m| m.ino() == inode)
-        .unwrap_or(false)
-    {
-        let _ = std::fs::remove_file(path);
+struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path)
+            .map(|m| m.ino() == self.inode)
+            .unwrap_or(false)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 struct Router {
     plugins: Plugins,
+    body_read_timeout: Duration,
 }
 
 type Reply = Response<Full<Bytes>>;
 
 impl Router {
-    async fn handle(&self, req: Request<Incoming>) -> Reply {
+    async fn handle(self: Arc<Router>, mut req: Request<Incoming>) -> Reply {
+        let work = req.extensions_mut().remove::<WorkStarted>();
         let path = req.uri().path().trim_start_matches('/').to_string();
         if req.method() != Method::POST {
             return error_reply(
@@ -292,18 +340,25 @@ impl Router {
         if too_big {
             return too_large(&path);
         }
-        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e)
+        let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect();
+        let body = match tokio::time::timeout(self.body_read_timeout, body).await {
+            Err(_) => {
+                return error_reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the request body of /{path} did not arrive within {:?}",
+                        self.body_read_timeout
+                    ),
+                )
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
                 return too_large(&path)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 return error_reply(
                     StatusCode::BAD_REQUEST,
                     &format!("cannot read the request body: {e}"),
@@ -311,7 +366,21 @@ impl Router {
             }
         };
         tracing::debug!(method = %path, bytes = body.len(), "call");
-        let result = self.route(&path, &body).await;
+        if let Some(work) = work {
+            work.begin();
+        }
+        // On a task of its own so that it finishes even if the client goes away meanwhile: a
+        // provision cut off halfway would leave what it made behind, unrecorded.
+        let call = {
+            let router = self.clone();
+            let path = path.clone();
+            tokio::spawn(async move { router.route(&path, &body).await })
+        };
+        let result = call.await.unwrap_or_else(|e| {
+            Err(Error::internal(format!(
+                "the handler of /{path} failed: {e}"
+            )))
+        });
         match result {
             Ok(json) => Response::builder()
                 .status(StatusCode::OK)

@@ -3,10 +3,17 @@
 //! Hand-written rather than hyper-util's pooled client because that one wants a connector type per
 //! transport and we need exactly one thing: reuse an idle connection when there is one, open a new one
 //! otherwise, and never send a request twice (a `Provision` is not idempotent).
+//!
+//! A server may close a keep-alive connection (ours does after `connections::IDLE_TIMEOUT`, or to
+//! make room at its connection cap). A request written into a connection just as the server closes
+//! it cannot be told apart from one the server received and then failed on, so it cannot be retried
+//! safely. The pool avoids that moment rather than guessing afterwards: it forgets a connection long
+//! before the server's idle timeout, and lets the connections' tasks see a server's close before it
+//! picks one. A connection found closed is skipped (the request was never sent on it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,16 +22,24 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
+use super::connections::IDLE_TIMEOUT;
 use super::{CONTENT_TYPE, MAX_REPLY_BYTES};
 use crate::{Error, Result};
 
 /// Connections kept idle per socket; more concurrent callers simply open more and the extras close.
 const MAX_IDLE: usize = 16;
 
+/// A pooled connection idle longer than this is closed rather than reused: half the server's
+/// [`IDLE_TIMEOUT`], so the client always gives up on a connection well before the server does.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(IDLE_TIMEOUT.as_secs() / 2);
+
+type Sender = SendRequest<Full<Bytes>>;
+
 pub(crate) struct Transport {
     socket: PathBuf,
     timeout: Duration,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Idle connections with the time each was last used, most recent last.
+    idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
 impl Transport {
@@ -52,12 +67,22 @@ impl Transport {
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        self.idle.lock().ok()?.pop()
+    /// The most recently used idle connection that is young enough; older ones are dropped.
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        loop {
+            let (sender, since) = idle.pop()?;
+            if since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
     }
 
     async fn post_inner(&self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
         let mut req = self.request(path, body)?;
+        // Let the pooled connections' tasks run first: a close the server sent meanwhile is then
+        // seen (`is_closed`) instead of written into.
+        tokio::task::yield_now().await;
         // An idle connection may have been closed by the server since we used it; hyper hands the
         // request back untouched when it was not sent, and we try the next one.
         while let Some(mut sender) = self.take_idle() {
@@ -91,7 +116,7 @@ impl Transport {
 
     async fn finish(
         &self,
-        sender: SendRequest<Full<Bytes>>,
+        sender: Sender,
         resp: hyper::Response<hyper::body::Incoming>,
     ) -> Result<(u16, Bytes)> {
         let status = resp.status().as_u16();
@@ -108,14 +133,14 @@ impl Transport {
         if !sender.is_closed() {
             if let Ok(mut idle) = self.idle.lock() {
                 if idle.len() < MAX_IDLE {
-                    idle.push(sender);
+                    idle.push((sender, Instant::now()));
                 }
             }
         }
         Ok((status, body))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> Result<Sender> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             let why = match e.kind() {
                 std::io::ErrorKind::NotFound => "no such socket".to_string(),

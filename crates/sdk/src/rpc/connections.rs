@@ -1,0 +1,457 @@
+//! What keeps one bad client from starving a plugin's other clients: a cap on connections (at the
+//! cap, the connection that has waited longest without a request being worked on is closed to make
+//! room: idle, half-sent heads and bodies still arriving alike, since nothing has been done for them),
+//! a deadline for a request's head, a deadline for an idle keep-alive connection, and HTTP/1
+//! half-close (a client that shuts down its write side after its request still gets the reply).
+//!
+//! Not here: what a request may contain. The router (`server.rs`) enforces the body size limit and
+//! the body deadline from [`Limits`]. The limits and what a client sees when it hits one are listed
+//! in docs/limits.md.
+//!
+//! Why our own watchdog rather than hyper's `header_read_timeout`: hyper starts that timer whenever
+//! it waits for a request head, idle keep-alive included, so it cannot give a half-sent head 10 s
+//! and an idle pooled connection 60 s. Here a connection's clock is "idle since" until the first byte
+//! of a request arrives, then "head since" until hyper hands the request over.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// How long a client may take to send a request's head (request line and headers), counted from
+/// its first byte. A head is a few hundred bytes; only a stalled or hostile client needs longer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request's body may take to arrive once its head is in. Bodies are at most
+/// `MAX_REQUEST_BYTES` on a local socket: milliseconds for a client that is really sending.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a keep-alive connection may sit with no request before the server closes it. The SDK's
+/// client drops its pooled connections after `POOL_IDLE_TIMEOUT` (half this), so a pooled
+/// connection is never reused just as the server closes it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections served at once. A plugin's real clients hold a handful (the controller pools up to
+/// 16 per plugin); the cap is there so file descriptors run out for nobody.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a new connection waits for room when every connection is in a call (none can be closed
+/// to make room); after that it is closed unanswered.
+pub const ADMIT_WAIT: Duration = Duration::from_secs(2);
+
+/// File descriptors kept out of the connection cap for the process's own use (its store, outbound
+/// connections to other plugins, the engine): the cap is lowered to `RLIMIT_NOFILE` minus this.
+pub const FD_RESERVE: usize = 64;
+
+/// After asking a connection to close to make room, how long to wait for it before choosing another.
+const EVICT_SETTLE: Duration = Duration::from_millis(100);
+
+/// The server's connection limits; `Limits::default()` holds the constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`BODY_READ_TIMEOUT`].
+    pub body_read_timeout: Duration,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// See [`ADMIT_WAIT`].
+    pub admit_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            admit_wait: ADMIT_WAIT,
+        }
+    }
+}
+
+impl Limits {
+    /// The cap actually used: `max_connections`, lowered so that it fits in `open_files` (the soft
+    /// `RLIMIT_NOFILE`) with [`FD_RESERVE`] to spare, and never below 1.
+    pub fn effective_max_connections(&self, open_files: Option<u64>) -> usize {
+        let fits = open_files
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .map(|n| n.saturating_sub(FD_RESERVE))
+            .unwrap_or(usize::MAX);
+        self.max_connections.min(fits).max(1)
+    }
+}
+
+/// What one connection is doing, as far as the limits care.
+#[derive(Debug, Clone, Copy)]
+struct State {
+    phase: Phase,
+    /// When the connection last finished a request (or was accepted).
+    idle_since: Instant,
+    /// When the first byte of the next request's head arrived, if one has.
+    head_since: Option<Instant>,
+    /// Asked to close to make room; not chosen again.
+    evicting: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests, or receiving a head.
+    Waiting,
+    /// The head is in and the body is being read (since the head's first byte): nothing has been
+    /// done yet, so the connection may still be closed to make room (a slow body must not hold a
+    /// place a real client needs).
+    Reading(Instant),
+    /// The handler is at work: the connection is closed by nothing here until the reply is out.
+    Working,
+}
+
+/// One admitted connection's state, shared by its IO, its service and its watchdog.
+struct Slot {
+    state: Mutex<State>,
+    /// Wakes the watchdog when a head starts (its deadline moves earlier).
+    head_started: Notify,
+    /// Asks the connection to close to make room for a new one.
+    evict: Notify,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: Mutex::new(State {
+                phase: Phase::Waiting,
+                idle_since: Instant::now(),
+                head_since: None,
+                evicting: false,
+            }),
+            head_started: Notify::new(),
+            evict: Notify::new(),
+        }
+    }
+
+    /// The state lock is held for a few instructions and nothing in it can panic halfway; a
+    /// poisoned lock still holds a consistent state.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived: between requests they are the start of a head.
+    fn on_read(&self) {
+        let mut s = self.lock();
+        if s.phase == Phase::Waiting && s.head_since.is_none() {
+            s.head_since = Some(Instant::now());
+            drop(s);
+            self.head_started.notify_one();
+        }
+    }
+
+    /// hyper has a request's head and calls the service.
+    fn begin_request(self: &Arc<Slot>) -> RequestGuard {
+        let mut s = self.lock();
+        s.phase = Phase::Reading(s.head_since.take().unwrap_or_else(Instant::now));
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection is to be closed, or (reading a body, whose deadline is the handler's, or
+    /// working, which has none) when to look again.
+    fn deadline(&self, limits: &Limits) -> Instant {
+        let s = self.lock();
+        match (s.phase, s.head_since) {
+            (Phase::Waiting, Some(t)) => t + limits.header_read_timeout,
+            (Phase::Waiting, None) => s.idle_since + limits.idle_timeout,
+            _ => Instant::now() + limits.idle_timeout,
+        }
+    }
+
+    /// Why the connection should close now, if it should.
+    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        let s = self.lock();
+        let now = Instant::now();
+        match (s.phase, s.head_since) {
+            (Phase::Waiting, Some(t)) if now >= t + limits.header_read_timeout => {
+                Some("request head not complete within the header read timeout")
+            }
+            (Phase::Waiting, None) if now >= s.idle_since + limits.idle_timeout => {
+                Some("idle longer than the keep-alive timeout")
+            }
+            _ => None,
+        }
+    }
+
+    /// Since when the connection has waited without a request being worked on (None: working, or
+    /// already chosen): the longest waiting is closed first to make room.
+    fn waiting_since(&self) -> Option<Instant> {
+        let s = self.lock();
+        if s.evicting {
+            return None;
+        }
+        match s.phase {
+            Phase::Waiting => Some(s.head_since.unwrap_or(s.idle_since)),
+            Phase::Reading(t) => Some(t),
+            Phase::Working => None,
+        }
+    }
+
+    fn mark_evicting(&self) {
+        self.lock().evicting = true;
+    }
+
+    /// An eviction request arrived: close unless the handler began working since it was chosen.
+    fn accept_eviction(&self) -> bool {
+        let mut s = self.lock();
+        s.evicting = false;
+        s.phase != Phase::Working
+    }
+}
+
+/// Marks the end of a request, however it ends (a dropped service future included).
+struct RequestGuard(Arc<Slot>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.phase = Phase::Waiting;
+        s.idle_since = Instant::now();
+    }
+}
+
+/// Put in each request's extensions: the handler calls [`WorkStarted::begin`] once it has the whole
+/// body and starts doing what was asked, after which the connection is never closed to make room.
+#[derive(Clone)]
+pub(crate) struct WorkStarted(Arc<Slot>);
+
+impl WorkStarted {
+    pub fn begin(self) {
+        self.0.lock().phase = Phase::Working;
+    }
+}
+
+/// The admitted connections and the cap on them.
+pub(crate) struct Connections {
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection's place under the cap; dropping it (after the socket) makes room for the next.
+pub(crate) struct Admission {
+    id: u64,
+    slot: Arc<Slot>,
+    connections: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.connections.slots().remove(&self.id);
+    }
+}
+
+impl Connections {
+    pub fn new(limits: Limits, max_connections: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            limits,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Room for one more connection: at once under the cap; at the cap, after closing the
+    /// connection that has waited longest without a request being worked on. None when every
+    /// connection stayed at work for [`Limits::admit_wait`].
+    pub async fn admit(self: &Arc<Connections>) -> Option<Admission> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(self.register(permit));
+        }
+        let deadline = Instant::now() + self.limits.admit_wait;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let wait = if self.evict_longest_waiting() {
+                EVICT_SETTLE.min(deadline - now)
+            } else {
+                deadline - now
+            };
+            if let Ok(Ok(permit)) =
+                tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await
+            {
+                return Some(self.register(permit));
+            }
+        }
+    }
+
+    fn register(self: &Arc<Connections>, permit: OwnedSemaphorePermit) -> Admission {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::new());
+        self.slots().insert(id, slot.clone());
+        Admission {
+            id,
+            slot,
+            connections: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    /// Asks the connection that has waited longest without completing a request to close; false
+    /// when there is none (every connection is in a call or already asked).
+    fn evict_longest_waiting(&self) -> bool {
+        let victim = self
+            .slots()
+            .values()
+            .filter_map(|s| s.waiting_since().map(|t| (t, s.clone())))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, s)| s);
+        match victim {
+            Some(slot) => {
+                slot.mark_evicting();
+                slot.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves one admitted connection until it ends, times out, is evicted or the server shuts down.
+pub(crate) async fn serve_connection<H, F>(
+    stream: UnixStream,
+    admission: Admission,
+    watcher: Watcher,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let limits = admission.connections.limits;
+    let slot = admission.slot.clone();
+    let service = {
+        let slot = slot.clone();
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let request = slot.begin_request();
+            req.extensions_mut().insert(WorkStarted(slot.clone()));
+            let reply = handler(req);
+            async move {
+                let reply = reply.await;
+                drop(request);
+                Ok::<_, Infallible>(reply)
+            }
+        })
+    };
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        slot: slot.clone(),
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        // A client may shut down its write side once its request is out and still wait for the
+        // reply (without this, hyper drops the call on that EOF, after its side effects).
+        .half_close(true)
+        // Off: the watchdog below does it, with separate head and idle deadlines (see the top).
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    let conn = watcher.watch(conn);
+    tokio::pin!(conn);
+    loop {
+        let deadline = slot.deadline(&limits);
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!("connection ended: {e}");
+                }
+                break;
+            }
+            _ = slot.evict.notified() => {
+                if slot.accept_eviction() {
+                    tracing::debug!("closing the longest-waiting connection to admit a new one");
+                    break;
+                }
+            }
+            _ = slot.head_started.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                if let Some(why) = slot.expired(&limits) {
+                    tracing::debug!("closing connection: {why}");
+                    break;
+                }
+            }
+        }
+    }
+    // The socket closes here, before `admission` (declared earlier) lets the next one in.
+}
+
+/// The connection's socket, telling its slot when request bytes arrive.
+struct Watched {
+    inner: UnixStream,
+    slot: Arc<Slot>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.slot.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
