@@ -67,6 +67,19 @@ pub struct ControllerArgs {
     /// group: provisions and destroys running at once.
     #[arg(long, env = "INFRAKIT_MAX_PARALLEL", default_value_t = 32)]
     pub max_parallel: usize,
+    /// group: swarm mode. `auto` (the default) follows the swarm when the Docker engine
+    /// ($DOCKER_HOST, else /var/run/docker.sock) is a swarm manager: groups live in the swarm's
+    /// replicated store (configs) instead of --store, and only the swarm leader's controller acts.
+    /// `on` insists (and fails on an engine that is not a manager); `off` never asks the engine.
+    #[arg(long, env = "INFRAKIT_SWARM", value_enum, default_value = "auto")]
+    pub swarm: SwarmMode,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwarmMode {
+    Auto,
+    On,
+    Off,
 }
 
 impl ControllerArgs {
@@ -170,17 +183,63 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The engine whose swarm the group controller follows, if any (see `--swarm`).
+async fn swarm_engine(mode: SwarmMode) -> Result<Option<infrakit_docker::Engine>> {
+    if mode == SwarmMode::Off {
+        return Ok(None);
+    }
+    let Some(engine) = infrakit_docker::Engine::from_env() else {
+        if mode == SwarmMode::On {
+            anyhow::bail!(
+                "--swarm on needs a Docker engine on a unix socket (DOCKER_HOST=unix://...)"
+            );
+        }
+        return Ok(None);
+    };
+    match infrakit_docker::swarm::is_manager(&engine).await {
+        Ok(true) => Ok(Some(engine)),
+        Ok(false) if mode == SwarmMode::On => anyhow::bail!(
+            "--swarm on: the engine at {} is not a manager of an active swarm; run the group plugin on a \
+             manager (or `docker swarm init` first)",
+            engine.address()
+        ),
+        Err(e) if mode == SwarmMode::On => {
+            anyhow::bail!("--swarm on: cannot ask the engine at {}: {e}", engine.address())
+        }
+        // Auto: no engine, or not a manager: one host, the file store.
+        _ => Ok(None),
+    }
+}
+
 async fn build(args: &ServeArgs) -> Result<Plugins> {
     Ok(match args.kind {
         Kind::Group => {
-            let options = args.controller.options()?;
-            let store = args.controller.open_store()?;
-            tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
+            let mut options = args.controller.options()?;
             let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
-            let leadership = infrakit_controller::leader::Always::new();
-            Plugins::new().group(
-                GroupController::start(resolver, Box::new(store), &leadership, options).await?,
-            )
+            let controller = match swarm_engine(args.controller.swarm).await? {
+                Some(engine) => {
+                    use infrakit_docker::swarm::{leader, store::SwarmStore};
+                    tracing::info!(engine = %engine.address(), poll = ?options.poll_interval,
+                        "group controller in swarm mode: groups in the swarm's store, acting while this node leads");
+                    options.shared_store = true;
+                    let leadership =
+                        leader::SwarmLeadership::start(engine.clone(), leader::POLL).await;
+                    GroupController::start(
+                        resolver,
+                        Box::new(SwarmStore::new(engine)),
+                        leadership,
+                        options,
+                    )
+                    .await?
+                }
+                None => {
+                    let store = args.controller.open_store()?;
+                    tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
+                    let leadership = Arc::new(infrakit_controller::leader::Always::new());
+                    GroupController::start(resolver, Box::new(store), leadership, options).await?
+                }
+            };
+            Plugins::new().group(controller)
         }
         Kind::InstanceFile => {
             let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);

@@ -126,9 +126,9 @@ async fn up(args: UpArgs) -> Result<()> {
         restart_grace: Duration::ZERO,
         ..args.controller.options()?
     };
-    let leadership = infrakit_controller::leader::Always::new();
+    let leadership = Arc::new(infrakit_controller::leader::Always::new());
     let controller =
-        Arc::new(GroupController::start(resolver, Box::new(store), &leadership, options).await?);
+        Arc::new(GroupController::start(resolver, Box::new(store), leadership, options).await?);
 
     // One shutdown for every server: Ctrl-C/SIGTERM, or convergence with --until-converged. Each
     // server then removes its socket file.

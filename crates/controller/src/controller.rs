@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use crate::leader::Leadership;
 use crate::record::GroupRecord;
 use crate::store::GroupStore;
+use crate::sync;
 use crate::tags;
 use crate::worker::{self, group_tags, observe_instance, Ctx, Group, Options};
 
@@ -43,7 +44,7 @@ impl GroupController {
     pub async fn start(
         resolver: Arc<dyn PluginResolver>,
         store: Box<dyn GroupStore>,
-        leadership: &dyn Leadership,
+        leadership: Arc<dyn Leadership>,
         options: Options,
     ) -> Result<GroupController> {
         let loaded = store.load().await?;
@@ -56,6 +57,8 @@ impl GroupController {
             unusable: Mutex::new(BTreeMap::new()),
             writers: Mutex::new(Default::default()),
             role: leadership.watch(),
+            _leadership: leadership,
+            resync_wanted: tokio::sync::Notify::new(),
         });
         for u in loaded.unusable {
             if let Some(id) = u.id.clone() {
@@ -89,6 +92,9 @@ impl GroupController {
             );
             tracing::info!(group = %record.id(), "resuming group from the store");
             spawn(&ctx, Group::new(record, valid, stored.revision));
+        }
+        if ctx.options.shared_store {
+            tokio::spawn(keep_in_step(ctx.clone()));
         }
         Ok(GroupController { ctx })
     }
@@ -182,14 +188,27 @@ impl GroupController {
         })
     }
 
-    /// Changes a group's record under its writer lock; on a failed save nothing changes.
+    /// Changes a group's record under its writer lock; on a failed save nothing changes. With a
+    /// shared store a write based on a copy another manager has since replaced is refused; the
+    /// store is then read again and the change made once more on what it holds.
     async fn update(
         &self,
         group: &Arc<Group>,
-        change: impl FnOnce(&mut GroupRecord, &mut Arc<ValidGroup>) -> Result<()>,
+        mut change: impl FnMut(&mut GroupRecord, &mut Arc<ValidGroup>) -> Result<()>,
     ) -> Result<()> {
-        let _writer = self.ctx.writer(&group.id).await;
-        worker::write_locked(&self.ctx, group, change).await
+        let first = {
+            let _writer = self.ctx.writer(&group.id).await;
+            worker::write_locked(&self.ctx, group, &mut change).await
+        };
+        match first {
+            Err(e) if e.kind == ErrorKind::Conflict && self.ctx.options.shared_store => {
+                sync::resync(&self.ctx, false).await?;
+                let group = self.group(&group.id)?;
+                let _writer = self.ctx.writer(&group.id).await;
+                worker::write_locked(&self.ctx, &group, &mut change).await
+            }
+            other => other,
+        }
     }
 
     /// Commits (or with `pretend` only plans) `spec`; with `expect`, only if the plan's version is
@@ -202,6 +221,25 @@ impl GroupController {
     ) -> Result<CommitResult> {
         let valid = spec::parse(&spec, Origin::Commit).map_err(Error::invalid)?;
         self.check_plugins(&valid).await?;
+        match self.commit_checked(&spec, &valid, pretend, expect).await {
+            // Another manager wrote the group since this one last read the shared store.
+            Err(e) if e.kind == ErrorKind::Conflict && self.ctx.options.shared_store => {
+                sync::resync(&self.ctx, false).await?;
+                self.commit_checked(&spec, &valid, pretend, expect).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::commit`] once the spec and its plugins are checked.
+    async fn commit_checked(
+        &self,
+        spec: &GroupSpec,
+        valid: &ValidGroup,
+        pretend: bool,
+        expect: Option<&str>,
+    ) -> Result<CommitResult> {
+        let valid = valid.clone();
         // From here to the store write, no other change of this group can interleave.
         let _writer = self.ctx.writer(&spec.id).await;
         let existing = self.ctx.groups().get(&spec.id).cloned();
@@ -258,7 +296,45 @@ impl GroupController {
     }
 }
 
-fn spawn(ctx: &Arc<Ctx>, group: Arc<Group>) {
+/// With a shared store: reads it again every poll interval (so followers show what the leader
+/// does and the leader picks up what followers accepted), at once when this controller becomes the
+/// leader (it resumes from the store, not from what it saw while standing by), and when a write
+/// was refused as stale.
+async fn keep_in_step(ctx: Arc<Ctx>) {
+    let mut role = ctx.role.clone();
+    let mut leading = role.borrow_and_update().is_leader();
+    loop {
+        let elected = tokio::select! {
+            changed = role.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = role.borrow_and_update().is_leader();
+                let elected = now && !leading;
+                leading = now;
+                elected
+            }
+            _ = ctx.resync_wanted.notified() => false,
+            _ = tokio::time::sleep(ctx.options.poll_interval) => false,
+        };
+        if Arc::strong_count(&ctx) == 1 {
+            return;
+        }
+        if let Err(e) = sync::resync(&ctx, elected).await {
+            tracing::warn!(
+                "cannot read the group store ({}): {e}",
+                ctx.store.describe()
+            );
+        } else if elected {
+            tracing::info!(
+                "elected: resuming every group from {}",
+                ctx.store.describe()
+            );
+        }
+    }
+}
+
+pub(crate) fn spawn(ctx: &Arc<Ctx>, group: Arc<Group>) {
     ctx.groups().insert(group.id.clone(), group.clone());
     tokio::spawn(worker::run(group, ctx.clone()));
 }

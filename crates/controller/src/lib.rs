@@ -9,6 +9,7 @@ pub mod controller;
 pub mod leader;
 pub mod record;
 pub mod store;
+mod sync;
 pub mod tags;
 pub mod worker;
 

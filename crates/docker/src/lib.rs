@@ -6,6 +6,8 @@
 //! - [`plugins`]: the engine's plugin list, with our own request and types (bollard's refuse the
 //!   `null`s a 20.10 engine sends).
 //! - [`create`]: a plugin context as an in-memory tar and `POST /plugins/create` (`infrakit plugin create`).
+//! - [`swarm`]: the swarm as the controller's engine: its leadership ([`swarm::leader`]) and its
+//!   replicated store for group records ([`swarm::store`]).
 //! - [`source`]: [`EngineSource`], a discovery source finding InfraKit's managed plugins through the
 //!   engine. Callers add it with `Discovery::insert(1, ...)` (after the plugins directory, before the
 //!   legacy locations); the SDK itself never talks to the engine.
@@ -16,6 +18,7 @@ pub mod create;
 pub mod engine;
 pub mod plugins;
 pub mod source;
+pub mod swarm;
 
 pub use engine::Engine;
 pub use source::{EngineSource, ENGINE_PLUGINS_DIR_ENV};

@@ -29,6 +29,9 @@ pub struct Options {
     pub health_interval: Duration,
     /// Provisions and destroys running at once, across all groups.
     pub max_parallel: usize,
+    /// The store is shared with other controllers (the swarm's): read it again every poll interval,
+    /// on election and after a refused write, and retry a change refused as stale once.
+    pub shared_store: bool,
     /// After a restart, how long provisions the previous process had started may still finish in
     /// their (separate) instance plugin processes; until then they count toward the target. Zero
     /// when the instance plugins lived in the process that died (`infrakit up`).
@@ -42,6 +45,7 @@ impl Default for Options {
             health_interval: Duration::from_secs(30),
             max_parallel: 32,
             restart_grace: Duration::from_secs(30),
+            shared_store: false,
         }
     }
 }
@@ -59,6 +63,11 @@ pub(crate) struct Ctx {
     /// removed: one small mutex per group ID ever seen.
     pub writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub role: watch::Receiver<Role>,
+    /// Kept alive for as long as the controller: whatever drives the role (a poller) runs while
+    /// its owner does.
+    pub _leadership: Arc<dyn crate::leader::Leadership>,
+    /// Asks `keep_in_step` (shared stores only) to read the store again now.
+    pub resync_wanted: Notify,
 }
 
 impl Ctx {

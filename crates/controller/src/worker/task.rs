@@ -23,6 +23,7 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
             Role::Leader => reconcile(&group, &ctx).await,
             Role::Follower { reason } => {
                 stand_by(&group, reason);
+                observe_only(&group, &ctx).await;
                 None
             }
         };
@@ -54,6 +55,28 @@ fn stand_by(group: &Group, reason: String) {
         tracing::info!(group = %group.id, "standing by: {reason}");
     }
     s.view.error = Some(reason);
+}
+
+/// A follower still looks (never acts), so `DescribeGroup` on any manager shows the instances.
+async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
+    let plugin = {
+        let s = group.state();
+        match s.record.versions.get(&s.valid.hash) {
+            Some(b) => b.instance.plugin.clone(),
+            None => return,
+        }
+    };
+    let Ok(instance) = ctx.resolver.instance(&plugin).await else {
+        return;
+    };
+    if let Ok(described) = instance
+        .describe_instances(&group_tags(&group.id), false)
+        .await
+    {
+        let mut s = group.state();
+        s.view.instances = Arc::new(described);
+        s.view.observed = true;
+    }
 }
 
 /// After a wake-up, waits (at most [`SETTLE`]) while actions are still running, so that a burst of
@@ -209,6 +232,10 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
                 s.all_proven = s.record.memory.instances.values().all(|m| m.ever_ready);
             }
             Err(e) => {
+                if e.kind == infrakit_sdk::ErrorKind::Conflict {
+                    // Another writer (a commit through another manager) changed the record.
+                    ctx.resync_wanted.notify_one();
+                }
                 group.set_error(format!("{e}; not acting until the store works again"));
                 return None;
             }

@@ -92,7 +92,9 @@ pub async fn check(engine: &Engine) -> Role {
         ));
     }
     if swarm.control_available != Some(true) {
-        return follower("this node is a swarm worker; only the leader manager's controller acts".into());
+        return follower(
+            "this node is a swarm worker; only the leader manager's controller acts".into(),
+        );
     }
     let Some(node_id) = swarm.node_id.filter(|n| !n.is_empty()) else {
         return follower("the engine does not say which swarm node it is".into());

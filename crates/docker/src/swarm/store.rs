@@ -74,7 +74,9 @@ impl SwarmStore {
         match docker.inspect_config(&Self::head_name(id)).await {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
-                let e = self.engine.error(&format!("reading group '{id}' from the swarm"), e);
+                let e = self
+                    .engine
+                    .error(&format!("reading group '{id}' from the swarm"), e);
                 if e.kind == ErrorKind::NotFound {
                     Ok(None)
                 } else {
@@ -109,10 +111,7 @@ fn name(c: &Config) -> &str {
 }
 
 fn version(c: &Config) -> Revision {
-    c.version
-        .as_ref()
-        .and_then(|v| v.index)
-        .unwrap_or(0)
+    c.version.as_ref().and_then(|v| v.index).unwrap_or(0)
 }
 
 fn data(c: &Config) -> std::result::Result<Vec<u8>, String> {
@@ -137,7 +136,10 @@ impl GroupStore for SwarmStore {
         let by_name: BTreeMap<&str, &Config> = configs.iter().map(|c| (name(c), c)).collect();
         let mut loaded = Loaded::default();
         let mut referenced = Vec::new();
-        for head in configs.iter().filter(|c| label(c, STORE_LABEL) == Some("head")) {
+        for head in configs
+            .iter()
+            .filter(|c| label(c, STORE_LABEL) == Some("head"))
+        {
             let id = label(head, GROUP_LABEL).unwrap_or_default().to_string();
             let unusable = |error: String| Unusable {
                 source: format!("swarm config {}", name(head)),
@@ -181,12 +183,17 @@ impl GroupStore for SwarmStore {
         }
         // Data configs no head names: left by a writer that lost its compare-and-swap or crashed
         // between its two steps.
-        for c in configs.iter().filter(|c| label(c, STORE_LABEL) == Some("data")) {
+        for c in configs
+            .iter()
+            .filter(|c| label(c, STORE_LABEL) == Some("data"))
+        {
             if !referenced.iter().any(|r| r == name(c)) {
                 self.remove(name(c)).await;
             }
         }
-        loaded.groups.sort_by(|a, b| a.record.id().cmp(b.record.id()));
+        loaded
+            .groups
+            .sort_by(|a, b| a.record.id().cmp(b.record.id()));
         Ok(loaded)
     }
 
@@ -226,7 +233,9 @@ impl GroupStore for SwarmStore {
             })
             .await
             .map_err(|e| {
-                let e = self.engine.error(&format!("writing group '{id}' to the swarm"), e);
+                let e = self
+                    .engine
+                    .error(&format!("writing group '{id}' to the swarm"), e);
                 if e.kind == ErrorKind::Conflict {
                     conflict(id, stored + 1, expected)
                 } else {
@@ -245,24 +254,28 @@ impl GroupStore for SwarmStore {
                 })
                 .await
                 .map(|_| ()),
-            Some(h) => docker
-                .update_config(
-                    h.id.as_deref().unwrap_or_default(),
-                    ConfigSpec {
-                        name: Some(Self::head_name(id)),
-                        labels: Some(head_labels),
-                        data: h.spec.as_ref().and_then(|s| s.data.clone()),
-                        templating: None,
-                    },
-                    UpdateConfigOptions {
-                        version: i64::try_from(stored).unwrap_or(i64::MAX),
-                    },
-                )
-                .await,
+            Some(h) => {
+                docker
+                    .update_config(
+                        h.id.as_deref().unwrap_or_default(),
+                        ConfigSpec {
+                            name: Some(Self::head_name(id)),
+                            labels: Some(head_labels),
+                            data: h.spec.as_ref().and_then(|s| s.data.clone()),
+                            templating: None,
+                        },
+                        UpdateConfigOptions {
+                            version: i64::try_from(stored).unwrap_or(i64::MAX),
+                        },
+                    )
+                    .await
+            }
         };
         if let Err(e) = moved {
             self.remove(&data_name).await;
-            let e = self.engine.error(&format!("writing group '{id}' to the swarm"), e);
+            let e = self
+                .engine
+                .error(&format!("writing group '{id}' to the swarm"), e);
             // 409: another writer created the head first; "out of sequence": it moved it first.
             return Err(
                 if e.kind == ErrorKind::Conflict || e.message.contains("out of sequence") {
