@@ -35,7 +35,7 @@ test: setup
 	@if [ "$${CI:-}" = true ] && timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory zk-image; \
 	 elif ! timeout 10 docker image inspect '$(ZK_IMAGE):$(ZK_TAG)' >/dev/null 2>&1; then \
 	 echo "make test: no $(ZK_IMAGE):$(ZK_TAG) (make zk-image builds it, as root; CI does): tests/zookeeper.rs will skip"; fi
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
 
 ## Make sure a Docker Engine answers (installs Debian's docker.io and starts dockerd if needed).
 engine:

@@ -301,7 +301,7 @@ fn group_commit_of_a_missing_file_says_so_before_looking_for_the_plugin() {
     let missing = w.path("no-such-group.json");
     let err = w.fails(&["group", "commit", missing.to_str().unwrap()]);
     assert!(
-        err.contains("cannot read group spec file") && err.contains("no-such-group.json"),
+        err.contains("does not exist") && err.contains("no-such-group.json"),
         "{err}"
     );
     assert!(!err.contains("plugin 'group' not found"), "{err}");
