@@ -4,7 +4,8 @@
 #   scripts/plugins.sh create|enable|disable|clean|push|ls [NAME...]
 #   scripts/plugins.sh upgrade PLUGIN REMOTE-REFERENCE
 #
-# Plugins: `group` (the top-level config.json, the main bundle) and every plugins/<name>/config.json.
+# Plugins: every plugins/<name>/config.json (the top-level config.json, the bundle's entry manifest,
+# is a link to plugins/group/config.json).
 # Each is created as $REPO/<name>:$VERSION from a context $BUILD_DIR/<name>/{config.json,rootfs/},
 # the rootfs holding the one static binary $BIN and the empty directories its mounts need.
 #
@@ -26,18 +27,18 @@ die() {
     exit 1
 }
 
-# Every plugin, in enable order: what others depend on first, the group controller last.
+# Every plugin (plugins/<name>/config.json), in enable order: what others depend on first, the
+# group controller (which calls the others) last.
 all_plugins() {
-    local d
+    local d name
     for d in plugins/*/; do
-        [ -f "$d/config.json" ] && basename "$d"
+        name=$(basename "$d")
+        [ -f "$d/config.json" ] && [ "$name" != group ] && echo "$name"
     done
-    echo group
+    [ -f plugins/group/config.json ] && echo group
 }
 
-config_of() {
-    if [ "$1" = group ]; then echo config.json; else echo "plugins/$1/config.json"; fi
-}
+config_of() { echo "plugins/$1/config.json"; }
 
 NAME_PREFIX=${NAME_PREFIX:-}
 ref_of() { echo "$REPO/$NAME_PREFIX$1:$VERSION"; }
