@@ -427,6 +427,10 @@ up() {
         say "sweeping a previous lab"
         down
     fi
+    local used
+    used=$(ip -o -4 addr show | awk -v n="$SUBNET." '
+        { split($4, a, "/"); if (index(a[1], n) == 1) print $2 " " $4 }')
+    [ -z "$used" ] || die "$SUBNET.0/24 is already in use on this machine ($used): pick another, e.g. make swarm-lab SUBNET=10.98.0"
     mkdir -p "$LAB_DATA" "$LAB_RUN"
     [ -d /run/netns ] || touch "$LAB_DATA/made-run-netns"
 
