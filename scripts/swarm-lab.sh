@@ -130,7 +130,7 @@ node_pids() {
 }
 
 stop_node() {
-    local node=$1 ns pids
+    local node=$1 ns pids pid cgroups="" cg dir
     ns=$(netns_of "$node")
     # Every process of the node at once, with SIGKILL: the lab's state is thrown away, and a gentle
     # dockerd stop would wait 10 s for each container that ignores SIGTERM. The node's mounts go
@@ -138,6 +138,11 @@ stop_node() {
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         pids=$(node_pids "$node" | tr '\n' ' ')
         [ -n "${pids// /}" ] || break
+        # The cgroups named by a container's or plugin's ID these processes are in: plugins get
+        # /<plugin ID>, outside the containers' cgroup parent. Removed once the processes are gone.
+        # shellcheck disable=SC2086 # a list of numbers
+        cgroups+=$'\n'$(for pid in $pids; do cut -d: -f3 "/proc/$pid/cgroup" 2>/dev/null || true; done |
+            grep -E "^(/$PREFIX/$node)?/[0-9a-f]{64}\$" || true)
         # shellcheck disable=SC2086 # a list of numbers
         kill -KILL $pids 2>/dev/null || true
         sleep 0.2
@@ -147,6 +152,16 @@ stop_node() {
         ip netns delete "$ns" 2>/dev/null || die "cannot delete network namespace $ns; see: ip netns pids $ns"
     fi
     ip link delete "ikl-$node" 2>/dev/null || true
+    while read -r cg; do
+        [ -n "$cg" ] || continue
+        for dir in /sys/fs/cgroup/*"$cg"; do
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                [ -d "$dir" ] || break
+                rmdir "$dir" 2>/dev/null || sleep 0.1
+            done
+            [ ! -d "$dir" ] || say "$node: cannot remove the cgroup $dir (rmdir it when its processes are gone)"
+        done
+    done < <(sort -u <<<"$cgroups")
     # The containers' cgroups (dockerd removes them when it can), deepest first.
     find /sys/fs/cgroup/ -depth -type d \( -path "*/$PREFIX/$node" -o -path "*/$PREFIX/$node/*" \) \
         -exec rmdir {} + 2>/dev/null || true

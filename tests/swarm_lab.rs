@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::engine::{prerequisites, text, wait_until};
+use common::engine::{prerequisites, static_bin_missing, text, wait_until, STATIC_BIN};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-lab.sh");
@@ -195,7 +195,8 @@ fn pid_of_file(path: &str) -> u32 {
 }
 
 /// What of the lab is still on the machine (nothing, after down).
-fn leftovers(pids: &[u32]) -> Vec<String> {
+/// `cgroups`: the names of cgroups the lab made outside its own tree (a plugin's is its ID).
+fn leftovers(pids: &[u32], cgroups: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     let sh = |c: &str| {
         let o = Command::new("sh").args(["-c", c]).output().expect("sh");
@@ -230,11 +231,66 @@ fn leftovers(pids: &[u32]) -> Vec<String> {
             left.push(format!("the registry: {registry}"));
         }
     }
-    let cgroups = sh(&format!("find /sys/fs/cgroup -name '{PREFIX}*'"));
-    if !cgroups.is_empty() {
-        left.push(format!("cgroups: {cgroups}"));
+    for name in std::iter::once(format!("{PREFIX}*")).chain(cgroups.iter().cloned()) {
+        let found = sh(&format!("find /sys/fs/cgroup -maxdepth 2 -name '{name}'"));
+        if !found.is_empty() {
+            left.push(format!("cgroups: {found}"));
+        }
     }
     left
+}
+
+/// A managed plugin (flavor-vanilla, from the static binary) created and enabled in node2 through
+/// the exec helper: its socket exists inside node2 and not on the host. Returns its cgroup's name
+/// (the plugin's ID), which down must remove. Skipped, saying so, without the static binary.
+fn managed_plugin_in_a_node() -> Vec<String> {
+    if let Some(why) = static_bin_missing() {
+        eprintln!("swarm lab test: not checking a managed plugin in a node: {why}");
+        return Vec::new();
+    }
+    // Under the lab's data directory: visible inside the node, removed by down.
+    let ctx = Path::new(LAB_DATA).join("test-plugin");
+    for dir in ["run/docker/plugins", "tmp", "etc", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(ctx.join("rootfs").join(dir)).expect("plugin rootfs");
+    }
+    std::fs::copy(STATIC_BIN, ctx.join("rootfs/infrakit")).expect("copy the static binary");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/plugins/flavor-vanilla/config.json"
+        ),
+        ctx.join("config.json"),
+    )
+    .expect("copy the plugin's config.json");
+    let reference = "infrakit-lab-test/flavor-vanilla:1";
+    let ctx = ctx.to_str().expect("utf-8 path");
+    lab_ok(&[
+        "exec", "node2", "--", "docker", "plugin", "create", reference, ctx,
+    ]);
+    lab_ok(&[
+        "exec", "node2", "--", "docker", "plugin", "enable", reference,
+    ]);
+    let listed = lab_ok(&["exec", "node2", "--", "docker", "plugin", "ls"]);
+    assert!(listed.contains(reference), "node2's plugins: {listed}");
+    let id = lab_ok(&[
+        "exec", "node2", "--", "docker", "plugin", "inspect", "-f", "{{.Id}}", reference,
+    ]);
+    let socket = format!("/run/docker/plugins/{}/vanilla.sock", id.trim());
+    lab_ok(&["exec", "node2", "--", "test", "-S", &socket]);
+    assert!(
+        !Path::new(&socket).exists(),
+        "{socket} is visible on the host: node2's /run is not private"
+    );
+    let id = id.trim().to_string();
+    let cgroup = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "2", "-name", &id])
+        .output()
+        .expect("find");
+    assert!(
+        !cgroup.stdout.is_empty(),
+        "the plugin's cgroup (named {id}) is not where down looks for it"
+    );
+    vec![id]
 }
 
 #[test]
@@ -320,6 +376,8 @@ fn a_swarm_lab_comes_up_healthy_and_goes_without_a_trace() {
     .expect_err("a pull of an absent repository");
     assert!(pull.contains("manifest unknown"), "{}: {pull}", worker.name);
 
+    let plugin_cgroups = managed_plugin_in_a_node();
+
     // Inside a node, its own engine answers on /var/run/docker.sock.
     let name = lab_ok(&[
         "exec",
@@ -354,7 +412,7 @@ fn a_swarm_lab_comes_up_healthy_and_goes_without_a_trace() {
     let started = Instant::now();
     lab_ok(&["down"]);
     let down_time = started.elapsed();
-    let left = leftovers(&pids);
+    let left = leftovers(&pids, &plugin_cgroups);
     assert!(left.is_empty(), "left after down: {left:#?}");
     lab_ok(&["down"]);
     drop(down);
