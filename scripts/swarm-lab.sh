@@ -17,16 +17,18 @@
 # (Debian's docker-registry) listens on $SUBNET.1:5000, insecure (plain HTTP), anonymous.
 # $LAB_RUN/lab.env (shell) and $LAB_RUN/lab.json say all of that for tests and tools.
 #
-# Environment: NODES (4), MANAGERS (3), LAB_DATA (/var/lib/infrakit-lab), LAB_RUN
-# (/run/infrakit-lab), SUBNET (10.99.0: the first three octets of the bridge's /24).
+# Environment: NODES (4, managers included), MANAGERS (3), SUBNET (10.99.0: the first three octets
+# of the bridge's /24). Data in $LAB_DATA (/var/lib/infrakit-lab), sockets and state in $LAB_RUN.
 # Every name it makes starts with infrakit-lab (namespaces infrakit-lab-nodeK, bridge infrakit-lab0,
-# veths ikl-nodeK, the iptables rule's comment, containers' cgroup parent /infrakit-lab/nodeK).
+# veths ikl-nodeK, the iptables rule's comment, containers' cgroup parent /infrakit-lab/nodeK);
+# down also removes the cgroups of the nodes' plugins (named by plugin ID) that it saw them in.
 set -euo pipefail
 
 NODES=${NODES:-4}
 MANAGERS=${MANAGERS:-3}
-LAB_DATA=${LAB_DATA:-/var/lib/infrakit-lab}
-LAB_RUN=${LAB_RUN:-/run/infrakit-lab}
+# Fixed, not settable: down removes them whole.
+LAB_DATA=/var/lib/infrakit-lab
+LAB_RUN=/run/infrakit-lab
 SUBNET=${SUBNET:-10.99.0}
 PREFIX=infrakit-lab
 BRIDGE=${PREFIX}0
