@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image bench-docker
+.PHONY: all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -90,6 +90,18 @@ fmt:
 ## `docker run -d` and `docker service create --replicas 100` (N=..., MAX_PARALLEL=...).
 bench-docker: build
 	bash scripts/bench-docker.sh
+
+## A swarm on this one machine: NODES engines (MANAGERS of them managers), each in namespaces of its
+## own, a bridge (10.99.0.1/24) and a registry on 10.99.0.1:5000 (root). Prints how to reach each node;
+## /run/infrakit-lab/lab.env and lab.json say the same for tools. Idempotent; sweeps a crashed lab.
+NODES ?= 4
+MANAGERS ?= 3
+swarm-lab:
+	NODES='$(NODES)' MANAGERS='$(MANAGERS)' bash scripts/swarm-lab.sh up
+
+## Removes everything swarm-lab made, and only that (harmless when there is none).
+swarm-lab-down:
+	bash scripts/swarm-lab.sh down
 
 ## Benchmarks (release build): protocol round trips, DescribeInstances over 1,000 files, ...
 bench:
