@@ -89,7 +89,11 @@ impl SwarmStore {
     async fn remove(&self, name: &str) {
         if let Ok(docker) = self.engine.docker() {
             if let Err(e) = docker.delete_config(name).await {
-                tracing::warn!(config = name, "cannot remove an old group config: {e}");
+                let e = self.engine.error("removing an old group config", e);
+                // Another manager's load swept it first: what we wanted.
+                if e.kind != ErrorKind::NotFound {
+                    tracing::warn!(config = name, "{e}");
+                }
             }
         }
     }
@@ -135,7 +139,6 @@ impl GroupStore for SwarmStore {
         let configs = self.ours().await?;
         let by_name: BTreeMap<&str, &Config> = configs.iter().map(|c| (name(c), c)).collect();
         let mut loaded = Loaded::default();
-        let mut referenced = Vec::new();
         for head in configs
             .iter()
             .filter(|c| label(c, STORE_LABEL) == Some("head"))
@@ -154,7 +157,6 @@ impl GroupStore for SwarmStore {
                     .push(unusable("the head names no current record".into()));
                 continue;
             };
-            referenced.push(current.to_string());
             let Some(data_config) = by_name.get(current) else {
                 loaded.unusable.push(unusable(format!(
                     "its current record {current} is missing from the swarm"
@@ -181,13 +183,33 @@ impl GroupStore for SwarmStore {
                 Err(e) => loaded.unusable.push(unusable(e)),
             }
         }
-        // Data configs no head names: left by a writer that lost its compare-and-swap or crashed
-        // between its two steps.
+        // Data configs left by a writer that lost its compare-and-swap or crashed between its two
+        // steps: older than their group's head and not its current record. A data config newer
+        // than the head may be a write in flight (created, head not yet moved): left alone.
+        let heads: HashMap<&str, (Revision, &str)> = configs
+            .iter()
+            .filter(|c| label(c, STORE_LABEL) == Some("head"))
+            .filter_map(|h| {
+                Some((
+                    label(h, GROUP_LABEL)?,
+                    (version(h), label(h, CURRENT_LABEL).unwrap_or_default()),
+                ))
+            })
+            .collect();
         for c in configs
             .iter()
             .filter(|c| label(c, STORE_LABEL) == Some("data"))
         {
-            if !referenced.iter().any(|r| r == name(c)) {
+            let Some(id) = label(c, GROUP_LABEL) else {
+                continue;
+            };
+            let written_at: Option<Revision> =
+                name(c).rsplit_once('.').and_then(|(_, n)| n.parse().ok());
+            let stale = match (heads.get(id), written_at) {
+                (Some((head, current)), Some(n)) => n <= *head && name(c) != *current,
+                _ => false,
+            };
+            if stale {
                 self.remove(name(c)).await;
             }
         }
