@@ -325,14 +325,22 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
     let election = wait_until("a new leader", Duration::from_secs(60), || {
         followers.iter().any(|i| leads(managers[*i]))
     });
-    wait_until(
-        "the update completes on the new leader",
-        Duration::from_secs(180),
-        || {
-            let (n, by) = census(&dir);
-            n == 20 && !by.contains_key(&old_hash)
-        },
-    );
+    let done = Instant::now();
+    loop {
+        let (n, by) = census(&dir);
+        if n == 20 && !by.contains_key(&old_hash) {
+            break;
+        }
+        if done.elapsed() > Duration::from_secs(180) {
+            for (i, c) in controllers.iter().enumerate() {
+                let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- controller {} (last lines, newest first):\n{}", via(i), tail.join("\n"));
+            }
+            panic!("the update did not complete on the new leader within 180 s: {n} instances, {by:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let new_leader = *followers
         .iter()
         .find(|i| leads(managers[**i]))
@@ -366,4 +374,260 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
     ]);
     assert_eq!(census(&dir).0, 0);
     drop(controllers);
+}
+
+/// Whether this test may use the lab (root), after taking the engine tests' lock.
+fn lab_prerequisites() -> Option<std::fs::File> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    prerequisites("swarm failover tests", || {
+        (!root).then(|| "the lab swarm needs root (network and mount namespaces)".to_string())
+    })
+    .ok()
+}
+
+/// The lab, instance-file and flavor-vanilla on the host, a controller per manager, and a group of
+/// `size` committed through the leader's controller and converged.
+struct Swarm {
+    w: World,
+    dir: PathBuf,
+    controllers: Vec<Controller>,
+    managers: Vec<(String, String)>,
+    _files: common::Plugin,
+    _vanilla: common::Plugin,
+    _lab: Lab,
+}
+
+impl Swarm {
+    fn new(size: u64) -> Swarm {
+        let lab = Lab::up();
+        let w = World::new();
+        let dir = w.path("instances");
+        let files = w.serve(
+            "instance-file",
+            &["instance-file", "--dir", dir.to_str().unwrap()],
+        );
+        let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+        let nodes: Vec<&Node> = lab.managers().collect();
+        let controllers = nodes.iter().map(|n| start_controller(&w, n)).collect();
+        let managers = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.host.clone()))
+            .collect();
+        let s = Swarm {
+            w,
+            dir,
+            controllers,
+            managers,
+            _files: files,
+            _vanilla: vanilla,
+            _lab: lab,
+        };
+        let leader = s.leader().expect("a leader");
+        let mut spec = group_spec("v1");
+        spec["Properties"]["Allocation"]["Size"] = json!(size);
+        let f = s.w.write("g.json", &spec.to_string());
+        s.w.ok(&[
+            "group",
+            "--name",
+            &s.via(leader),
+            "commit",
+            f.to_str().unwrap(),
+        ]);
+        wait_until("the group converges", Duration::from_secs(60), || {
+            census(&s.dir).0 == size as usize
+        });
+        s
+    }
+
+    fn node(&self, i: usize) -> Node {
+        Node {
+            name: self.managers[i].0.clone(),
+            manager: true,
+            host: self.managers[i].1.clone(),
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        (0..self.managers.len()).find(|i| leads(&self.node(*i)))
+    }
+
+    fn via(&self, i: usize) -> String {
+        format!("group-{}", self.managers[i].0)
+    }
+
+    fn message(&self, i: usize) -> String {
+        let out = self
+            .w
+            .run(&["group", "--name", &self.via(i), "describe", "fo", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|d| d["Message"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.controllers[i].log).unwrap_or_default()
+    }
+
+    /// Deletes `n` instance files; returns when they are gone.
+    fn delete_instances(&self, n: usize) {
+        let victims: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .take(n)
+            .collect();
+        for v in victims {
+            std::fs::remove_file(v).expect("rm");
+        }
+    }
+}
+
+fn dockerd_pid(node: &str) -> String {
+    std::fs::read_to_string(format!("{LAB_DATA}/{node}/dockerd.pid"))
+        .expect("dockerd.pid")
+        .trim()
+        .to_string()
+}
+
+fn kill_engine(node: &str) {
+    assert!(Command::new("kill")
+        .args(["-9", &dockerd_pid(node)])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+/// Starts a node's dockerd again in its namespaces (through the lab's holder process). It outlives
+/// this call on purpose: `swarm-lab.sh down` (the lab's Drop) kills it with its node.
+#[allow(clippy::zombie_processes)]
+fn start_engine(node: &str) {
+    let data = format!("{LAB_DATA}/{node}");
+    let holder = std::fs::read_to_string(format!("{data}/holder.pid")).expect("holder.pid");
+    let log = std::fs::File::create(format!("{data}/dockerd-restart.log")).expect("log");
+    let child = Command::new("setsid")
+        .args(["nsenter", "-t", holder.trim(), "--net", "--mount", "--uts"])
+        .args(["dockerd", "--config-file", &format!("{data}/daemon.json")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start dockerd");
+    std::fs::write(format!("{data}/dockerd.pid"), child.id().to_string()).expect("pid");
+}
+
+#[test]
+fn without_quorum_no_controller_acts_and_each_says_why_then_it_resumes() {
+    let Some(_lock) = lab_prerequisites() else {
+        return;
+    };
+    let s = Swarm::new(5);
+    // Two of three managers down: the survivor has no quorum.
+    let survivor = 2;
+    for i in 0..2 {
+        kill_engine(&s.managers[i].0);
+    }
+    wait_until(
+        "the survivor's controller says why it stands by",
+        Duration::from_secs(90),
+        || {
+            let m = s.message(survivor);
+            m.contains("no leader") || m.contains("cannot confirm") || m.contains("did not answer")
+        },
+    );
+    println!("survivor says: {}", s.message(survivor));
+    let quiet_since = std::time::SystemTime::now();
+    s.delete_instances(2);
+    // Positive proof the survivor's controller is alive and looking while it does nothing: its
+    // describe answers with the reason throughout, and no instance comes back.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        assert_eq!(census(&s.dir).0, 3, "something acted without quorum");
+        assert!(
+            !s.message(survivor).is_empty(),
+            "the survivor still explains itself"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        first_action_after(&s.log(survivor), quiet_since).is_none(),
+        "the survivor acted without quorum"
+    );
+    for i in 0..2 {
+        start_engine(&s.managers[i].0);
+    }
+    let healed = wait_until(
+        "quorum back and the group healed",
+        Duration::from_secs(120),
+        || census(&s.dir).0 == 5,
+    );
+    println!(
+        "managers restarted → group healed: {:.1} s",
+        healed.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_partitioned_leader_stops_acting_and_the_majority_heals_the_group() {
+    let Some(_lock) = lab_prerequisites() else {
+        return;
+    };
+    let s = Swarm::new(5);
+    let old = s.leader().expect("a leader");
+    let veth = format!("ikl-{}", s.managers[old].0);
+    let link = |state: &str| {
+        assert!(Command::new("ip")
+            .args(["link", "set", &veth, state])
+            .status()
+            .expect("ip")
+            .success())
+    };
+    link("down");
+    let cut = std::time::SystemTime::now();
+    s.delete_instances(2);
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let healed = wait_until(
+        "the majority heals the group",
+        Duration::from_secs(120),
+        || census(&s.dir).0 == 5,
+    );
+    println!(
+        "leader cut off → the majority replaced 2 deleted instances: {:.1} s",
+        healed.as_secs_f64()
+    );
+    let new = *others
+        .iter()
+        .find(|i| first_action_after(&s.log(**i), cut).is_some())
+        .expect("a manager of the majority acted");
+    link("up");
+    // After the heal the old leader follows (a second election may happen): the group stays
+    // whole, no instance is made twice, and the old leader never acted while cut off.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(20) {
+        let n = census(&s.dir).0;
+        assert!((5..=7).contains(&n), "{n} instances after the heal");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until("exactly 5 after the heal", Duration::from_secs(60), || {
+        census(&s.dir).0 == 5
+    });
+    let old_log = s.log(old);
+    let acted = old_log
+        .lines()
+        .filter(|l| l.contains("provisioned") || l.contains("destroyed"))
+        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+        .filter(|t| t.duration_since(cut).is_ok())
+        .count();
+    assert_eq!(
+        acted, 0,
+        "the cut-off leader acted after the partition:\n{old_log}"
+    );
+    println!(
+        "acted after the cut: old leader 0, new leader {}",
+        s.via(new)
+    );
 }
