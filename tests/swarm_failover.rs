@@ -335,9 +335,15 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
             for (i, c) in controllers.iter().enumerate() {
                 let log = std::fs::read_to_string(&c.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- controller {} (last lines, newest first):\n{}", via(i), tail.join("\n"));
+                eprintln!(
+                    "--- controller {} (last lines, newest first):\n{}",
+                    via(i),
+                    tail.join("\n")
+                );
             }
-            panic!("the update did not complete on the new leader within 180 s: {n} instances, {by:?}");
+            panic!(
+                "the update did not complete on the new leader within 180 s: {n} instances, {by:?}"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -34,7 +34,20 @@ pub(crate) async fn resync(ctx: &Arc<Ctx>, after_election: bool) -> Result<()> {
         let _writer = ctx.writer(&id).await;
         let existing = ctx.groups().get(&id).cloned();
         if let Some(g) = &existing {
-            if g.state().revision >= stored.revision {
+            let mut s = g.state();
+            if s.revision >= stored.revision {
+                if after_election {
+                    // Already up to date, but what the previous leader had in flight is not this
+                    // controller's to wait for as its own: without this its provisions would count
+                    // as failed, and the first failure pauses an update.
+                    s.record.memory.after_restart_within(
+                        worker::now_ms(),
+                        ctx.options.restart_grace.as_millis() as u64,
+                    );
+                    s.generation += 1;
+                    drop(s);
+                    g.wake.notify_one();
+                }
                 continue;
             }
         }
