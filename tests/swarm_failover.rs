@@ -215,14 +215,7 @@ fn first_action_after(log: &str, since: std::time::SystemTime) -> Option<Duratio
 
 #[test]
 fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let Ok(_lock) = prerequisites("swarm failover tests", || {
-        (!root).then(|| "the lab swarm needs root (network and mount namespaces)".to_string())
-    }) else {
+    let Some(_lock) = lab_prerequisites() else {
         return;
     };
     let lab = Lab::up();
@@ -382,8 +375,18 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
     drop(controllers);
 }
 
-/// Whether this test may use the lab (root), after taking the engine tests' lock.
+/// Opt-in until they have a record of runs behind them (each takes 1-2 minutes and kills engines):
+/// `make test-swarm` sets it.
+const OPT_IN: &str = "INFRAKIT_SWARM_TESTS";
+
+/// Whether this test may use the lab (opted in, root), after taking the engine tests' lock.
 fn lab_prerequisites() -> Option<std::fs::File> {
+    if std::env::var(OPT_IN).as_deref() != Ok("1") {
+        eprintln!(
+            "\n*** SKIPPING the swarm failover tests: set {OPT_IN}=1 (make test-swarm) to run them ***\n"
+        );
+        return None;
+    }
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -446,6 +449,14 @@ impl Swarm {
         wait_until("the group converges", Duration::from_secs(60), || {
             census(&s.dir).0 == size as usize
         });
+        // Every manager's controller has read the group from the swarm's store.
+        for i in 0..s.managers.len() {
+            wait_until(
+                "every manager knows the group",
+                Duration::from_secs(30),
+                || !s.message(i).starts_with("(describe failed"),
+            );
+        }
         s
     }
 
@@ -469,6 +480,12 @@ impl Swarm {
         let out = self
             .w
             .run(&["group", "--name", &self.via(i), "describe", "fo", "--json"]);
+        if !out.status.success() {
+            return format!(
+                "(describe failed: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         serde_json::from_slice::<Value>(&out.stdout)
             .map(|d| d["Message"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default()

@@ -107,12 +107,7 @@ pub async fn check(engine: &Engine) -> Role {
         Ok(Err(e)) => {
             let e = engine.error("asking the swarm who leads", e);
             if e.message.contains("does not have a leader") {
-                follower(format!(
-                    "the swarm has no leader: too few managers are online for a quorum. Bring \
-                     managers back (see `docker node ls` on a manager), or recover the swarm \
-                     with `docker swarm init --force-new-cluster` on a surviving manager ({})",
-                    e.message
-                ))
+                follower(no_leader(&e.message))
             } else {
                 follower(e.message)
             }
@@ -120,13 +115,33 @@ pub async fn check(engine: &Engine) -> Role {
         Ok(Ok(node)) => {
             let status = node.manager_status.unwrap_or_default();
             if status.leader == Some(true) {
-                Role::Leader
-            } else {
-                follower(format!(
+                return Role::Leader;
+            }
+            // A follower's control requests are answered by the leader: one that fails or hangs
+            // says the swarm has no leader this node can reach (no quorum), which an operator
+            // must hear about, not "another manager acts".
+            match tokio::time::timeout(CALL_TIMEOUT, docker.list_nodes(None)).await {
+                Ok(Ok(_)) => follower(format!(
                     "this node ({node_id}) is a swarm manager but not the leader: the leader's \
                      controller acts; this one stands by"
-                ))
+                )),
+                Ok(Err(e)) => follower(no_leader(
+                    &engine.error("asking the swarm for its nodes", e).message,
+                )),
+                Err(_) => follower(no_leader(&format!(
+                    "the swarm did not answer within {CALL_TIMEOUT:?}"
+                ))),
             }
         }
     }
+}
+
+/// What an operator hears when the swarm has no leader this node can reach.
+fn no_leader(detail: &str) -> String {
+    format!(
+        "the swarm has no leader this node can reach: too few managers may be online for a quorum, \
+         so nothing is reconciled. Bring managers back (see `docker node ls` on a manager), or \
+         recover the swarm with `docker swarm init --force-new-cluster` on a surviving manager \
+         ({detail})"
+    )
 }
