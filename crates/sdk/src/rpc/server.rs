@@ -30,7 +30,7 @@ pub use super::connections::Limits;
 use super::connections::{serve_connection, Connections, WorkStarted};
 use super::messages::*;
 use super::open_files;
-use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
+use super::{CONTENT_TYPE, MAX_CHANGES_WAIT, MAX_REQUEST_BYTES};
 use crate::spi::flavor::FlavorPlugin;
 use crate::spi::group::GroupPlugin;
 use crate::spi::instance::InstancePlugin;
@@ -512,6 +512,7 @@ const INSTANCE_METHODS: &[&str] = &[
     "Label",
     "Destroy",
     "DescribeInstances",
+    "Changes",
 ];
 const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
 const GROUP_METHODS: &[&str] = &[
@@ -568,6 +569,14 @@ async fn dispatch_instance(
                 .describe_instances(&r.tags, r.properties)
                 .await?;
             reply(&DescribeInstancesResponse { descriptions })
+        }
+        "Changes" => {
+            let r: ChangesRequest = parse(path, body)?;
+            let timeout = Duration::from_millis(r.timeout_ms).min(MAX_CHANGES_WAIT);
+            let changes = pick(map, &r.r#type, WHAT)?
+                .changes(&r.cursor, timeout)
+                .await?;
+            reply(&changes)
         }
         _ => Err(unknown_method(path, INSTANCE_METHODS)),
     }
