@@ -421,3 +421,98 @@ fn removed_containers_are_replaced_long_before_the_poll() {
     assert_eq!(containers(&label, true).len(), 4, "no extra containers");
     w.ok(&["group", "destroy", &id, "--timeout", "60s"]);
 }
+
+/// A plugin from before `Instance.Changes` (InfraKit v0.5's shape): it activates as an instance
+/// plugin and answers 404 to any method it does not know. Serves until it has answered one
+/// method other than Activate (or 10 s pass).
+fn serve_old_plugin(socket: PathBuf) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the old plugin");
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        let done = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let done = done.clone();
+                    std::thread::spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                        answer_like_an_old_plugin(stream, &done);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+fn answer_like_an_old_plugin(
+    stream: std::os::unix::net::UnixStream,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = reader.read_exact(&mut body);
+        let (status, reply) = if path == "/Plugin.Activate" {
+            (
+                "200 OK",
+                r#"{"Implements":["infrakit.instance/1.0"]}"#.to_string(),
+            )
+        } else {
+            (
+                "404 Not Found",
+                format!(r#"{{"Err":"unknown method {path}"}}"#),
+            )
+        };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        if path != "/Plugin.Activate" {
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_old_plugin_without_the_method_is_unsupported_not_an_error() {
+    let w = World::new();
+    std::fs::create_dir_all(w.plugins_dir()).expect("mkdir");
+    let socket = w.socket("instance-old");
+    let thread = serve_old_plugin(socket.clone());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let answer = rt.block_on(async {
+        InstanceClient::new(Endpoint::new("instance-old", &socket))
+            .changes("", Duration::from_millis(10))
+            .await
+    });
+    let err = answer.expect_err("an old plugin reports no changes");
+    assert_eq!(err.kind, ErrorKind::Unsupported, "{err}");
+    assert!(err.message.contains("instance-old"), "{err}");
+    thread.join().expect("the old plugin's thread");
+}
