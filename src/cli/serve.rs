@@ -67,6 +67,10 @@ pub struct ControllerArgs {
     /// group: provisions and destroys running at once.
     #[arg(long, env = "INFRAKIT_MAX_PARALLEL", default_value_t = 32)]
     pub max_parallel: usize,
+    /// group: follow the instance plugins' change notifications (Instance.Changes, where a plugin
+    /// offers it) and observe a group as soon as its plugin reports a change; `false` polls only.
+    #[arg(long, env = "INFRAKIT_CHANGE_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub change_notifications: bool,
     /// group: swarm mode. `auto` (the default) follows the swarm when the Docker engine
     /// ($DOCKER_HOST, else /var/run/docker.sock) is a swarm manager: groups live in the swarm's
     /// replicated store (configs) instead of --store, and only the swarm leader's controller acts.
@@ -97,6 +101,7 @@ impl ControllerArgs {
             poll_interval: self.poll_interval,
             health_interval: self.health_interval,
             max_parallel: self.max_parallel,
+            change_notifications: self.change_notifications,
             ..Options::default()
         })
     }

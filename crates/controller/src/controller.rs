@@ -59,6 +59,7 @@ impl GroupController {
             role: leadership.watch(),
             _leadership: leadership,
             resync_wanted: tokio::sync::Notify::new(),
+            watchers: Mutex::new(Default::default()),
         });
         for u in loaded.unusable {
             if let Some(id) = u.id.clone() {

@@ -26,6 +26,7 @@
 //! - **The engine** is reached through `infrakit-docker`'s [`Engine`]: bollard's typed requests,
 //!   pinned to the engine API version we test against (1.41).
 
+mod changes;
 pub mod properties;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +47,7 @@ use infrakit_docker::bollard::query_parameters::{
 use infrakit_docker::engine::{refusal, Engine};
 use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::instance::{
-    Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
+    Changes, Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
 };
 use infrakit_sdk::{Error, Result};
 use serde::Serialize;
@@ -68,6 +69,8 @@ const INSPECT_PARALLEL: usize = 16;
 #[derive(Clone)]
 pub struct DockerInstancePlugin {
     engine: Arc<Engine>,
+    /// What `Instance.Changes` answers from (the engine's event stream).
+    changes: Arc<changes::Changes>,
 }
 
 impl DockerInstancePlugin {
@@ -79,6 +82,7 @@ impl DockerInstancePlugin {
             engine: Arc::new(
                 engine.with_timeouts(Duration::from_secs(2), Duration::from_secs(120)),
             ),
+            changes: Arc::default(),
         }
     }
 
@@ -529,6 +533,12 @@ impl InstancePlugin for DockerInstancePlugin {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// From the engine's event stream (see `instance_docker/changes.rs`).
+    async fn changes(&self, cursor: &str, timeout: Duration) -> Result<Changes> {
+        self.changes.ensure_started(&self.engine);
+        self.changes.feed.wait(cursor, timeout).await
     }
 }
 

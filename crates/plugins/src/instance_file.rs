@@ -57,7 +57,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use infrakit_sdk::spi::instance::{
-    tags_match, Description, DestroyContext, InstanceId, InstancePlugin, LogicalId, Spec, Tags,
+    tags_match, Changes, Description, DestroyContext, InstanceId, InstancePlugin, LogicalId, Spec,
+    Tags,
 };
 use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,7 @@ use serde_json::{Map, Value};
 
 use crate::serde_util::null_as_default;
 
+mod changes;
 mod watch;
 use watch::Watch;
 
@@ -214,6 +216,8 @@ struct Shared {
     scans: AtomicU64,
     /// Warnings about unreadable files, so tests can see they are not repeated.
     warnings: AtomicU64,
+    /// What `Instance.Changes` answers from.
+    changes: changes::Changes,
 }
 
 /// The file instance plugin. Cheap to share: every call works on the directory.
@@ -254,6 +258,7 @@ impl FileInstancePlugin {
                 stats: AtomicU64::new(0),
                 scans: AtomicU64::new(0),
                 warnings: AtomicU64::new(0),
+                changes: changes::Changes::default(),
             }),
         })
     }
@@ -336,6 +341,16 @@ impl InstancePlugin for FileInstancePlugin {
             describe(shared, &tags, properties)
         })
         .await
+    }
+
+    /// From an inotify watch of its own on the directory (see `instance_file/changes.rs`).
+    async fn changes(&self, cursor: &str, timeout: Duration) -> Result<Changes> {
+        let shared = &self.shared;
+        shared
+            .changes
+            .ensure_started(&shared.dir)
+            .map_err(|problem| Error::unsupported(format!("instance-file: {problem}")))?;
+        shared.changes.feed.wait(cursor, timeout).await
     }
 }
 

@@ -10,6 +10,8 @@ use infrakit_sdk::conformance::{self, Outcome, Report};
 use infrakit_sdk::prelude::*;
 use infrakit_sdk::rpc::client::{Endpoint, FlavorClient, InstanceClient};
 use infrakit_sdk::rpc::server::Server;
+use infrakit_sdk::spi::changes::ChangeFeed;
+use infrakit_sdk::spi::instance::Changes;
 use tokio::sync::oneshot;
 
 /// What a broken instance plugin gets wrong.
@@ -24,11 +26,16 @@ enum Fault {
     ForgetsLogicalId,
     /// Label replaces the tags instead of merging.
     LabelReplaces,
+    /// Changes never reports a change.
+    ChangesSilent,
+    /// Changes is not implemented (the SDK's default).
+    NoChanges,
 }
 
 struct Memory {
     fault: Fault,
     instances: Mutex<BTreeMap<String, Description>>,
+    feed: ChangeFeed,
 }
 
 impl Memory {
@@ -36,6 +43,7 @@ impl Memory {
         Memory {
             fault,
             instances: Mutex::new(BTreeMap::new()),
+            feed: ChangeFeed::new(),
         }
     }
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Description>> {
@@ -66,6 +74,7 @@ impl InstancePlugin for Memory {
             properties: spec.properties,
         };
         map.insert(id.clone(), d);
+        self.changed();
         Ok(id)
     }
     async fn label(&self, id: &str, labels: Tags) -> Result<()> {
@@ -81,7 +90,11 @@ impl InstancePlugin for Memory {
         Ok(())
     }
     async fn destroy(&self, id: &str, _: DestroyContext) -> Result<()> {
-        match (self.map().remove(id), self.fault) {
+        let removed = self.map().remove(id);
+        if removed.is_some() {
+            self.changed();
+        }
+        match (removed, self.fault) {
             (Some(_), _) | (None, Fault::DestroyAlwaysOk) => Ok(()),
             (None, _) => Err(Error::not_found(format!("no {id}"))),
         }
@@ -94,6 +107,20 @@ impl InstancePlugin for Memory {
             .filter(|d| all || tags_match(&d.tags, tags))
             .cloned()
             .collect())
+    }
+    async fn changes(&self, cursor: &str, timeout: std::time::Duration) -> Result<Changes> {
+        if self.fault == Fault::NoChanges {
+            return Err(Error::unsupported("no Instance.Changes here"));
+        }
+        self.feed.wait(cursor, timeout).await
+    }
+}
+
+impl Memory {
+    fn changed(&self) {
+        if self.fault != Fault::ChangesSilent {
+            self.feed.changed();
+        }
     }
 }
 
@@ -220,6 +247,31 @@ async fn a_lost_logical_id_fails_its_check_only() {
 async fn a_label_that_replaces_tags_fails_the_label_check() {
     let report = instance_report(Fault::LabelReplaces, options()).await;
     assert!(failed(&report).contains(&"label merges tags"), "{report}");
+}
+
+#[tokio::test]
+async fn changes_that_never_report_a_change_fail_the_changes_check() {
+    let report = instance_report(Fault::ChangesSilent, options()).await;
+    assert_eq!(
+        failed(&report),
+        ["changes: a cursor from before the provisions answers Changed"],
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_without_changes_has_those_checks_skipped_not_failed() {
+    let report = instance_report(Fault::NoChanges, options()).await;
+    assert!(report.passed(), "{report}");
+    for name in [
+        "changes: an empty or unknown cursor answers Resync",
+        "changes: a cursor from before the provisions answers Changed",
+    ] {
+        assert!(
+            matches!(report.outcome(name), Some(Outcome::Skipped(_))),
+            "{name}: {report}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod execute;
 mod observe;
 mod state;
 mod task;
+mod watch;
 
 pub(crate) use execute::destroy_now;
 pub use state::Options;

@@ -36,6 +36,9 @@ pub struct Options {
     /// their (separate) instance plugin processes; until then they count toward the target. Zero
     /// when the instance plugins lived in the process that died (`infrakit up`).
     pub restart_grace: Duration,
+    /// Follow the instance plugins' `Instance.Changes` (where they offer it) and observe a group
+    /// as soon as its plugin reports a change, not only every `poll_interval`.
+    pub change_notifications: bool,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             max_parallel: 32,
             restart_grace: Duration::from_secs(30),
             shared_store: false,
+            change_notifications: true,
         }
     }
 }
@@ -68,6 +72,8 @@ pub(crate) struct Ctx {
     pub _leadership: Arc<dyn crate::leader::Leadership>,
     /// Asks `keep_in_step` (shared stores only) to read the store again now.
     pub resync_wanted: Notify,
+    /// The instance plugins whose changes a watcher follows (`worker::watch`).
+    pub watchers: Mutex<BTreeSet<String>>,
 }
 
 impl Ctx {

@@ -1,5 +1,6 @@
 //! The group's task: observe, decide, write ahead, act, then sleep until the next event, deadline
-//! or poll. Only a leader acts (see `crate::leader`).
+//! or poll. Only a leader acts (see `crate::leader`). An event is also a change its instance
+//! plugin reported (`super::watch`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
     tracing::info!(group = %group.id, "managing group");
     let mut role = ctx.role.clone();
     loop {
+        if let Some(plugin) = super::watch::instance_plugin(&group) {
+            super::watch::ensure(&ctx, &plugin);
+        }
         let current = role.borrow_and_update().clone();
         let wake_at = match current {
             Role::Leader => reconcile(&group, &ctx).await,

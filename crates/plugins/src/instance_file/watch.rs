@@ -152,6 +152,13 @@ mod linux {
         }
     }
 
+    /// So the change feed can wait for the watch's events on the async runtime.
+    impl std::os::fd::AsRawFd for Watch {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+        }
+    }
+
     fn identity(dir: &Path) -> Result<(u64, u64), String> {
         let meta = std::fs::metadata(dir)
             .map_err(|e| format!("cannot stat the directory {}: {e}", dir.display()))?;
@@ -183,6 +190,13 @@ fn local_file_system(magic: u32) -> bool {
         0x7366_746E, // ntfs3
     ];
     LOCAL.contains(&magic)
+}
+
+#[cfg(not(target_os = "linux"))]
+impl std::os::fd::AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match *self {}
+    }
 }
 
 #[cfg(not(target_os = "linux"))]

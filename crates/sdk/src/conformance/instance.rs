@@ -6,6 +6,9 @@
 //! backend that cannot relabel, keeping what is there and refusing a change); `Destroy` removes an
 //! instance and a second `Destroy` of it is `NotFound` (404), which the controller takes as done;
 //! unknown IDs are `NotFound`; a malformed body and an unknown method get 4xx with `{"Err"}`.
+//! When the plugin implements the optional `Instance.Changes`: an empty or unknown cursor answers
+//! `Resync`, and a cursor taken before the provisions answers `Changed` after them (skipped, not
+//! failed, for a plugin that does not report changes).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -97,6 +100,42 @@ pub async fn run(client: &InstanceClient, options: Options) -> Report {
             "validate refuses the invalid example",
             "no invalid example given (Options::invalid_properties)",
         ),
+    }
+
+    // Taken before anything is provisioned: the provisions and the destroy below are changes.
+    let mut changes_cursor = None;
+    match client.changes("", Duration::ZERO).await {
+        Err(e) if e.kind == ErrorKind::Unsupported => {
+            for name in CHANGES_CHECKS {
+                report.skip(
+                    name,
+                    "the plugin does not implement the optional Instance.Changes",
+                );
+            }
+        }
+        first => {
+            report
+                .check(CHANGES_RESYNC, async {
+                    let first = first.map_err(|e| format!("Changes with an empty cursor: {e}"))?;
+                    if !first.resync || first.cursor.is_empty() {
+                        return Err(format!(
+                            "Changes with an empty cursor must answer Resync and a cursor, not {first:?}"
+                        ));
+                    }
+                    let unknown = client
+                        .changes("conformance-unknown-cursor", Duration::ZERO)
+                        .await
+                        .map_err(|e| format!("Changes with an unknown cursor: {e}"))?;
+                    if !unknown.resync {
+                        return Err(format!(
+                            "Changes with an unknown cursor must answer Resync, not {unknown:?}"
+                        ));
+                    }
+                    changes_cursor = Some(first.cursor);
+                    Ok(())
+                })
+                .await;
+        }
     }
 
     let pet = t.spec("pet", Some(LOGICAL_ID));
@@ -259,6 +298,27 @@ pub async fn run(client: &InstanceClient, options: Options) -> Report {
             expect_kind("Destroy of an unknown ID", r, ErrorKind::NotFound)
         })
         .await;
+    if let Some(cursor) = changes_cursor {
+        report
+            .check(CHANGES_CHANGED, async {
+                let c = client
+                    .changes(&cursor, options.settle)
+                    .await
+                    .map_err(|e| format!("Changes after provisions and a destroy: {e}"))?;
+                if c.changed || c.resync {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "Changes with a cursor taken before two provisions and a destroy answered \
+                         nothing changed within {:?}: {c:?}",
+                        options.settle
+                    ))
+                }
+            })
+            .await;
+    } else if report.outcome(CHANGES_CHANGED).is_none() {
+        report.skip(CHANGES_CHANGED, "no cursor to start from");
+    }
     let rpc = client.rpc();
     report
         .check(
@@ -283,6 +343,9 @@ pub async fn run(client: &InstanceClient, options: Options) -> Report {
 }
 
 const LABEL_MERGES: &str = "label merges tags";
+const CHANGES_RESYNC: &str = "changes: an empty or unknown cursor answers Resync";
+const CHANGES_CHANGED: &str = "changes: a cursor from before the provisions answers Changed";
+const CHANGES_CHECKS: [&str; 2] = [CHANGES_RESYNC, CHANGES_CHANGED];
 const LABEL_FIXED: &str = "label keeps tags and refuses a change";
 
 /// The other checks that need provisioned instances (skipped when provisioning failed).

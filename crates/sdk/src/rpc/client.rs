@@ -19,7 +19,9 @@ use super::messages::*;
 use super::transport::Transport;
 use crate::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use crate::spi::group::{CommitResult, GroupDescription, GroupPlugin, GroupSpec, UpdateCommand};
-use crate::spi::instance::{Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags};
+use crate::spi::instance::{
+    Changes, Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
+};
 use crate::spi::{InterfaceSpec, FLAVOR, GROUP, INSTANCE};
 use crate::{Error, ErrorKind, Result};
 
@@ -254,6 +256,27 @@ impl InstancePlugin for InstanceClient {
         };
         let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
         Ok(r.descriptions)
+    }
+
+    /// A plugin that does not know `Instance.Changes` (InfraKit v0.5's, or ours before it) answers
+    /// 404: that is `Unsupported`, and the caller keeps polling.
+    async fn changes(&self, cursor: &str, timeout: Duration) -> Result<Changes> {
+        let req = ChangesRequest {
+            cursor: cursor.to_string(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            r#type: self.0.sub_type(),
+        };
+        self.0.call("Changes", &req).await.map_err(|e| {
+            if e.kind == ErrorKind::NotFound {
+                Error::unsupported(format!(
+                    "plugin '{}' does not report changes (Instance.Changes: {})",
+                    self.0.endpoint.full_name(),
+                    e.message
+                ))
+            } else {
+                e
+            }
+        })
     }
 }
 

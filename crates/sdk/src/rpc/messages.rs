@@ -104,6 +104,23 @@ pub struct DestroyRequest {
     pub r#type: String,
 }
 
+/// `Instance.Changes` (our addition): the reply is [`crate::spi::instance::Changes`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ChangesRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub cursor: String,
+    /// How long the plugin may wait for a change; the server caps it at `MAX_CHANGES_WAIT`.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub r#type: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesRequest {

@@ -19,5 +19,10 @@ pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// confused or hostile client from making a plugin allocate without bound.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
+/// The longest an `Instance.Changes` long poll is held by the server, whatever the caller asked:
+/// under the client's default call timeout (`client::DEFAULT_TIMEOUT`) and the server's idle
+/// timeout, so neither side gives up on a connection that is merely waiting.
+pub const MAX_CHANGES_WAIT: std::time::Duration = std::time::Duration::from_secs(55);
+
 /// Replies larger than this are refused by the client (a describe of 100,000 instances fits).
 pub const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;

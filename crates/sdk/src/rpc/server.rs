@@ -30,7 +30,7 @@ pub use super::connections::Limits;
 use super::connections::{serve_connection, Connections, WorkStarted};
 use super::messages::*;
 use super::open_files;
-use super::{CONTENT_TYPE, MAX_REQUEST_BYTES};
+use super::{CONTENT_TYPE, MAX_CHANGES_WAIT, MAX_REQUEST_BYTES};
 use crate::spi::flavor::FlavorPlugin;
 use crate::spi::group::GroupPlugin;
 use crate::spi::instance::InstancePlugin;
@@ -183,9 +183,11 @@ async fn run(
     plugins: Plugins,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let router = Arc::new(Router {
         plugins,
         body_read_timeout: limits.body_read_timeout,
+        stopping,
     });
     let max_connections = limits.effective_max_connections(open_files::soft_limit());
     if max_connections < limits.max_connections {
@@ -236,6 +238,8 @@ async fn run(
     }
     drop(listener);
     drop(socket);
+    // Long polls (`Instance.Changes`) end now rather than hold the exit up for the grace period.
+    let _ = stopping_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -317,6 +321,8 @@ impl Drop for SocketFile {
 struct Router {
     plugins: Plugins,
     body_read_timeout: Duration,
+    /// Turns true when the server stops taking connections.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -409,7 +415,14 @@ impl Router {
                 implements: self.plugins.implements(),
             }),
             "Instance" if !self.plugins.instance.is_empty() => {
-                dispatch_instance(&self.plugins.instance, method, path, body).await
+                dispatch_instance(
+                    &self.plugins.instance,
+                    method,
+                    path,
+                    body,
+                    self.stopping.clone(),
+                )
+                .await
             }
             "Flavor" if !self.plugins.flavor.is_empty() => {
                 dispatch_flavor(&self.plugins.flavor, method, path, body).await
@@ -512,6 +525,7 @@ const INSTANCE_METHODS: &[&str] = &[
     "Label",
     "Destroy",
     "DescribeInstances",
+    "Changes",
 ];
 const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
 const GROUP_METHODS: &[&str] = &[
@@ -531,6 +545,7 @@ async fn dispatch_instance(
     method: &str,
     path: &str,
     body: &[u8],
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Bytes> {
     const WHAT: &str = "instance plugin";
     match method {
@@ -568,6 +583,17 @@ async fn dispatch_instance(
                 .describe_instances(&r.tags, r.properties)
                 .await?;
             reply(&DescribeInstancesResponse { descriptions })
+        }
+        "Changes" => {
+            let r: ChangesRequest = parse(path, body)?;
+            let timeout = Duration::from_millis(r.timeout_ms).min(MAX_CHANGES_WAIT);
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            tokio::select! {
+                changes = plugin.changes(&r.cursor, timeout) => reply(&changes?),
+                _ = stopping.wait_for(|s| *s) => Err(Error::unavailable(
+                    "the plugin is shutting down; ask its successor (the cursor will not be known there: Resync)",
+                )),
+            }
         }
         _ => Err(unknown_method(path, INSTANCE_METHODS)),
     }

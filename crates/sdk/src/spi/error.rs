@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Incompatible,
     /// Anything else that went wrong inside the plugin.
     Internal,
+    /// The plugin does not offer this optional method (e.g. `Instance.Changes`); the caller falls
+    /// back to what every plugin offers (polling).
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -28,6 +31,7 @@ impl ErrorKind {
             ErrorKind::Incompatible => 400,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::Unsupported => 501,
         }
     }
 
@@ -35,6 +39,7 @@ impl ErrorKind {
         match status {
             404 => ErrorKind::NotFound,
             409 => ErrorKind::Conflict,
+            501 => ErrorKind::Unsupported,
             502..=504 => ErrorKind::Unavailable,
             400..=499 => ErrorKind::Invalid,
             _ => ErrorKind::Internal,
@@ -71,6 +76,10 @@ impl Error {
     }
     pub fn internal(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, message)
+    }
+
+    pub fn unsupported(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Unsupported, message)
     }
 
     pub fn is_not_found(&self) -> bool {

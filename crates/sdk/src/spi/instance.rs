@@ -1,6 +1,7 @@
 //! Instance plugins: one physical resource (a container, a VM, a file) per instance.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use super::flavor::AllocationMethod;
 use super::serde_util::null_as_default;
-use crate::Result;
+use crate::{Error, Result};
 
 /// An instance's ID as its backend knows it.
 pub type InstanceId = String;
@@ -104,6 +105,25 @@ pub struct DestroyContext {
     pub reason: DestroyReason,
 }
 
+/// The answer to [`InstancePlugin::changes`]: a long poll for "something may have changed".
+///
+/// The cursor is opaque to the caller: it hands back the one it was given last. `Changed` says
+/// that something changed (an instance appeared, went away, or changed state) since the cursor it
+/// sent; `Resync` that the plugin cannot tell (it restarted, or the cursor is unknown or too old),
+/// so the caller must look at everything again (`DescribeInstances`). Neither says *what*
+/// changed: the caller describes, as it would on a poll. See docs/design-notes.md, "Change
+/// notifications".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Changes {
+    #[serde(default)]
+    pub cursor: String,
+    #[serde(default)]
+    pub changed: bool,
+    #[serde(default)]
+    pub resync: bool,
+}
+
 /// An instance plugin. Every method may be called concurrently.
 #[async_trait]
 pub trait InstancePlugin: Send + Sync + 'static {
@@ -130,6 +150,16 @@ pub trait InstancePlugin: Send + Sync + 'static {
     async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()>;
     /// Every instance whose tags include all of `tags`; with `properties`, backend state too.
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>>;
+    /// Waits until something changed since `cursor` (see [`Changes`]), or at most `timeout`, then
+    /// answers with the cursor to send next. An empty or unknown cursor is answered at once with
+    /// `Resync`. Optional (an addition to InfraKit's SPI, `Instance.Changes`): the default is an
+    /// `Unsupported` error, and callers then poll.
+    async fn changes(&self, cursor: &str, timeout: Duration) -> Result<Changes> {
+        let _ = (cursor, timeout);
+        Err(Error::unsupported(
+            "this instance plugin does not report changes (no Instance.Changes); it is polled",
+        ))
+    }
 }
 
 /// True when `have` contains every pair of `want`.

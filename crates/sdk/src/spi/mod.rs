@@ -1,6 +1,7 @@
 //! Service provider interface: what a plugin of each kind is, in InfraKit's own terms.
 
 pub mod backend;
+pub mod changes;
 pub mod error;
 pub mod flavor;
 pub mod group;
