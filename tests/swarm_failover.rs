@@ -333,6 +333,12 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
                     via(i),
                     tail.join("\n")
                 );
+                let d = w.run(&["group", "--name", &via(i), "describe", "fo", "--json"]);
+                eprintln!(
+                    "--- its describe: {}{}",
+                    String::from_utf8_lossy(&d.stdout),
+                    String::from_utf8_lossy(&d.stderr)
+                );
             }
             panic!(
                 "the update did not complete on the new leader within 180 s: {n} instances, {by:?}"
