@@ -11,64 +11,15 @@
 //! stack with 58 MB group RSS, and 54.9 s.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use infrakit_sdk::rpc::client::{Endpoint, GroupClient, RpcClient};
+use infrakit_sdk::rpc::client::{Endpoint, GroupClient};
 use infrakit_sdk::spi::group::{GroupPlugin, GroupSpec};
-use infrakit_sdk::spi::GROUP;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_infrakit");
+mod common;
 
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(plugins: &Path, args: &[&str]) -> Proc {
-    let child = Command::new(BIN)
-        .args(["plugin", "serve"])
-        .args(args)
-        .env("INFRAKIT_PLUGINS_DIR", plugins)
-        .env("INFRAKIT_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start plugin");
-    Proc { child }
-}
-
-async fn wait_socket(socket: &Path) {
-    for _ in 0..500 {
-        if RpcClient::new(Endpoint::new("x", socket), GROUP)
-            .activate()
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no plugin at {}", socket.display());
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields after the command: state is index 0, utime 11, stime 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
+use common::{cpu_seconds, serve, wait_socket, Proc};
 
 fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
