@@ -307,14 +307,8 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
     wait_until("half the group replaced", Duration::from_secs(120), || {
         census(&dir).1.get(&old_hash).copied().unwrap_or(0) <= 10
     });
-    let pid_file = format!("{LAB_DATA}/{}/dockerd.pid", managers[leader].name);
-    let pid = std::fs::read_to_string(&pid_file).expect("dockerd.pid");
     let killed = std::time::SystemTime::now();
-    assert!(Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .expect("kill")
-        .success());
+    kill_engine(&managers[leader].name);
     let election = wait_until("a new leader", Duration::from_secs(60), || {
         followers.iter().any(|i| leads(managers[*i]))
     });

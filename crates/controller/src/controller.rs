@@ -47,7 +47,6 @@ impl GroupController {
         leadership: Arc<dyn Leadership>,
         options: Options,
     ) -> Result<GroupController> {
-        let loaded = store.load().await?;
         let ctx = Arc::new(Ctx {
             resolver,
             store,
@@ -61,39 +60,10 @@ impl GroupController {
             resync_wanted: tokio::sync::Notify::new(),
             watchers: Mutex::new(Default::default()),
         });
-        for u in loaded.unusable {
-            if let Some(id) = u.id.clone() {
-                ctx.unusable().insert(id, u);
-            }
-        }
-        for stored in loaded.groups {
-            let mut record = stored.record;
-            let valid = match record.parse() {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(group = %record.id(), "not managing group: its stored spec is unusable: {e}");
-                    ctx.unusable().insert(
-                        record.id().to_string(),
-                        crate::store::Unusable {
-                            source: ctx.store.describe(),
-                            id: Some(record.id().to_string()),
-                            spec: Some(record.spec.clone()),
-                            error: e.to_string(),
-                            revision: stored.revision,
-                        },
-                    );
-                    continue;
-                }
-            };
-            // Provisions the previous process had in flight are not ours to wait for; if they
-            // finished, their instances simply show up and are adopted.
-            record.memory.after_restart_within(
-                worker::now_ms(),
-                ctx.options.restart_grace.as_millis() as u64,
-            );
-            tracing::info!(group = %record.id(), "resuming group from the store");
-            spawn(&ctx, Group::new(record, valid, stored.revision));
-        }
+        // The same path a shared store's controller takes to keep in step: every stored group
+        // started (what the previous process had in flight waited for as after a restart),
+        // every unusable record kept to be shown.
+        sync::resync(&ctx, false).await?;
         if ctx.options.shared_store {
             tokio::spawn(keep_in_step(ctx.clone()));
         }

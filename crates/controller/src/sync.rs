@@ -1,4 +1,5 @@
-//! Keeping a controller's groups in step with a store that others write too.
+//! Keeping a controller's groups in step with its store: at start (every stored group), and with a
+//! store that others write too.
 //!
 //! With the file store this controller is the only writer and nothing here runs. With a shared
 //! store (the swarm's), other managers' controllers accept commits, scales and destroys and write
@@ -55,6 +56,7 @@ pub(crate) async fn resync(ctx: &Arc<Ctx>, after_election: bool) -> Result<()> {
         let valid = match record.parse() {
             Ok(v) => v,
             Err(e) => {
+                tracing::error!(group = %id, "not managing group: its stored spec is unusable: {e}");
                 if let Some(g) = existing {
                     stop(ctx, &g);
                 }
