@@ -17,6 +17,7 @@ pub use bollard;
 pub mod create;
 pub mod engine;
 pub mod plugins;
+pub mod raw;
 pub mod source;
 pub mod swarm;
 

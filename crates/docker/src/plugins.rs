@@ -4,117 +4,35 @@
 //! bollard 0.21's `Plugin` model has plain strings where a 20.10 engine sends `null`
 //! (`Config.Env[].Value` for an env declared without a value, `Config.Args.Value`, mount
 //! sources), so `list_plugins` and `inspect_plugin` fail on our own plugins, and bollard has no
-//! public way to send a request and read the answer ourselves. So this is one HTTP/1.1 request on
-//! the unix socket with hyper (which bollard brings anyway) and serde types that take `null` and
-//! absence everywhere ([`null_default`]). Discovery is its only user.
+//! public way to send a request and read the answer ourselves. So this is our own request
+//! ([`crate::raw`]) and serde types that take `null` and absence everywhere ([`null_default`]).
+//! Discovery is its only user.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Deserializer};
-use tokio::net::UnixStream;
 
-use crate::engine::{io_reason, Engine, API_VERSION};
-
-/// Replies larger than this are refused (a `GET /plugins` with dozens of plugins is a few 10 kB).
-const MAX_REPLY_BYTES: usize = 16 << 20;
+use crate::engine::Engine;
+use crate::raw::engine_message;
 
 impl Engine {
     /// `GET /plugins`: every installed plugin, enabled or not.
     pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>> {
-        let path = format!(
-            "/v{}.{}/plugins",
-            API_VERSION.major_version, API_VERSION.minor_version
-        );
-        let (status, body) = match tokio::time::timeout(self.timeout(), self.get(&path)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::unavailable(format!(
-                    "the Docker engine at {} did not answer GET {path} within {:?}",
-                    self.address(),
-                    self.timeout()
-                )))
-            }
-        };
-        if status != 200 {
+        let reply = self.request(Method::GET, "/plugins", None).await?;
+        if reply.status != 200 {
             return Err(Error::unavailable(format!(
-                "GET {path} on {} answered {status}: {}",
+                "GET /plugins on {} answered {}: {}",
                 self.address(),
-                engine_message(&body)
+                reply.status,
+                engine_message(&reply.body)
             )));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(&reply.body).map_err(|e| {
             Error::internal(format!(
-                "GET {path} on {} returned JSON we do not understand: {e}",
+                "GET /plugins on {} returned JSON we do not understand: {e}",
                 self.address()
             ))
         })
-    }
-
-    /// One `GET` on its own connection; the status and the whole body. Failing to reach the
-    /// engine is `Unavailable`.
-    async fn get(&self, path: &str) -> Result<(u16, Bytes)> {
-        let unreachable = |why: String| {
-            Error::unavailable(format!("no Docker engine at {} ({why})", self.address()))
-        };
-        let stream =
-            match tokio::time::timeout(self.connect_timeout(), UnixStream::connect(self.socket()))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(unreachable(io_reason(&e))),
-                Err(_) => {
-                    return Err(unreachable(format!(
-                        "no connection within {:?}",
-                        self.connect_timeout()
-                    )))
-                }
-            };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Error::unavailable(format!("{}: {e}", self.address())))?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("engine connection ended: {e}");
-            }
-        });
-        let req = Request::get(path)
-            .header(hyper::header::HOST, "docker")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| Error::internal(format!("cannot build GET {path}: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| Error::unavailable(format!("GET {path} on {}: {e}", self.address())))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                Error::unavailable(format!(
-                    "reading the reply to GET {path} from {}: {e}",
-                    self.address()
-                ))
-            })?
-            .to_bytes();
-        // One request per connection: dropping the sender ends the connection task.
-        drop(sender);
-        conn.abort();
-        Ok((status, body))
-    }
-}
-
-/// The engine's `{"message": "..."}` error body, or the body itself.
-fn engine_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Msg {
-        message: String,
-    }
-    match serde_json::from_slice::<Msg>(body) {
-        Ok(m) => m.message,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
     }
 }
 

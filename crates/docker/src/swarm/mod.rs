@@ -2,7 +2,9 @@
 //! committed groups live ([`store`]). The swarm's own raft elects and replicates; nothing here is
 //! a consensus of ours.
 
+pub mod bundle;
 pub mod leader;
+pub mod services;
 pub mod store;
 
 use std::time::Duration;
