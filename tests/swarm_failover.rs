@@ -15,112 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::engine::prerequisites;
+use common::lab::{self, leads, wait_until, Lab, Node};
 use common::World;
 use serde_json::{json, Value};
 
-const LAB_JSON: &str = "/run/infrakit-lab/lab.json";
 const LAB_DATA: &str = "/var/lib/infrakit-lab";
-
-struct Node {
-    name: String,
-    manager: bool,
-    host: String,
-}
-
-/// The lab, brought up for this test and torn down after it, however the test ends.
-struct Lab {
-    nodes: Vec<Node>,
-}
-
-fn lab_script(args: &[&str]) -> std::process::Output {
-    Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-lab.sh"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/swarm-lab.sh")
-}
-
-impl Lab {
-    fn up() -> Lab {
-        let out = lab_script(&["up"]);
-        assert!(
-            out.status.success(),
-            "swarm-lab up failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lab: Value = serde_json::from_slice(&std::fs::read(LAB_JSON).expect("lab.json"))
-            .expect("lab.json parses");
-        let nodes = lab["Nodes"]
-            .as_array()
-            .expect("Nodes")
-            .iter()
-            .map(|n| Node {
-                name: n["Name"].as_str().unwrap_or_default().to_string(),
-                manager: n["Role"].as_str() == Some("manager"),
-                host: n["DockerHost"].as_str().unwrap_or_default().to_string(),
-            })
-            .collect();
-        Lab { nodes }
-    }
-
-    fn managers(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.manager)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = lab_script(&["down"]);
-        if !out.status.success() {
-            eprintln!(
-                "swarm-lab down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-/// `docker -H HOST ARGS` with a short deadline (a survivor's API hangs during an election).
-fn docker_on(host: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new("timeout")
-        .arg("5")
-        .arg("docker")
-        .args(["-H", host])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn leads(node: &Node) -> bool {
-    docker_on(
-        &node.host,
-        &[
-            "node",
-            "inspect",
-            "self",
-            "--format",
-            "{{.ManagerStatus.Leader}}",
-        ],
-    )
-    .as_deref()
-        == Some("true")
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
-}
 
 /// Instance files by config hash tag.
 fn census(dir: &Path) -> (usize, std::collections::BTreeMap<String, usize>) {
@@ -379,23 +278,8 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
 /// `make test-swarm` sets it.
 const OPT_IN: &str = "INFRAKIT_SWARM_TESTS";
 
-/// Whether this test may use the lab (opted in, root), after taking the engine tests' lock.
 fn lab_prerequisites() -> Option<std::fs::File> {
-    if std::env::var(OPT_IN).as_deref() != Ok("1") {
-        eprintln!(
-            "\n*** SKIPPING the swarm failover tests: set {OPT_IN}=1 (make test-swarm) to run them ***\n"
-        );
-        return None;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    prerequisites("swarm failover tests", || {
-        (!root).then(|| "the lab swarm needs root (network and mount namespaces)".to_string())
-    })
-    .ok()
+    lab::prerequisites("swarm failover tests", Some(OPT_IN))
 }
 
 /// The lab, instance-file and flavor-vanilla on the host, a controller per manager, and a group of

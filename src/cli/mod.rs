@@ -6,6 +6,7 @@ mod input;
 mod instance;
 mod plugin;
 mod serve;
+mod swarm;
 mod up;
 
 use anyhow::Result;
@@ -62,6 +63,8 @@ pub enum Command {
     Flavor(flavor::FlavorArgs),
     /// Commit, inspect and steer groups (through the group plugin).
     Group(group::GroupArgs),
+    /// Run the plugins on a swarm as plugin services: deploy, ls, upgrade, remove.
+    Swarm(swarm::SwarmArgs),
     /// Quick start: run the controller and built-in plugins here, commit FILE, watch it converge.
     Up(up::UpArgs),
 }
@@ -85,6 +88,7 @@ impl Command {
             Command::Flavor(args) => args.command.input_files(),
             Command::Group(args) => args.command.input_files(),
             Command::Up(args) => vec![&args.file],
+            Command::Swarm(_) => vec![],
         }
     }
 
@@ -110,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Flavor(args) => block_on(flavor::run(args)),
         Command::Group(args) => block_on(group::run(args)),
         Command::Up(args) => up::run(args),
+        Command::Swarm(args) => block_on(swarm::run(args)),
     }
 }
 

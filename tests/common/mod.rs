@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod lab;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -352,8 +352,9 @@ impl Engine {
     }
 
     /// Every task of the plugin service `service_id` (current and past).
+    /// A service that no longer exists has none.
     pub async fn plugin_tasks(&self, service_id: &str) -> Result<Vec<PluginTask>> {
-        let wire: Vec<TaskWire> = self
+        let reply = self
             .request(
                 Method::GET,
                 &format!(
@@ -362,8 +363,11 @@ impl Engine {
                 ),
                 None,
             )
-            .await?
-            .json(self, "listing the tasks of plugin services")?;
+            .await?;
+        if reply.status == 404 {
+            return Ok(Vec::new());
+        }
+        let wire: Vec<TaskWire> = reply.json(self, "listing the tasks of plugin services")?;
         Ok(wire
             .into_iter()
             .filter(|t| t.service_id == service_id)
