@@ -270,7 +270,8 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
     });
     let commit_to_three = t.elapsed();
     let before = instance_ids(&instances);
-    // Describe through the third manager: the same group.
+    // Describe through the third manager (a follower): the same group, converged, as on the
+    // leader (a follower observes and judges too; it only does not act).
     wait_until(
         "describe through another manager",
         Duration::from_secs(30),
@@ -278,7 +279,11 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
             let out = infrakit_in(other, &["group", "--json", "describe", "deployed"]);
             out.status.success()
                 && serde_json::from_slice::<Value>(&out.stdout)
-                    .map(|d| d["Instances"].as_array().map(Vec::len) == Some(3))
+                    .map(|d| {
+                        d["Instances"].as_array().map(Vec::len) == Some(3)
+                            && d["Converged"] == true
+                            && d["Target"] == 3
+                    })
                     .unwrap_or(false)
         },
     );

@@ -401,7 +401,10 @@ impl GroupPlugin for GroupController {
             .as_ref()
             .map(|st| st.message.clone())
             .unwrap_or_default();
-        for e in [&view.error, &s.backoff.message].into_iter().flatten() {
+        for e in [&view.error, &s.backoff.message, &view.standby]
+            .into_iter()
+            .flatten()
+        {
             message = if message.is_empty() {
                 e.clone()
             } else {

@@ -160,6 +160,9 @@ pub(crate) struct View {
     /// The record generation the status was decided for: a status older than the last commit
     /// says nothing about whether the new spec has converged.
     pub generation: u64,
+    /// Why this controller does not act (not the swarm's leader, no quorum), shown beside the
+    /// group's state.
+    pub standby: Option<String>,
 }
 
 /// Provision failures in a row. The core decides when to try again (it backs off per logical ID,

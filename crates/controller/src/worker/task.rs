@@ -52,35 +52,76 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
     tracing::info!(group = %group.id, "no longer managing group");
 }
 
-/// Not the leader: act on nothing, and say why.
+/// Not the leader: act on nothing, and say why (beside the group's state, not as its error: the
+/// group itself may be fine, and `DescribeGroup` on a follower shows whether it converged).
 fn stand_by(group: &Group, reason: String) {
     let mut s = group.state();
-    if s.view.error.as_deref() != Some(reason.as_str()) {
+    if s.view.standby.as_deref() != Some(reason.as_str()) {
         tracing::info!(group = %group.id, "standing by: {reason}");
     }
-    s.view.error = Some(reason);
+    s.view.standby = Some(reason);
 }
 
-/// A follower still looks (never acts), so `DescribeGroup` on any manager shows the instances.
+/// A follower still looks (never acts), so that `DescribeGroup` on any manager shows the same
+/// instances, health and verdict as the leader's: it observes and asks the flavor as the leader
+/// does, and runs the core's (pure) decision for its status, but writes nothing and acts on
+/// nothing.
 async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
-    let plugin = {
+    let (valid, blocks, generation) = {
         let s = group.state();
         match s.record.versions.get(&s.valid.hash) {
-            Some(b) => b.instance.plugin.clone(),
+            Some(b) => (s.valid.clone(), b.clone(), s.generation),
             None => return,
         }
     };
-    let Ok(instance) = ctx.resolver.instance(&plugin).await else {
+    let Ok(instance) = ctx.resolver.instance(&blocks.instance.plugin).await else {
         return;
     };
-    if let Ok(described) = instance
-        .describe_instances(&group_tags(&group.id), false)
+    let with_properties = {
+        let s = group.state();
+        s.health_due(s.healthy_trust_ms(&ctx.options))
+    };
+    let Ok(described) = instance
+        .describe_instances(&group_tags(&group.id), with_properties)
         .await
-    {
-        let mut s = group.state();
-        s.view.instances = Arc::new(described);
-        s.view.observed = true;
+    else {
+        return;
+    };
+    let described = Arc::new(described);
+    let health = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
+        Ok(flavor) => {
+            Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await)
+        }
+        Err(_) => Arc::default(),
+    };
+    let mut s = group.state();
+    if s.generation != generation || s.stopped {
+        return;
     }
+    let observed = Observed {
+        instances: described
+            .iter()
+            .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+            .collect(),
+        pending: Vec::new(),
+        destroying: Default::default(),
+    };
+    let decision = decide(
+        &valid.desired(s.record.deleting),
+        &observed,
+        &s.record.memory,
+        now_ms(),
+    );
+    let standby = s.view.standby.take();
+    s.view = View {
+        instances: described,
+        health,
+        status: Some(decision.status),
+        error: None,
+        observed: true,
+        generation,
+        standby,
+    };
 }
 
 /// After a wake-up, waits (at most [`SETTLE`]) while actions are still running, so that a burst of
@@ -223,6 +264,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             error: None,
             observed: true,
             generation,
+            standby: None,
         };
     }
     if let Some((record, expected)) = to_save {
