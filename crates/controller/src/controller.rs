@@ -65,6 +65,17 @@ impl GroupController {
         // every unusable record kept to be shown.
         sync::resync(&ctx, false).await?;
         if ctx.options.shared_store {
+            // A write through another manager wakes keep_in_step at once; the watch ends with
+            // the controller (it holds no strong reference).
+            let weak = Arc::downgrade(&ctx);
+            ctx.store
+                .watch_changes(Box::new(move || match weak.upgrade() {
+                    Some(ctx) => {
+                        ctx.resync_wanted.notify_one();
+                        true
+                    }
+                    None => false,
+                }));
             tokio::spawn(keep_in_step(ctx.clone()));
         }
         Ok(GroupController { ctx })

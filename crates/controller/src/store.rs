@@ -73,6 +73,14 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn put(&self, record: &GroupRecord, expected: Revision) -> Result<Revision>;
     /// Removes group `id` if its stored revision is still `expected`.
     async fn delete(&self, id: &str, expected: Revision) -> Result<()>;
+    /// Calls `changed` whenever the store may have been written, by this controller or another,
+    /// for as long as `changed` returns true. A store shared between controllers that can tell
+    /// (the swarm's config events) does, so that a commit through another manager is acted on at
+    /// once rather than at the next poll; the default does nothing (the file store has one
+    /// writer, and a shared store is re-read every poll anyway).
+    fn watch_changes(&self, changed: Box<dyn Fn() -> bool + Send + Sync>) {
+        let _ = changed;
+    }
 }
 
 /// `$INFRAKIT_GROUP_STORE`, else `~/.infrakit/groups`, else `/var/lib/infrakit/groups`.

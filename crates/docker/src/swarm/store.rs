@@ -135,6 +135,12 @@ impl GroupStore for SwarmStore {
         format!("swarm configs through {}", self.engine.address())
     }
 
+    /// Follows the engine's config events (a manager sees every manager's writes: `scope: swarm`)
+    /// and calls `changed` on each of ours; reopens the stream a second after it ends or fails.
+    fn watch_changes(&self, changed: Box<dyn Fn() -> bool + Send + Sync>) {
+        tokio::spawn(follow_config_events(self.engine.clone(), changed));
+    }
+
     async fn load(&self) -> Result<Loaded> {
         let configs = self.ours().await?;
         let by_name: BTreeMap<&str, &Config> = configs.iter().map(|c| (name(c), c)).collect();
@@ -342,4 +348,51 @@ fn conflict(id: &str, stored: Revision, expected: Revision) -> Error {
         "group '{id}' changed in the swarm's store since it was read (revision {stored}, expected \
          {expected}): not overwriting; try again"
     ))
+}
+
+/// See [`SwarmStore::watch_changes`].
+async fn follow_config_events(engine: Engine, changed: Box<dyn Fn() -> bool + Send + Sync>) {
+    use bollard::query_parameters::EventsOptions;
+    use futures_util::StreamExt;
+    const RECONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+    let filters =
+        std::collections::HashMap::from([("type".to_string(), vec!["config".to_string()])]);
+    loop {
+        let problem = match engine.docker() {
+            Err(e) => e.message,
+            Ok(docker) => {
+                let mut events = docker.events(Some(EventsOptions {
+                    since: None,
+                    until: None,
+                    filters: Some(filters.clone()),
+                }));
+                // Whatever happened while the stream was closed is found by the poll's re-read;
+                // one more now covers the moment it took to open.
+                if !changed() {
+                    return;
+                }
+                loop {
+                    match events.next().await {
+                        Some(Ok(event)) => {
+                            let ours = event
+                                .actor
+                                .and_then(|a| a.attributes)
+                                .and_then(|a| a.get("name").cloned())
+                                .is_some_and(|n| n.starts_with(PREFIX));
+                            if ours && !changed() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => break engine.error("following config events", e).message,
+                        None => break "the engine closed its event stream".to_string(),
+                    }
+                }
+            }
+        };
+        tracing::debug!("swarm store: {problem}; following config events again in {RECONNECT:?}");
+        tokio::time::sleep(RECONNECT).await;
+        if !changed() {
+            return;
+        }
+    }
 }
