@@ -506,10 +506,32 @@ fn a_partitioned_leader_stops_acting_and_the_majority_heals_the_group() {
         "leader cut off → the majority replaced 2 deleted instances: {:.1} s",
         healed.as_secs_f64()
     );
-    let new = *others
+    let Some(new) = others
         .iter()
-        .find(|i| first_action_after(&s.log(**i), cut).is_some())
-        .expect("a manager of the majority acted");
+        .copied()
+        .find(|i| first_action_after(&s.log(*i), cut).is_some())
+    else {
+        for i in 0..3 {
+            let log = s.log(i);
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("provisioned")
+                        || l.contains("destroyed")
+                        || l.contains("WARN")
+                        || l.contains("elected")
+                        || l.contains("standing by")
+                })
+                .collect();
+            eprintln!(
+                "--- controller {} (cut off: {}), actions, warnings and elections:\n{}",
+                s.via(i),
+                i == old,
+                lines.join("\n")
+            );
+        }
+        panic!("no manager of the majority acted after the cut, yet the group healed");
+    };
     link("up");
     // After the heal the old leader follows (a second election may happen): the group stays
     // whole, no instance is made twice, and the old leader never acted while cut off.
