@@ -331,8 +331,22 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
         },
     );
 
-    // Free the group (its instances stay), then remove the bundle.
-    let _ = infrakit_in(follower, &["group", "free", "deployed"]);
+    // Free the group through a follower (its instances stay): every manager stops showing it,
+    // also when it was the store's last group.
+    ok(
+        infrakit_in(follower, &["group", "free", "deployed"]),
+        "group free through a follower",
+    );
+    for node in [leader, other] {
+        wait_until(
+            &format!("{} no longer lists the freed group", node.name),
+            Duration::from_secs(30),
+            || {
+                let out = infrakit_in(node, &["group", "ls", "-q"]);
+                out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("deployed")
+            },
+        );
+    }
     let t = Instant::now();
     ok(
         infrakit(&other.host, &["swarm", "--bundle", BUNDLE, "remove"]),

@@ -8,26 +8,26 @@
 //! (revisions grow with every write), so a load that raced this controller's own write never
 //! rolls it back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use infrakit_sdk::Result;
 
 use crate::controller::spawn;
-use crate::store::Unusable;
+use crate::store::{Revision, Unusable};
 use crate::worker::{self, Ctx, Group};
 
 /// Loads the store and brings every group in line with it: new groups are started, changed ones
 /// take the stored record (their task re-decides), groups gone from the store stop.
 pub(crate) async fn resync(ctx: &Arc<Ctx>, after_election: bool) -> Result<()> {
+    // What this controller held before the load: a group missing from the load is gone only if
+    // this controller did not write it meanwhile (a commit racing the load is newer than it).
+    let before: BTreeMap<String, Revision> = ctx
+        .groups()
+        .values()
+        .map(|g| (g.id.clone(), g.state().revision))
+        .collect();
     let loaded = ctx.store.load().await?;
-    let newest = loaded
-        .groups
-        .iter()
-        .map(|s| s.revision)
-        .chain(loaded.unusable.iter().map(|u| u.revision))
-        .max()
-        .unwrap_or(0);
     let mut present = BTreeSet::new();
     for stored in loaded.groups {
         let id = stored.record.id().to_string();
@@ -105,16 +105,19 @@ pub(crate) async fn resync(ctx: &Arc<Ctx>, after_election: bool) -> Result<()> {
         }
     }
     // Gone from the store (freed, or destroyed to the end, by another manager): stop managing.
-    // A group written after the load is newer than anything in it and stays.
+    // A group this controller wrote after the load began (or created since) stays. (Comparing
+    // with the newest revision in the load instead missed the last group of a store: an empty
+    // load has no revision, and followers kept showing a destroyed group.)
+    let unchanged_since_load = |g: &Group| before.get(&g.id) == Some(&g.state().revision);
     let gone: Vec<Arc<Group>> = ctx
         .groups()
         .values()
-        .filter(|g| !present.contains(&g.id) && g.state().revision <= newest)
+        .filter(|g| !present.contains(&g.id) && unchanged_since_load(g))
         .cloned()
         .collect();
     for g in gone {
         let _writer = ctx.writer(&g.id).await;
-        if g.state().revision <= newest {
+        if unchanged_since_load(&g) {
             tracing::info!(group = %g.id, "group no longer in the store: no longer managed here");
             stop(ctx, &g);
         }
