@@ -76,6 +76,23 @@ pub enum GroupCommand {
         #[arg(required = true)]
         instances: Vec<String>,
     },
+    /// Follow what the group controller decides and sees happen (every group's, or ID's):
+    /// provisions and destroys with their causes, unhealthy instances, updates started, paused,
+    /// completed or rolled back, commits and scales. `--json` prints one JSON object per line.
+    #[command(
+        after_help = "Examples:\n  infrakit group events                 # from now on, every group\n  \
+        infrakit group events web --since 10m  # the last 10 minutes kept, then new ones\n  \
+        infrakit group events --since 1h --no-follow --json | jq .Kind"
+    )]
+    Events {
+        id: Option<String>,
+        /// Also show the events of this last stretch of time still kept (e.g. 10m, 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Print what is kept and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
     /// Follow a group until it is ready: converged and every one of its target healthy.
     Watch {
         id: String,
@@ -304,6 +321,20 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             if format != Format::Quiet {
                 output::lines(instances)?;
             }
+        }
+        GroupCommand::Events {
+            id,
+            since,
+            no_follow,
+        } => {
+            super::events::follow(
+                &group,
+                id.as_deref(),
+                since,
+                !no_follow,
+                format == Format::Json,
+            )
+            .await?
         }
         GroupCommand::Watch {
             id,

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in its own module.
 
+mod events;
 mod flavor;
 mod group;
 mod input;

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     pub sync: bool,
     #[command(flatten)]
     pub controller: ControllerArgs,
+    /// Also serve the Prometheus metrics (what GET /metrics on the plugin's socket answers) on
+    /// this TCP address, e.g. 127.0.0.1:9101. Off by default: no TCP listener unless asked.
+    #[arg(long, env = "INFRAKIT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -183,6 +187,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let socket = socket_for(&name, args.socket.as_ref());
     let server = Server::bind(&socket).with_context(|| format!("cannot serve plugin '{name}'"))?;
     let plugins = build(&args).await?;
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(infrakit_sdk::metrics::serve_tcp(addr).await?),
+        None => None,
+    };
     tracing::info!(name, kind = ?args.kind, socket = %socket.display(), "plugin ready");
     server.serve(plugins).await?;
     Ok(())

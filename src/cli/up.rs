@@ -161,6 +161,23 @@ async fn up(args: UpArgs) -> Result<()> {
     });
 
     let id = spec.id.clone();
+    // What the controller decides and sees, as it happens (the state lines below say where the
+    // group stands).
+    {
+        let controller = controller.clone();
+        let id = id.clone();
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = super::events::follow(controller.as_ref(), Some(&id), Some(Duration::ZERO), true, false) => {
+                    if let Err(e) = r {
+                        errln!("infrakit up: no more events: {e}");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
     let outcome = async {
         let result = controller.commit_group(spec, false).await?;
         outln!("{}", result.details);

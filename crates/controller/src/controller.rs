@@ -20,12 +20,14 @@ use infrakit_group::spec::{self, Origin, ValidGroup};
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::AllocationMethod;
 use infrakit_sdk::spi::group::{
-    CommitResult, GroupDescription, GroupPlugin, GroupSpec, InstanceStatus, UpdateCommand,
+    CommitResult, EventBatch, GroupDescription, GroupPlugin, GroupSpec, InstanceStatus,
+    UpdateCommand,
 };
 use infrakit_sdk::spi::instance::InstanceId;
 use infrakit_sdk::{Error, ErrorKind, Result};
 use tokio::sync::Semaphore;
 
+use crate::events::What;
 use crate::leader::Leadership;
 use crate::record::GroupRecord;
 use crate::store::GroupStore;
@@ -58,6 +60,7 @@ impl GroupController {
             role: leadership.watch(),
             _leadership: leadership,
             resync_wanted: tokio::sync::Notify::new(),
+            events: crate::events::EventLog::default(),
             watchers: Mutex::new(Default::default()),
         });
         // The same path a shared store's controller takes to keep in step: every stored group
@@ -271,6 +274,14 @@ impl GroupController {
             }
         }
         tracing::info!(group = %spec.id, "committed: {text}");
+        self.ctx.events.emit(
+            &spec.id,
+            What {
+                kind: "commit",
+                ..What::default()
+            },
+            text.clone(),
+        );
         Ok(CommitResult {
             details: format!("Committed group '{}': {text}", spec.id),
             plan: Some(plan),
@@ -371,6 +382,19 @@ impl GroupPlugin for GroupController {
         })
         .await?;
         tracing::info!(group = id, %command, "{message}");
+        self.ctx.events.emit(
+            id,
+            What {
+                kind: match command {
+                    UpdateCommand::Pause => "update-pause-asked",
+                    UpdateCommand::Resume => "update-resume-asked",
+                    UpdateCommand::Rollback => "rollback-asked",
+                },
+                cause: "command",
+                ..What::default()
+            },
+            message.clone(),
+        );
         Ok(if message.is_empty() {
             format!("{command}: done")
         } else {
@@ -397,7 +421,16 @@ impl GroupPlugin for GroupController {
         group.state().stopped = true;
         group.wake.notify_one();
         self.ctx.groups().remove(id);
+        crate::metrics::metrics().forget(id);
         tracing::info!(group = id, "freed: instances left as they are");
+        self.ctx.events.emit(
+            id,
+            What {
+                kind: "group-freed",
+                ..What::default()
+            },
+            "no longer managed; its instances are left as they are",
+        );
         Ok(())
     }
 
@@ -474,6 +507,15 @@ impl GroupPlugin for GroupController {
             group = id,
             "destroying: draining and destroying every instance"
         );
+        self.ctx.events.emit(
+            id,
+            What {
+                kind: "destroy-asked",
+                cause: "command",
+                ..What::default()
+            },
+            "draining and destroying every instance",
+        );
         Ok(())
     }
 
@@ -537,11 +579,32 @@ impl GroupPlugin for GroupController {
 
     async fn set_size(&self, id: &str, size: u64) -> Result<()> {
         let group = self.group(id)?;
+        let mut before = 0;
         self.update(&group, |r, v| {
+            before = v.size();
             *v = Arc::new(r.set_size(v, size)?);
             Ok(())
         })
-        .await
+        .await?;
+        self.ctx.events.emit(
+            id,
+            What {
+                kind: "scale",
+                cause: "command",
+                ..What::default()
+            },
+            format!("target {before} -> {size}"),
+        );
+        Ok(())
+    }
+
+    async fn events(
+        &self,
+        cursor: u64,
+        group: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<EventBatch> {
+        Ok(self.ctx.events.after(cursor, group, timeout).await)
     }
 }
 

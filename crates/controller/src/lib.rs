@@ -6,7 +6,9 @@
 //! [`store`], and carries the actions out, bounded in parallel.
 
 pub mod controller;
+pub mod events;
 pub mod leader;
+pub mod metrics;
 pub mod record;
 pub mod store;
 mod sync;

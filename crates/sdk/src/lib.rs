@@ -18,6 +18,7 @@ pub mod conformance;
 pub mod discovery;
 #[cfg(feature = "run")]
 pub mod logging;
+pub mod metrics;
 pub mod prelude;
 pub mod resolve;
 pub mod rpc;

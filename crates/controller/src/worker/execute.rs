@@ -15,6 +15,7 @@ use infrakit_sdk::spi::instance::{
 use infrakit_sdk::Result;
 
 use super::state::{group_tags, now_ms, Backoff, Ctx, Group, Pending};
+use crate::events::What;
 use crate::record::Blocks;
 use crate::tags;
 
@@ -112,6 +113,7 @@ struct ProvisionJob {
 }
 
 async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
+    let started = Instant::now();
     let result = {
         let _permit = ctx.permits.acquire().await;
         make_instance(&group.id, ctx.resolver.as_ref(), &job).await
@@ -121,6 +123,17 @@ async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
         match result {
             Ok(id) => {
                 tracing::info!(group = %group.id, instance = %id, logical_id = ?job.logical_id, "provisioned");
+                crate::metrics::metrics().action(&group.id, "provision", true, started.elapsed());
+                ctx.events.emit(
+                    &group.id,
+                    What {
+                        kind: "provision-finished",
+                        instance: &id,
+                        logical_id: job.logical_id.as_deref().unwrap_or_default(),
+                        ..What::default()
+                    },
+                    format!("in {} ms", started.elapsed().as_millis()),
+                );
                 if let Some(p) = s.pending.get_mut(&job.token) {
                     p.done = Some((id, Instant::now()));
                 }
@@ -135,6 +148,16 @@ async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
                     group.id, s.backoff.failures
                 );
                 tracing::warn!("{message}");
+                crate::metrics::metrics().action(&group.id, "provision", false, started.elapsed());
+                ctx.events.emit(
+                    &group.id,
+                    What {
+                        kind: "provision-failed",
+                        logical_id: job.logical_id.as_deref().unwrap_or_default(),
+                        ..What::default()
+                    },
+                    e.to_string(),
+                );
                 s.backoff.message = Some(message);
             }
         }
@@ -188,6 +211,7 @@ async fn destroy(
     reason: DestroyReason,
     blocks: Option<Blocks>,
 ) {
+    let started = Instant::now();
     let result = {
         let _permit = ctx.permits.acquire().await;
         drain_and_destroy(&group.id, ctx.resolver.as_ref(), &d, reason, blocks).await
@@ -196,14 +220,39 @@ async fn destroy(
         let mut s = group.state();
         s.destroying.remove(&d.id);
         s.health.remove(&d.id);
+        let logical_id = d.logical_id.as_deref().unwrap_or_default();
         match result {
-            Ok(()) => tracing::info!(group = %group.id, instance = %d.id, %reason, "destroyed"),
+            Ok(()) => {
+                tracing::info!(group = %group.id, instance = %d.id, %reason, "destroyed");
+                crate::metrics::metrics().action(&group.id, "destroy", true, started.elapsed());
+                ctx.events.emit(
+                    &group.id,
+                    What {
+                        kind: "destroyed",
+                        instance: &d.id,
+                        logical_id,
+                        ..What::default()
+                    },
+                    format!("reason: {reason}; in {} ms", started.elapsed().as_millis()),
+                );
+            }
             Err(e) => {
                 let message = format!(
                     "destroying {} of group '{}' failed (will retry): {e}",
                     d.id, group.id
                 );
                 tracing::warn!("{message}");
+                crate::metrics::metrics().action(&group.id, "destroy", false, started.elapsed());
+                ctx.events.emit(
+                    &group.id,
+                    What {
+                        kind: "destroy-failed",
+                        instance: &d.id,
+                        logical_id,
+                        ..What::default()
+                    },
+                    e.to_string(),
+                );
                 s.view.error = Some(message);
             }
         }

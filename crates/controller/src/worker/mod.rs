@@ -14,6 +14,7 @@
 
 mod execute;
 mod observe;
+mod report;
 mod state;
 mod task;
 mod watch;

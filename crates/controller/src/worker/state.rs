@@ -74,6 +74,8 @@ pub(crate) struct Ctx {
     pub resync_wanted: Notify,
     /// The instance plugins whose changes a watcher follows (`worker::watch`).
     pub watchers: Mutex<BTreeSet<String>>,
+    /// What the controller decided and saw happen (`Group.Events`).
+    pub events: crate::events::EventLog,
 }
 
 impl Ctx {
@@ -228,6 +230,7 @@ impl Group {
 
     pub(crate) fn set_error(&self, message: String) {
         tracing::warn!(group = %self.id, "{message}");
+        crate::metrics::metrics().error(&self.id);
         self.state().view.error = Some(message);
     }
 }

@@ -24,9 +24,14 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
         }
         let current = role.borrow_and_update().clone();
         let wake_at = match current {
-            Role::Leader => reconcile(&group, &ctx).await,
+            Role::Leader => {
+                let started = std::time::Instant::now();
+                let wake = reconcile(&group, &ctx).await;
+                crate::metrics::metrics().pass(started.elapsed());
+                wake
+            }
             Role::Follower { reason } => {
-                stand_by(&group, reason);
+                stand_by(&group, &ctx, reason);
                 observe_only(&group, &ctx).await;
                 None
             }
@@ -54,10 +59,18 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
 
 /// Not the leader: act on nothing, and say why (beside the group's state, not as its error: the
 /// group itself may be fine, and `DescribeGroup` on a follower shows whether it converged).
-fn stand_by(group: &Group, reason: String) {
+fn stand_by(group: &Group, ctx: &Ctx, reason: String) {
     let mut s = group.state();
     if s.view.standby.as_deref() != Some(reason.as_str()) {
         tracing::info!(group = %group.id, "standing by: {reason}");
+        ctx.events.emit(
+            &group.id,
+            crate::events::What {
+                kind: "standing-by",
+                ..Default::default()
+            },
+            reason.clone(),
+        );
     }
     s.view.standby = Some(reason);
 }
@@ -112,6 +125,7 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
         &s.record.memory,
         now_ms(),
     );
+    super::report::gauges(group, &decision.status, &described, &health, false);
     let standby = s.view.standby.take();
     s.view = View {
         instances: described,
@@ -219,13 +233,14 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     let current = ctx.role.borrow().clone();
     if let Role::Follower { reason } = current {
         // Deposed while observing.
-        stand_by(group, reason);
+        stand_by(group, ctx, reason);
         return None;
     }
     let now = now_ms();
     let mut decision;
     let to_save;
     let deleting;
+    let previous;
     {
         let mut s = group.state();
         if s.generation != generation || s.stopped {
@@ -250,6 +265,18 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             destroying: s.destroying.clone(),
         };
         decision = decide(&valid.desired(deleting), &observed, &s.record.memory, now);
+        if s.view.standby.is_some() {
+            ctx.events.emit(
+                &group.id,
+                crate::events::What {
+                    kind: "leading",
+                    ..Default::default()
+                },
+                "this controller leads: acting on the group",
+            );
+        }
+        previous = s.view.status.take();
+        super::report::gauges(group, &decision.status, &described, &health, true);
         to_save = if s.record.memory != decision.memory {
             let mut record = s.record.clone();
             record.memory = std::mem::take(&mut decision.memory);
@@ -287,6 +314,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             }
         }
     }
+    super::report::decided(group, ctx, previous.as_ref(), &decision);
     execute(group, ctx, &versions, &valid, &decision, &described);
     if deleting && forget_if_gone(group, ctx, &described).await {
         return None;
@@ -309,6 +337,15 @@ async fn forget_if_gone(group: &Arc<Group>, ctx: &Arc<Ctx>, described: &[Descrip
     }
     group.state().stopped = true;
     ctx.groups().remove(&group.id);
+    crate::metrics::metrics().forget(&group.id);
     tracing::info!(group = %group.id, "group destroyed: no instance left");
+    ctx.events.emit(
+        &group.id,
+        crate::events::What {
+            kind: "group-destroyed",
+            ..Default::default()
+        },
+        "no instance left: the group is forgotten",
+    );
     true
 }

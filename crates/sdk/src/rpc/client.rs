@@ -18,7 +18,9 @@ use tokio::sync::OnceCell;
 use super::messages::*;
 use super::transport::Transport;
 use crate::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
-use crate::spi::group::{CommitResult, GroupDescription, GroupPlugin, GroupSpec, UpdateCommand};
+use crate::spi::group::{
+    CommitResult, EventBatch, GroupDescription, GroupPlugin, GroupSpec, UpdateCommand,
+};
 use crate::spi::instance::{
     Changes, Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
 };
@@ -136,11 +138,16 @@ impl RpcClient {
         self.ensure_compatible().await?;
         let body = serde_json::to_vec(req)
             .map_err(|e| Error::internal(format!("cannot encode the request: {e}")))?;
-        self.post(
-            &format!("{}.{method}", self.interface.rpc_prefix),
-            Bytes::from(body),
-        )
-        .await
+        let path = format!("{}.{method}", self.interface.rpc_prefix);
+        let started = std::time::Instant::now();
+        let result = self.post(&path, Bytes::from(body)).await;
+        crate::metrics::made(
+            &self.endpoint.full_name(),
+            &path,
+            started.elapsed(),
+            &result,
+        );
+        result
     }
 
     async fn post<Resp: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<Resp> {
@@ -402,6 +409,32 @@ impl GroupPlugin for GroupClient {
         };
         let r: DetailsResponse = self.0.call("UpdateCommand", &req).await?;
         Ok(r.details)
+    }
+
+    /// A group plugin without `Group.Events` answers 404: that is `Unsupported`.
+    async fn events(
+        &self,
+        cursor: u64,
+        group: Option<&str>,
+        timeout: Duration,
+    ) -> Result<EventBatch> {
+        let req = EventsRequest {
+            cursor,
+            id: group.unwrap_or_default().to_string(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            r#type: self.0.sub_type(),
+        };
+        self.0.call("Events", &req).await.map_err(|e| {
+            if e.kind == ErrorKind::NotFound && e.message.contains("Events") {
+                Error::unsupported(format!(
+                    "group plugin '{}' has no event stream (Group.Events: {})",
+                    self.0.endpoint.full_name(),
+                    e.message
+                ))
+            } else {
+                e
+            }
+        })
     }
 
     async fn free_group(&self, id: &str) -> Result<()> {

@@ -337,3 +337,28 @@ pub struct DetailsResponse {
     #[serde(default)]
     pub details: String,
 }
+
+/// `Group.Events` (our addition): the reply is [`crate::spi::group::EventBatch`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventsRequest {
+    #[serde(default)]
+    pub cursor: u64,
+    /// Only this group's events (all groups' when empty).
+    #[serde(
+        rename = "ID",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub id: String,
+    /// How long to wait for an event when there is none; the server caps it at `MAX_CHANGES_WAIT`.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub r#type: String,
+}

@@ -331,6 +331,13 @@ impl Router {
     async fn handle(self: Arc<Router>, mut req: Request<Incoming>) -> Reply {
         let work = req.extensions_mut().remove::<WorkStarted>();
         let path = req.uri().path().trim_start_matches('/').to_string();
+        if req.method() == Method::GET && path == "metrics" {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(hyper::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(crate::metrics::render())))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        }
         if req.method() != Method::POST {
             return error_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -380,7 +387,12 @@ impl Router {
         let call = {
             let router = self.clone();
             let path = path.clone();
-            tokio::spawn(async move { router.route(&path, &body).await })
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let result = router.route(&path, &body).await;
+                crate::metrics::served(&path, started.elapsed(), &result);
+                result
+            })
         };
         let result = call.await.unwrap_or_else(|e| {
             Err(Error::internal(format!(
@@ -538,6 +550,7 @@ const GROUP_METHODS: &[&str] = &[
     "Size",
     "SetSize",
     "UpdateCommand",
+    "Events",
 ];
 
 async fn dispatch_instance(
@@ -695,6 +708,15 @@ async fn dispatch_group(
             let r: SetSizeRequest = parse(path, body)?;
             pick(map, &r.r#type, WHAT)?.set_size(&r.id, r.size).await?;
             reply(&OkResponse { ok: true })
+        }
+        "Events" => {
+            let r: EventsRequest = parse(path, body)?;
+            let timeout = Duration::from_millis(r.timeout_ms).min(MAX_CHANGES_WAIT);
+            let group = (!r.id.is_empty()).then_some(r.id.as_str());
+            let batch = pick(map, &r.r#type, WHAT)?
+                .events(r.cursor, group, timeout)
+                .await?;
+            reply(&batch)
         }
         "UpdateCommand" => {
             let r: UpdateCommandRequest = parse(path, body)?;

@@ -191,4 +191,60 @@ pub trait GroupPlugin: Send + Sync + 'static {
             "this group plugin does not support {command} (group '{id}')"
         )))
     }
+
+    /// The events after `cursor` (of group `group` only, when given), waiting up to `timeout`
+    /// for one when there are none yet. Optional (our addition, `Group.Events`): the default is
+    /// `Unsupported`.
+    async fn events(
+        &self,
+        cursor: u64,
+        group: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<EventBatch> {
+        let _ = (cursor, group, timeout);
+        Err(crate::Error::unsupported(
+            "this group plugin has no event stream (no Group.Events)",
+        ))
+    }
+}
+
+/// One thing the group controller decided or saw happen, for `infrakit group events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Event {
+    /// Increases by one per event of this controller (a cursor).
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub group: String,
+    /// `commit`, `scale`, `provision-started`, `provision-finished`, `provision-failed`,
+    /// `destroy-started`, `destroyed`, `destroy-failed`, `unhealthy`, `healthy-again`,
+    /// `update-started`, `update-paused`, `update-completed`, `rollback-started`,
+    /// `rolled-back`, `remediation-capped`, `group-destroyed`, `group-freed`, `standing-by`,
+    /// `leading`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logical_id: String,
+    /// Why: the core's cause (`fill`, `rollout`, `shrink`, `remediation`, ...) or the command.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
+    /// For a person.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The answer to [`GroupPlugin::events`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventBatch {
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// The cursor to send next.
+    #[serde(default)]
+    pub next: u64,
+    /// Events after the cursor that are no longer kept (the caller fell behind the buffer).
+    #[serde(default)]
+    pub lost: u64,
 }

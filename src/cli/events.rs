@@ -1,0 +1,102 @@
+//! `infrakit group events`: the group controller's event stream, followed (long polls of
+//! `Group.Events`) and printed for a person, or as JSON lines.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use infrakit_sdk::spi::group::{Event, GroupPlugin};
+
+use crate::output::{errln, outln};
+
+/// How long one long poll waits for an event.
+const WAIT: Duration = Duration::from_secs(25);
+
+/// One event as a line for a person: `01:02:03.456 web provision-finished instance-1a2b (fill) in 12 ms`.
+pub fn line(e: &Event) -> String {
+    let time = e.time.get(11..23).unwrap_or(&e.time);
+    let mut out = format!("{time} {} {}", e.group, e.kind);
+    for part in [&e.instance, &e.logical_id] {
+        if !part.is_empty() {
+            out.push(' ');
+            out.push_str(part);
+        }
+    }
+    if !e.cause.is_empty() {
+        out.push_str(&format!(" ({})", e.cause));
+    }
+    if !e.message.is_empty() {
+        out.push_str(": ");
+        out.push_str(&e.message);
+    }
+    out
+}
+
+/// Prints the events of `group` (every group's when `None`): those of the last `since` already
+/// kept (none when `None`: only what happens from now on), then, with `follow`, new ones as they
+/// come, until the plugin goes away.
+pub async fn follow(
+    plugin: &dyn GroupPlugin,
+    group: Option<&str>,
+    since: Option<Duration>,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let oldest = since.map(|s| SystemTime::now() - s);
+    let mut cursor = 0;
+    if oldest.is_none() {
+        // Only what happens from now on: skip what is kept.
+        loop {
+            let batch = plugin.events(cursor, group, Duration::ZERO).await?;
+            if batch.events.is_empty() && batch.next == cursor {
+                break;
+            }
+            cursor = batch.next;
+        }
+    }
+    loop {
+        let wait = if follow { WAIT } else { Duration::ZERO };
+        let batch = plugin.events(cursor, group, wait).await?;
+        if batch.lost > 0 {
+            errln!("infrakit: {} event(s) were no longer kept by the group plugin (read faster, or use its metrics)", batch.lost);
+        }
+        let done = !follow && batch.next == cursor && batch.events.is_empty();
+        for e in &batch.events {
+            let recent =
+                oldest.is_none_or(|o| humantime::parse_rfc3339(&e.time).map_or(true, |t| t >= o));
+            if recent {
+                if json {
+                    outln!("{}", serde_json::to_string(e)?);
+                } else {
+                    outln!("{}", line(e));
+                }
+            }
+        }
+        cursor = batch.next;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_for_a_person() {
+        let e = Event {
+            seq: 3,
+            time: "2026-12-05T01:02:03.456Z".into(),
+            group: "web".into(),
+            kind: "provision-started".into(),
+            instance: String::new(),
+            logical_id: "10.0.0.1".into(),
+            cause: "fill".into(),
+            message: "below target (2 of 3)".into(),
+        };
+        assert_eq!(
+            line(&e),
+            "01:02:03.456 web provision-started 10.0.0.1 (fill): below target (2 of 3)"
+        );
+    }
+}

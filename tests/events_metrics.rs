@@ -1,0 +1,328 @@
+//! The group controller's event stream (`infrakit group events`) and the Prometheus metrics
+//! (`GET /metrics` on every plugin socket, `--metrics-listen` for the group plugin), with real
+//! plugin processes: instance-file, flavor-vanilla and the group controller.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{request, World};
+use serde_json::{json, Value};
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spec(size: u64, note: &str) -> String {
+    json!({"ID": "ev", "Properties": {
+        "Allocation": {"Size": size},
+        "Instance": {"Plugin": "instance-file", "Properties": {"Note": note}},
+        "Flavor": {"Plugin": "flavor-vanilla"},
+        "Policies": {"Update": {"MaxSurge": 1, "MaxUnavailable": 0}}
+    }})
+    .to_string()
+}
+
+fn describe(w: &World) -> Value {
+    serde_json::from_str(&w.ok(&["group", "--json", "describe", "ev"])).expect("describe json")
+}
+
+fn events(w: &World) -> Vec<Value> {
+    w.ok(&[
+        "group",
+        "--json",
+        "events",
+        "ev",
+        "--since",
+        "1h",
+        "--no-follow",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+    .collect()
+}
+
+/// Parsed samples: `name{labels}` (labels sorted, as written) -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the Prometheus text parses");
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            Some((format!("{}{{{}}}", s.metric, labels.join(",")), value))
+        })
+        .collect()
+}
+
+fn metrics_of(socket: &std::path::Path) -> BTreeMap<String, f64> {
+    let r = request(socket, "GET", "/metrics", b"").expect("GET /metrics");
+    assert_eq!(r.status, 200);
+    samples(&r.body)
+}
+
+#[test]
+fn events_show_a_scale_and_a_rolling_update_in_order_and_metrics_match_describe() {
+    let w = World::new();
+    let files = w.serve(
+        "instance-file",
+        &[
+            "instance-file",
+            "--dir",
+            w.path("instances").to_str().unwrap(),
+        ],
+    );
+    let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    // A free port for the metrics listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let group = w.serve(
+        "group",
+        &[
+            "group",
+            "--store",
+            w.path("store").to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+            "--health-interval",
+            "1s",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+
+    let v1 = w.write("v1.json", &spec(2, "v1"));
+    w.ok(&["group", "commit", v1.to_str().unwrap()]);
+    wait_until("2 converged", Duration::from_secs(30), || {
+        let d = describe(&w);
+        d["Converged"] == true && d["Instances"].as_array().map(Vec::len) == Some(2)
+    });
+    w.ok(&["group", "scale", "ev", "3"]);
+    wait_until("3 converged", Duration::from_secs(30), || {
+        let d = describe(&w);
+        d["Converged"] == true && d["Instances"].as_array().map(Vec::len) == Some(3)
+    });
+    let v2 = w.write("v2.json", &spec(3, "v2"));
+    w.ok(&["group", "commit", v2.to_str().unwrap()]);
+    wait_until("the update completes", Duration::from_secs(60), || {
+        let d = describe(&w);
+        d["Converged"] == true && d["Update"]["State"] == "completed"
+    });
+
+    let all = events(&w);
+    let kinds: Vec<&str> = all.iter().filter_map(|e| e["Kind"].as_str()).collect();
+    // In order: sequence numbers grow, times never go back.
+    for pair in all.windows(2) {
+        assert!(
+            pair[0]["Seq"].as_u64() < pair[1]["Seq"].as_u64(),
+            "{pair:?}"
+        );
+        assert!(
+            pair[0]["Time"].as_str() <= pair[1]["Time"].as_str(),
+            "{pair:?}"
+        );
+    }
+    let position = |kind: &str, from: usize| {
+        kinds[from..]
+            .iter()
+            .position(|k| *k == kind)
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("no {kind} after #{from} in {kinds:?}"))
+    };
+    let commit = position("commit", 0);
+    let first_fill = position("provision-started", commit);
+    assert_eq!(all[first_fill]["Cause"], "fill", "{:?}", all[first_fill]);
+    position("provision-finished", first_fill);
+    let scale = position("scale", first_fill);
+    assert_eq!(all[scale]["Message"], "target 2 -> 3");
+    let fill_after_scale = position("provision-started", scale);
+    assert_eq!(all[fill_after_scale]["Cause"], "fill");
+    let second_commit = position("commit", fill_after_scale);
+    let started = position("update-started", second_commit);
+    let surge = position("provision-started", started);
+    assert_eq!(all[surge]["Cause"], "rollout");
+    let replaced = position("destroy-started", surge);
+    assert_eq!(all[replaced]["Cause"], "rollout");
+    assert!(all[replaced]["Instance"]
+        .as_str()
+        .is_some_and(|i| !i.is_empty()));
+    position("destroyed", replaced);
+    let completed = position("update-completed", replaced);
+    assert_eq!(
+        kinds[second_commit..completed]
+            .iter()
+            .filter(|k| **k == "destroyed")
+            .count(),
+        3,
+        "every old instance replaced once: {kinds:?}"
+    );
+    // Only this group's events, and a human form too.
+    assert!(all.iter().all(|e| e["Group"] == "ev"));
+    let human = w.ok(&["group", "events", "ev", "--since", "1h", "--no-follow"]);
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("ev update-completed (rollout)")),
+        "{human}"
+    );
+
+    // Metrics on the plugin socket and on the TCP listener agree with describe.
+    let d = describe(&w);
+    let m = metrics_of(&group.socket);
+    let gauge = |name: &str, labels: &str| {
+        m.get(&format!("{name}{{{labels}}}"))
+            .copied()
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in {m:#?}"))
+    };
+    let n = d["Instances"].as_array().map(Vec::len).unwrap_or(0) as f64;
+    assert_eq!(
+        gauge("infrakit_group_instances", "group=ev,state=present"),
+        n
+    );
+    assert_eq!(
+        gauge("infrakit_group_instances", "group=ev,state=current"),
+        n
+    );
+    assert_eq!(
+        gauge("infrakit_group_target", "group=ev"),
+        d["Target"].as_f64().unwrap_or(-1.0)
+    );
+    assert_eq!(gauge("infrakit_group_converged", "group=ev"), 1.0);
+    assert_eq!(
+        gauge("infrakit_group_update_state", "group=ev,state=completed"),
+        1.0
+    );
+    assert_eq!(
+        gauge("infrakit_group_update_state", "group=ev,state=updating"),
+        0.0
+    );
+    let healthy = d["Status"]
+        .as_array()
+        .map(|s| s.iter().filter(|i| i["Health"] == "healthy").count())
+        .unwrap_or(0) as f64;
+    assert_eq!(
+        gauge("infrakit_group_instances_health", "group=ev,health=healthy"),
+        healthy
+    );
+    // 2 + 1 + 3 provisions, 3 destroys, all ok.
+    assert_eq!(
+        gauge(
+            "infrakit_group_actions_total",
+            "group=ev,kind=provision,outcome=ok"
+        ),
+        6.0
+    );
+    assert_eq!(
+        gauge(
+            "infrakit_group_actions_total",
+            "group=ev,kind=destroy,outcome=ok"
+        ),
+        3.0
+    );
+    assert!(
+        m.keys().any(|k| k.starts_with("infrakit_rpc_made_total")
+            && k.contains("method=Instance.Provision")
+            && k.contains("plugin=instance-file")),
+        "{m:#?}"
+    );
+    assert!(
+        m.keys().any(|k| k.starts_with("infrakit_rpc_served_total")
+            && k.contains("method=Group.CommitGroup")),
+        "{m:#?}"
+    );
+
+    let mut tcp = std::net::TcpStream::connect(&listen).expect("the metrics listener");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("infrakit_group_target{group=\"ev\"} 3"),
+        "{reply}"
+    );
+
+    // Every plugin serves its own: the instance plugin counts the calls it answered.
+    let files_m = metrics_of(&files.socket);
+    assert_eq!(
+        files_m
+            .get("infrakit_rpc_served_total{method=Instance.Provision,outcome=ok}")
+            .copied(),
+        Some(6.0),
+        "{files_m:#?}"
+    );
+    assert!(!metrics_of(&vanilla.socket).is_empty());
+}
+
+#[test]
+fn events_follow_new_ones_as_they_happen() {
+    let w = World::new();
+    let _files = w.serve(
+        "instance-file",
+        &[
+            "instance-file",
+            "--dir",
+            w.path("instances").to_str().unwrap(),
+        ],
+    );
+    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let _group = w.serve(
+        "group",
+        &[
+            "group",
+            "--store",
+            w.path("store").to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+        ],
+    );
+    // Following from now on: a commit made after it started shows up.
+    let mut follower = w
+        .cmd(&["group", "--json", "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("events");
+    std::thread::sleep(Duration::from_millis(300));
+    let v1 = w.write("v1.json", &spec(1, "v1"));
+    w.ok(&["group", "commit", v1.to_str().unwrap()]);
+    let mut out = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("provision-finished") {
+                let _ = tx.send(text.clone());
+                break;
+            }
+        }
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the follower printed the commit's events");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen.contains("\"Kind\":\"commit\""), "{seen}");
+}
