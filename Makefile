@@ -37,10 +37,11 @@ test: setup
 	 echo "make test: no $(ZK_IMAGE):$(ZK_TAG) (make zk-image builds it, as root; CI does): tests/zookeeper.rs will skip"; fi
 	$(CARGO) test --workspace --locked --no-fail-fast
 
-## The swarm failover tests on the lab swarm (opt-in while they build a record; 4-6 minutes, root):
-## a leader's engine killed mid-update, no quorum, a partitioned leader.
+## The lab swarm tests alone (part of `make test` too; 2-4 minutes, root): the bundle deployed,
+## upgraded and removed as plugin services; a leader's engine killed mid-update, no quorum, a
+## partitioned leader.
 test-swarm:
-	INFRAKIT_SWARM_TESTS=1 $(CARGO) test --locked --test swarm_failover -- --nocapture --test-threads 1
+	$(CARGO) test --locked --test swarm_deploy --test swarm_failover -- --nocapture --test-threads 1
 
 ## Make sure a Docker Engine answers (installs Debian's docker.io and starts dockerd if needed).
 engine:

@@ -274,12 +274,9 @@ fn a_new_leader_resumes_a_rolling_update_after_the_leaders_engine_is_killed() {
     drop(controllers);
 }
 
-/// Opt-in until they have a record of runs behind them (each takes 1-2 minutes and kills engines):
-/// `make test-swarm` sets it.
-const OPT_IN: &str = "INFRAKIT_SWARM_TESTS";
-
+/// In `make test` (and CI) like every lab test; `make test-swarm` runs these alone.
 fn lab_prerequisites() -> Option<std::fs::File> {
-    lab::prerequisites("swarm failover tests", Some(OPT_IN))
+    lab::prerequisites("swarm failover tests", None)
 }
 
 /// The lab, instance-file and flavor-vanilla on the host, a controller per manager, and a group of
