@@ -17,3 +17,26 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust (rustup) first" >&2
     exit 1
 fi
+
+# CI runs the test where a real Prometheus scrapes the group plugin (tests/events_metrics.rs):
+# Debian's prometheus, installed without starting its service (the test runs its own on loopback).
+if [ "${CI:-}" = true ] && ! command -v prometheus >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: CI needs Debian's prometheus; run as root or install it" >&2
+        exit 1
+    fi
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    # A service started anyway (a system without policy-rc.d support) would listen on :9090.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+        systemctl stop prometheus || true
+        systemctl disable prometheus || true
+    fi
+fi

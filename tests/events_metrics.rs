@@ -326,3 +326,118 @@ fn events_follow_new_ones_as_they_happen() {
     let _ = follower.wait();
     assert!(seen.contains("\"Kind\":\"commit\""), "{seen}");
 }
+
+/// `GET path` on 127.0.0.1:`port`; the body when the answer is 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A real Prometheus (Debian's `prometheus`) scrapes the group plugin's `--metrics-listen` and
+/// answers a query with the value `group describe` shows. Runs in CI (scripts/setup-debian.sh
+/// installs the package there); skipped loudly where the binary is missing.
+#[test]
+fn a_real_prometheus_scrapes_the_group_plugin() {
+    let Some(prometheus) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            !common::engine::in_ci(),
+            "CI must run the Prometheus test: scripts/setup-debian.sh installs Debian's prometheus"
+        );
+        eprintln!("\n*** SKIPPING the Prometheus scrape test: no prometheus binary (apt-get install prometheus) ***\n");
+        return;
+    };
+    let w = World::new();
+    let _files = w.serve(
+        "instance-file",
+        &[
+            "instance-file",
+            "--dir",
+            w.path("instances").to_str().unwrap(),
+        ],
+    );
+    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let metrics_port = free_port();
+    let _group = w.serve(
+        "group",
+        &[
+            "group",
+            "--store",
+            w.path("store").to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    let v1 = w.write("v1.json", &spec(4, "v1"));
+    w.ok(&["group", "commit", v1.to_str().unwrap()]);
+    wait_until("4 converged", Duration::from_secs(30), || {
+        describe(&w)["Converged"] == true
+    });
+
+    let web_port = free_port();
+    let config = w.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: infrakit\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    );
+    let server = std::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", w.path("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+
+    let query = "/api/v1/query?query=infrakit_group_target%7Bgroup%3D%22ev%22%7D";
+    let mut value = None;
+    wait_until(
+        "Prometheus has scraped the target",
+        Duration::from_secs(60),
+        || {
+            value = http_get(web_port, query).and_then(|body| {
+                let v: Value = serde_json::from_str(&body).ok()?;
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_string)
+            });
+            value.is_some()
+        },
+    );
+    let d = describe(&w);
+    assert_eq!(
+        value.as_deref(),
+        Some(d["Target"].to_string().as_str()),
+        "Prometheus's infrakit_group_target vs describe's Target"
+    );
+}
