@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image bench-docker swarm-lab swarm-lab-down
+.PHONY: test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -85,6 +85,13 @@ ZK_IMAGE ?= infrakit/zookeeper
 ZK_TAG ?= 3.8.0
 zk-image:
 	IMAGE='$(ZK_IMAGE)' TAG='$(ZK_TAG)' bash scripts/zk-image.sh
+
+## The swarm-node image (Debian + docker.io; debootstrap + docker import, nothing pulled): one
+## Docker-in-Docker host per container, made by instance-docker (examples/swarm/). Needs root.
+NODE_IMAGE ?= infrakit/swarm-node
+NODE_TAG ?= 20.10
+node-image:
+	IMAGE='$(NODE_IMAGE)' TAG='$(NODE_TAG)' bash scripts/node-image.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

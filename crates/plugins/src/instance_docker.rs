@@ -232,6 +232,11 @@ impl DockerInstancePlugin {
             None => None,
         };
 
+        let unconfined_paths = props
+            .security_opt
+            .iter()
+            .any(|o| o == "systempaths=unconfined")
+            .then(Vec::new);
         let host = HostConfig {
             binds: Some(props.binds.clone()),
             mounts: Some(mounts),
@@ -242,6 +247,21 @@ impl DockerInstancePlugin {
             extra_hosts: Some(props.extra_hosts.clone()),
             dns: Some(props.dns.clone()),
             privileged: Some(props.privileged),
+            // `systempaths=unconfined` is the docker CLI's, not the engine's: it means no masked
+            // and no read-only /proc and /sys paths, which the API says that way.
+            security_opt: Some(
+                props
+                    .security_opt
+                    .iter()
+                    .filter(|o| o.as_str() != "systempaths=unconfined")
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|v| !v.is_empty()),
+            masked_paths: unconfined_paths.clone(),
+            readonly_paths: unconfined_paths,
+            device_cgroup_rules: (!props.device_cgroup_rules.is_empty())
+                .then(|| props.device_cgroup_rules.clone()),
             readonly_rootfs: Some(props.read_only),
             init: props.init_process.then_some(true),
             memory,
@@ -769,7 +789,10 @@ mod tests {
             "Ports": ["127.0.0.1:8080:80/udp", "9000"], "Memory": "256m", "Cpus": 0.5,
             "RestartPolicy": "on-failure:3", "InitProcess": true, "StopTimeout": 2,
             "Mounts": [{"Type": "volume", "Source": "v", "Target": "/d", "ReadOnly": true}],
-            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": "1s", "Retries": 3}
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": "1s", "Retries": 3},
+            "SecurityOpt": ["seccomp=unconfined", "systempaths=unconfined"],
+            "DeviceCgroupRules": ["a *:* rwm"],
+            "CapAdd": ["ALL"], "CapDrop": ["SYS_RESOURCE"]
         }))
         .unwrap();
         let mut spec = Spec::default();
@@ -810,6 +833,12 @@ mod tests {
             json!([{"Type": "volume", "Source": "v", "Target": "/d", "ReadOnly": true}])
         );
         assert!(body.get("NetworkingConfig").is_none(), "{body}");
+        assert_eq!(host["SecurityOpt"], json!(["seccomp=unconfined"]));
+        assert_eq!(host["MaskedPaths"], json!([]));
+        assert_eq!(host["ReadonlyPaths"], json!([]));
+        assert_eq!(host["DeviceCgroupRules"], json!(["a *:* rwm"]));
+        assert_eq!(host["CapAdd"], json!(["ALL"]));
+        assert_eq!(host["CapDrop"], json!(["SYS_RESOURCE"]));
 
         let bad =
             Properties::parse(&json!({"Image": "x", "Mounts": [{"Type": "nfs", "Target": "/d"}]}))

@@ -95,6 +95,14 @@ pub struct Properties {
     /// `--privileged`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// `--security-opt`: e.g. `seccomp=unconfined`, `apparmor=unconfined`,
+    /// `systempaths=unconfined` (what a Docker-in-Docker node needs where `--privileged` is not
+    /// allowed: scripts/node-image.sh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// `--device-cgroup-rule`: e.g. `a *:* rwm`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
     /// `--read-only`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
