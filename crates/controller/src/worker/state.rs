@@ -180,6 +180,10 @@ pub(crate) struct GroupState {
     /// Bumped by every change of the record from outside the task (commit, scale, destroy).
     pub generation: u64,
     pub(crate) pending: BTreeMap<u64, Pending>,
+    /// Provisions in `pending` the plugin has not answered yet: counted, so that telling whether
+    /// anything is still running costs nothing (it is asked at every completion; walking the
+    /// answered ones to find an unanswered one made a converge of N provisions cost N²).
+    pub(crate) unanswered: usize,
     pub destroying: BTreeSet<InstanceId>,
     pub(crate) health: HashMap<InstanceId, (Health, Instant)>,
     /// Every instance in the core's memory has counted as available (as of the last decision):
@@ -207,6 +211,7 @@ impl Group {
                 revision,
                 generation: 0,
                 pending: BTreeMap::new(),
+                unanswered: 0,
                 destroying: BTreeSet::new(),
                 health: HashMap::new(),
                 all_proven: false,
@@ -273,7 +278,7 @@ impl GroupState {
 
     /// True while a provision or destroy of this group has not answered yet.
     pub(crate) fn running(&self) -> bool {
-        !self.destroying.is_empty() || self.pending.values().any(|p| p.done.is_none())
+        !self.destroying.is_empty() || self.unanswered > 0
     }
 }
 
