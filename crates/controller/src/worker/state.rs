@@ -235,24 +235,6 @@ impl Group {
 }
 
 impl GroupState {
-    /// True when the next pass asks the flavor about an instance it knows, or may meet a new one:
-    /// - a provision is on its way: its instance may be in this describe, and its first verdict
-    ///   must see the backend's state (a container that exited at once), or the core would count
-    ///   it available on a blind Healthy;
-    /// - an instance needs a verdict ([`rules::needs_health_check`]).
-    ///
-    /// An instance that appears without a provision of ours (made by hand while the controller
-    /// runs) may be judged on a pass without properties; with MinReadySeconds above zero it is
-    /// asked again, with them, before it counts as available.
-    pub(crate) fn health_due(&self, trust_ms: u64) -> bool {
-        !self.pending.is_empty()
-            || self.health.is_empty()
-            || self
-                .health
-                .iter()
-                .any(|(id, v)| rules::needs_health_check(Some(aged(v)), self.proven(id), trust_ms))
-    }
-
     /// How long a Healthy verdict is trusted on this pass ([`rules::healthy_trust_ms`]).
     pub(crate) fn healthy_trust_ms(&self, options: &Options) -> u64 {
         rules::healthy_trust_ms(

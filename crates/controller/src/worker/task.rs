@@ -162,15 +162,8 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    // Backend state (a container's exit code, its addresses) is what a flavor judges health by, but
-    // it makes every description several times bigger: ask for it only on passes that will ask the
-    // flavor about someone.
-    let with_properties = {
-        let s = group.state();
-        s.health_due(s.healthy_trust_ms(&ctx.options))
-    };
     let described = match instance
-        .describe_instances(&group_tags(&group.id), with_properties)
+        .describe_instances(&group_tags(&group.id), false)
         .await
     {
         Ok(d) => d,
@@ -183,7 +176,25 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         }
     };
     let described = Arc::new(described);
-    let health = Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await);
+    let health = match check_health(
+        group,
+        ctx,
+        instance.as_ref(),
+        flavor.as_ref(),
+        &blocks,
+        &described,
+    )
+    .await
+    {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            group.set_error(format!(
+                "cannot describe the instances of group '{}' to check through '{}': {e}; retrying",
+                group.id, blocks.instance.plugin
+            ));
+            return None;
+        }
+    };
 
     // Deciding, writing ahead and starting the actions happen under the group's writer lock: no
     // commit, scale or destroy can slip between the decision and the record it is based on.

@@ -252,10 +252,31 @@ impl InstancePlugin for InstanceClient {
         let req = DescribeInstancesRequest {
             tags: tags.clone(),
             properties,
+            ids: None,
             r#type: self.0.sub_type(),
         };
         let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
         Ok(r.descriptions)
+    }
+
+    /// Sends the IDs; a plugin that does not know them answers every instance, and only those
+    /// asked for are kept.
+    async fn describe_instances_by_id(
+        &self,
+        tags: &Tags,
+        properties: bool,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Description>> {
+        let req = DescribeInstancesRequest {
+            tags: tags.clone(),
+            properties,
+            ids: Some(ids.to_vec()),
+            r#type: self.0.sub_type(),
+        };
+        let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
+        let mut descriptions = r.descriptions;
+        crate::spi::instance::keep_ids(&mut descriptions, ids);
+        Ok(descriptions)
     }
 
     /// A plugin that does not know `Instance.Changes` (InfraKit v0.5's, or ours before it) answers

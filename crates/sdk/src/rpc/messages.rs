@@ -128,6 +128,11 @@ pub struct DescribeInstancesRequest {
     pub tags: Tags,
     #[serde(default)]
     pub properties: bool,
+    /// Our addition: only these instances are wanted (see
+    /// `InstancePlugin::describe_instances_by_id`). Absent means all; plugins that do not know it
+    /// ignore it and answer all.
+    #[serde(rename = "IDs", default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<InstanceId>>,
     #[serde(
         default,
         deserialize_with = "null_as_default",

@@ -579,9 +579,15 @@ async fn dispatch_instance(
         }
         "DescribeInstances" => {
             let r: DescribeInstancesRequest = parse(path, body)?;
-            let descriptions = pick(map, &r.r#type, WHAT)?
-                .describe_instances(&r.tags, r.properties)
-                .await?;
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            let descriptions = match &r.ids {
+                Some(ids) => {
+                    plugin
+                        .describe_instances_by_id(&r.tags, r.properties, ids)
+                        .await?
+                }
+                None => plugin.describe_instances(&r.tags, r.properties).await?,
+            };
             reply(&DescribeInstancesResponse { descriptions })
         }
         "Changes" => {
