@@ -117,7 +117,8 @@ bench:
 ## One group of 1,000, 10,000 and 100,000 file instances (fresh real plugin processes per size):
 ## commit → present → converged, destroy → none, peak RSS and CPU of the group and instance-file
 ## plugins, and the ratio of each figure between sizes. SIZES=1000,10000 skips 100,000; RUNS=2
-## repeats each size and prints ranges; POLL sets the controller's poll interval (default 5s).
+## repeats each size and prints ranges; POLL sets the controller's poll interval (default 5s); DIR=/dev/shm
+## puts the files on tmpfs (takes the disk's file system out of the figures).
 bench-scale:
 	$(CARGO) bench --locked --bench scale
 

@@ -11,7 +11,12 @@
 //! Run: `make bench-scale` (release build). Environment:
 //! - `SIZES` (default `1000,10000,100000`): e.g. `SIZES=1000,10000` for a quick run;
 //! - `RUNS` (default 1): repeat every size, and print the range of each figure;
-//! - `POLL` (default `5s`, the controller's default): the group plugin's `--poll-interval`.
+//! - `POLL` (default `5s`, the controller's default): the group plugin's `--poll-interval`;
+//! - `DIR` (default: the system's temporary directory): where each run's instance directory and
+//!   group store are made, e.g. `DIR=/dev/shm` to take the disk's file system out of the figures.
+//!   On an ext4 without a journal (this VM's root), creating a file after many were deleted makes
+//!   the kernel skip every recently deleted inode (`recently_deleted`, for minutes after the
+//!   deletion), so a size measured right after another size's destroy pays for it in the kernel.
 //!
 //! Instance files are counted from an inotify watch of the benchmark's own (listing a directory of
 //! 100,000 files every few milliseconds would cost more than what is measured); `DescribeGroup`
@@ -207,8 +212,12 @@ impl Figures {
     }
 }
 
-async fn one(n: usize, poll: &str) -> Figures {
-    let tmp = tempfile::tempdir().expect("tempdir");
+async fn one(n: usize, poll: &str, parent: Option<&str>) -> Figures {
+    let tmp = match parent {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
     let plugins = tmp.path().join("plugins");
     let dir = tmp.path().join("instances");
     let store = tmp.path().join("store");
@@ -292,7 +301,9 @@ fn table(sizes: &[usize], runs: &[Vec<Figures>]) {
         return;
     }
     println!();
-    println!("ratio of each figure between consecutive sizes (medians; aim: 10x the instances ≤ 12x)");
+    println!(
+        "ratio of each figure between consecutive sizes (medians; aim: 10x the instances ≤ 12x)"
+    );
     print!("{:<30}", "");
     for w in sizes.windows(2) {
         print!("{:>18}", format!("{}→{}", w[0], w[1]));
@@ -333,11 +344,15 @@ async fn main() {
         .unwrap_or(1)
         .max(1);
     let poll = std::env::var("POLL").unwrap_or_else(|_| "5s".into());
-    println!("scale: sizes {sizes:?}, {runs} run(s) each, poll interval {poll}");
+    let parent = std::env::var("DIR").ok().filter(|d| !d.is_empty());
+    println!(
+        "scale: sizes {sizes:?}, {runs} run(s) each, poll interval {poll}, files in {}",
+        parent.as_deref().unwrap_or("the temporary directory")
+    );
     let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); sizes.len()];
     for run in 0..runs {
         for (i, n) in sizes.iter().enumerate() {
-            let f = one(*n, &poll).await;
+            let f = one(*n, &poll, parent.as_deref()).await;
             println!(
                 "run {} {n:>7}: present {:.3} s, converged {:.3} s, destroyed {:.3} s (group gone {:.3} s), \
                  peak RSS group {:.1} MB / instance-file {:.1} MB, CPU group {:.2} s / instance-file {:.2} s",
