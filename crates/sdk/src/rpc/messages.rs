@@ -214,6 +214,30 @@ pub struct HealthyResponse {
     pub health: Health,
 }
 
+/// `Flavor.HealthyMany` (our addition): several instances judged in one call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthyManyRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub instances: Vec<Description>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub r#type: String,
+}
+
+/// One verdict per instance of the request, in its order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthyManyResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub health: Vec<Health>,
+}
+
 // ---- Group ----
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -527,7 +527,7 @@ const INSTANCE_METHODS: &[&str] = &[
     "DescribeInstances",
     "Changes",
 ];
-const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
+const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "HealthyMany", "Drain"];
 const GROUP_METHODS: &[&str] = &[
     "CommitGroup",
     "FreeGroup",
@@ -633,6 +633,13 @@ async fn dispatch_flavor(
                 .healthy(&r.properties, &r.instance)
                 .await?;
             reply(&HealthyResponse { health })
+        }
+        "HealthyMany" => {
+            let r: HealthyManyRequest = parse(path, body)?;
+            let health = pick(map, &r.r#type, WHAT)?
+                .healthy_many(&r.properties, &r.instances)
+                .await?;
+            reply(&HealthyManyResponse { health })
         }
         "Drain" => {
             let r: FlavorInstanceRequest = parse(path, body)?;

@@ -150,22 +150,22 @@ pub trait InstancePlugin: Send + Sync + 'static {
     async fn destroy(&self, id: &str, context: DestroyContext) -> Result<()>;
     /// Every instance whose tags include all of `tags`; with `properties`, backend state too.
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>>;
-    /// As [`InstancePlugin::describe_instances`], but only the instances named in `ids` are
-    /// wanted (those that exist and match `tags`; IDs that are not there are left out). A caller
-    /// that needs backend state for a few instances of a large group (the group controller, for
-    /// the first health verdict of new instances) asks for just those. An addition to InfraKit's
-    /// SPI: on the wire it is `Instance.DescribeInstances` with an `IDs` field, which plugins that
-    /// do not know it ignore (they answer every instance and the client keeps those asked for);
-    /// the default does the same here.
+    /// As [`InstancePlugin::describe_instances`], for a caller that wants only the instances
+    /// named in `ids` (those that exist and match `tags`; an ID that is not there is left out). A
+    /// caller that needs backend state for a few instances of a large group (the group controller,
+    /// for the first health verdict of new instances) asks for just those. An addition to
+    /// InfraKit's SPI: on the wire it is `Instance.DescribeInstances` with an `IDs` field, which
+    /// plugins that do not know it ignore, answering every instance. So the answer may hold others
+    /// too (the default here, and a remote plugin that does not know `IDs`, answer all): keep what
+    /// you asked for; an answer longer than what was asked says the plugin lists everything.
     async fn describe_instances_by_id(
         &self,
         tags: &Tags,
         properties: bool,
         ids: &[InstanceId],
     ) -> Result<Vec<Description>> {
-        let mut all = self.describe_instances(tags, properties).await?;
-        keep_ids(&mut all, ids);
-        Ok(all)
+        let _ = ids;
+        self.describe_instances(tags, properties).await
     }
     /// Waits until something changed since `cursor` (see [`Changes`]), or at most `timeout`, then
     /// answers with the cursor to send next. An empty or unknown cursor is answered at once with
@@ -177,13 +177,6 @@ pub trait InstancePlugin: Send + Sync + 'static {
             "this instance plugin does not report changes (no Instance.Changes); it is polled",
         ))
     }
-}
-
-/// Keeps the descriptions of the instances named in `ids` (a plugin that ignores the `IDs` of a
-/// describe answers all of them).
-pub fn keep_ids(descriptions: &mut Vec<Description>, ids: &[InstanceId]) {
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-    descriptions.retain(|d| wanted.contains(d.id.as_str()));
 }
 
 /// True when `have` contains every pair of `want`.
