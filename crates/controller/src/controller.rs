@@ -420,7 +420,7 @@ impl GroupPlugin for GroupController {
             extra.insert("Deleting".to_string(), serde_json::Value::Bool(true));
         }
         Ok(GroupDescription {
-            instances: (*view.instances).clone(),
+            instances: view.instances.clone(),
             converged: rules::converged(
                 status.as_ref(),
                 view.observed && view.error.is_none() && view.generation == s.generation,
