@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
+.PHONY: bench-scale test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -121,6 +121,14 @@ bench:
 	$(CARGO) bench --locked --bench rpc
 	$(CARGO) bench --locked --bench group
 	$(CARGO) bench --locked -p infrakit-group --bench plan
+
+## One group of 1,000, 10,000 and 100,000 file instances (fresh real plugin processes per size):
+## commit → present → converged, destroy → none, peak RSS and CPU of the group and instance-file
+## plugins, and the ratio of each figure between sizes. SIZES=1000,10000 skips 100,000; RUNS=2
+## repeats each size and prints ranges; POLL sets the controller's poll interval (default 5s); DIR=/dev/shm
+## puts the files on tmpfs (takes the disk's file system out of the figures).
+bench-scale:
+	$(CARGO) bench --locked --bench scale
 
 clean:
 	$(CARGO) clean

@@ -48,6 +48,44 @@ fn activate_and_provision_over_raw_http() {
         serde_json::json!("10.0.0.1")
     );
 
+    // Our addition: `IDs` names the instances wanted (with properties, here); an ID that is not
+    // there is left out, and a describe without it still lists everything.
+    let r = post(
+        &p.socket,
+        "/Instance.Provision",
+        br#"{"Spec":{"Tags":{"infrakit.group":"g"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let other = r.json()["ID"].as_str().expect("ID").to_string();
+    let body = format!(
+        r#"{{"Tags":{{"infrakit.group":"g"}},"Properties":true,"IDs":["{id}","instance-gone"]}}"#
+    );
+    let r = post(&p.socket, "/Instance.DescribeInstances", body.as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = r.json();
+    let listed = d["Descriptions"].as_array().expect("Descriptions");
+    assert_eq!(listed.len(), 1, "{}", r.body);
+    assert_eq!(listed[0]["ID"], serde_json::json!(id));
+    assert_eq!(
+        listed[0]["Properties"]["Spec"]["Init"],
+        serde_json::json!("echo hi")
+    );
+    let r = post(
+        &p.socket,
+        "/Instance.DescribeInstances",
+        br#"{"Tags":{"infrakit.group":"g"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.json()["Descriptions"].as_array().map(Vec::len), Some(2));
+    let r = post(
+        &p.socket,
+        "/Instance.Destroy",
+        format!(r#"{{"Instance":"{other}"}}"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
     let r = post(
         &p.socket,
         "/Instance.Destroy",

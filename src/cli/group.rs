@@ -278,7 +278,7 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             let d = group.describe_group(&id).await?;
             match format {
                 Format::Json => output::json(&d)?,
-                Format::Quiet => output::lines(d.instances.into_iter().map(|i| i.id))?,
+                Format::Quiet => output::lines(d.instances.iter().map(|i| i.id.clone()))?,
                 Format::Table => {
                     print_description(&id, &d, &instance_names(&group, &id, &d).await)?
                 }

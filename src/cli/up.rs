@@ -404,13 +404,14 @@ mod tests {
 
     fn group(ids: &[&str], target: u64) -> GroupDescription {
         GroupDescription {
-            instances: ids
-                .iter()
-                .map(|i| Description {
-                    id: i.to_string(),
-                    ..Description::default()
-                })
-                .collect(),
+            instances: std::sync::Arc::new(
+                ids.iter()
+                    .map(|i| Description {
+                        id: i.to_string(),
+                        ..Description::default()
+                    })
+                    .collect(),
+            ),
             target: Some(target),
             ..GroupDescription::default()
         }

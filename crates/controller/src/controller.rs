@@ -467,7 +467,7 @@ impl GroupPlugin for GroupController {
             extra.insert("Deleting".to_string(), serde_json::Value::Bool(true));
         }
         Ok(GroupDescription {
-            instances: (*view.instances).clone(),
+            instances: view.instances.clone(),
             converged: rules::converged(
                 status.as_ref(),
                 view.observed && view.error.is_none() && view.generation == s.generation,
@@ -540,13 +540,16 @@ impl GroupPlugin for GroupController {
 
     async fn destroy_instances(&self, id: &str, instances: &[InstanceId]) -> Result<()> {
         let group = self.group(id)?;
-        let (members, is_cattle) = {
+        let (unknown, is_cattle) = {
             let s = group.state();
-            let members: Vec<InstanceId> = s.view.instances.iter().map(|d| d.id.clone()).collect();
-            let cattle = !s.valid.allocation.is_pets();
-            (members, cattle)
+            let members: std::collections::HashSet<&str> =
+                s.view.instances.iter().map(|d| d.id.as_str()).collect();
+            let unknown: Vec<&InstanceId> = instances
+                .iter()
+                .filter(|i| !members.contains(i.as_str()))
+                .collect();
+            (unknown, !s.valid.allocation.is_pets())
         };
-        let unknown: Vec<&InstanceId> = instances.iter().filter(|i| !members.contains(i)).collect();
         if !unknown.is_empty() {
             return Err(Error::not_found(format!(
                 "group '{id}' has no instance {} (see `infrakit group describe {id}`)",

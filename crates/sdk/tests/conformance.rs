@@ -302,9 +302,11 @@ async fn a_dead_socket_fails_every_check_with_a_reason() {
     );
 }
 
-/// A flavor that may drop the controller's tags.
+/// A flavor that may drop the controller's tags, and may judge one instance per call only (as a
+/// plugin from before `Flavor.HealthyMany`).
 struct Hello {
     drops_tags: bool,
+    one_at_a_time: bool,
 }
 
 #[async_trait]
@@ -329,13 +331,31 @@ impl FlavorPlugin for Hello {
     async fn healthy(&self, _: &Value, _: &Description) -> Result<Health> {
         Ok(Health::Healthy)
     }
+    async fn healthy_many(&self, p: &Value, instances: &[Description]) -> Result<Vec<Health>> {
+        if self.one_at_a_time {
+            return Err(infrakit_sdk::Error::unsupported("one at a time"));
+        }
+        let mut verdicts = Vec::new();
+        for d in instances {
+            verdicts.push(self.healthy(p, d).await?);
+        }
+        Ok(verdicts)
+    }
     async fn drain(&self, _: &Value, _: &Description) -> Result<()> {
         Ok(())
     }
 }
 
 async fn flavor_report(drops_tags: bool) -> Report {
-    let served = Served::start(Plugins::new().flavor(Hello { drops_tags }));
+    flavor_report_of(Hello {
+        drops_tags,
+        one_at_a_time: false,
+    })
+    .await
+}
+
+async fn flavor_report_of(flavor: Hello) -> Report {
+    let served = Served::start(Plugins::new().flavor(flavor));
     let client = FlavorClient::new(Endpoint::new("flavor-test", &served.socket));
     let options = conformance::flavor::Options::new(json!({}));
     let report = conformance::flavor::run(&client, options).await;
@@ -347,7 +367,23 @@ async fn flavor_report(drops_tags: bool) -> Report {
 async fn a_flavor_that_keeps_the_contract_passes() {
     let report = flavor_report(false).await;
     assert!(report.passed(), "{report}");
-    assert_eq!(report.checks.len(), 6, "{report}");
+    assert_eq!(report.checks.len(), 7, "{report}");
+}
+
+#[tokio::test]
+async fn a_flavor_without_healthy_many_has_that_check_skipped_not_failed() {
+    let report = flavor_report_of(Hello {
+        drops_tags: false,
+        one_at_a_time: true,
+    })
+    .await;
+    assert!(report.passed(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("skip  healthy many answers one verdict per instance"),
+        "{report}"
+    );
 }
 
 #[tokio::test]

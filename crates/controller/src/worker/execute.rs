@@ -1,7 +1,7 @@
 //! Carrying the core's actions out through the plugins: provisions (flavor Prepare, then the
 //! instance plugin) and destroys (drain, then destroy), bounded in parallel across all groups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,18 +21,32 @@ use crate::tags;
 
 /// Registers and starts the decision's actions. Every action is carried out: the core counts a
 /// provision it asked for and never saw as a failure.
+///
+/// Linear in the actions and the instances: a decision may ask for 100,000 destroys (a group
+/// destroyed) or provisions (one committed), so nothing here is done per action over the whole
+/// list (each destroy used to search the described list for its instance: 100,000 destroys took
+/// 5·10⁹ comparisons), and a queued action holds only what identifies it, sharing the spec's blocks,
+/// the allocation and the observation with every other action of the pass.
 pub(crate) fn execute(
     group: &Arc<Group>,
     ctx: &Arc<Ctx>,
     versions: &BTreeMap<String, Blocks>,
     valid: &ValidGroup,
     decision: &Decision,
-    described: &[Description],
+    described: &Arc<Vec<Description>>,
 ) {
-    // One copy of the allocation for every provision of this pass, not one each: a flavor's
-    // Prepare reads the whole list, and ten thousand pets each carrying ten thousand IDs is
-    // gigabytes.
-    let allocation = Arc::new(crate::controller::allocation(&valid.allocation));
+    if decision.actions.is_empty() {
+        return;
+    }
+    // One copy of the blocks and of the allocation for every action of this pass, not one each: a
+    // flavor's Prepare reads the whole list, and ten thousand pets each carrying ten thousand IDs
+    // is gigabytes.
+    let versions: BTreeMap<&str, Arc<Blocks>> = versions
+        .iter()
+        .map(|(h, b)| (h.as_str(), Arc::new(b.clone())))
+        .collect();
+    let mut allocation: Option<Arc<AllocationMethod>> = None;
+    let mut index: Option<HashMap<&str, usize>> = None;
     let mut s = group.state();
     for action in &decision.actions {
         match action {
@@ -40,10 +54,15 @@ pub(crate) fn execute(
                 logical_id,
                 config_hash,
             } => {
-                let Some(blocks) = versions.get(config_hash).cloned() else {
+                let Some(blocks) = versions.get(config_hash.as_str()).cloned() else {
                     tracing::error!(group = %group.id, hash = %config_hash, "no stored version to provision");
                     continue;
                 };
+                let allocation = allocation
+                    .get_or_insert_with(|| {
+                        Arc::new(crate::controller::allocation(&valid.allocation))
+                    })
+                    .clone();
                 let token = s.next_token;
                 s.next_token += 1;
                 let sequence = s.record.sequence;
@@ -60,12 +79,13 @@ pub(crate) fn execute(
                         done: None,
                     },
                 );
+                s.unanswered += 1;
                 let job = ProvisionJob {
                     token,
                     logical_id: logical_id.clone(),
                     config_hash: config_hash.clone(),
                     blocks,
-                    allocation: allocation.clone(),
+                    allocation,
                     sequence,
                 };
                 tokio::spawn(provision(group.clone(), ctx.clone(), job));
@@ -74,52 +94,88 @@ pub(crate) fn execute(
                 if !s.destroying.insert(id.clone()) {
                     continue;
                 }
-                let d = described
-                    .iter()
-                    .find(|d| &d.id == id)
-                    .cloned()
-                    .unwrap_or_else(|| Description {
-                        id: id.clone(),
-                        ..Description::default()
-                    });
-                let blocks = blocks_of(versions, valid, &d);
-                tokio::spawn(destroy(group.clone(), ctx.clone(), d, *reason, blocks));
+                let at = index
+                    .get_or_insert_with(|| by_id(described))
+                    .get(id.as_str())
+                    .copied();
+                let blocks = blocks_of(&versions, valid, at.map(|i| &described[i]));
+                let target = Target::new(described, at, id);
+                tokio::spawn(destroy(group.clone(), ctx.clone(), target, *reason, blocks));
             }
         }
     }
 }
 
+/// Where each instance is in a describe's answer.
+fn by_id(described: &[Description]) -> HashMap<&str, usize> {
+    described
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect()
+}
+
 /// The blocks an instance was made with (to drain it with its own flavor properties), else the
 /// current ones.
 fn blocks_of(
-    versions: &BTreeMap<String, Blocks>,
+    versions: &BTreeMap<&str, Arc<Blocks>>,
     valid: &ValidGroup,
-    d: &Description,
-) -> Option<Blocks> {
-    d.tags
-        .get(tags::CONFIG_HASH)
-        .and_then(|h| versions.get(h))
-        .or_else(|| versions.get(&valid.hash))
+    d: Option<&Description>,
+) -> Option<Arc<Blocks>> {
+    d.and_then(|d| d.tags.get(tags::CONFIG_HASH))
+        .and_then(|h| versions.get(h.as_str()))
+        .or_else(|| versions.get(valid.hash.as_str()))
         .cloned()
+}
+
+/// The instance a destroy is for: its description in the (shared) observation it was decided
+/// on, or just its ID when that observation does not list it.
+struct Target {
+    described: Option<(Arc<Vec<Description>>, usize)>,
+    id: InstanceId,
+}
+
+impl Target {
+    fn new(described: &Arc<Vec<Description>>, at: Option<usize>, id: &str) -> Target {
+        Target {
+            described: at.map(|i| (described.clone(), i)),
+            id: id.to_string(),
+        }
+    }
+
+    /// The description the flavor drains.
+    fn description(&self) -> std::borrow::Cow<'_, Description> {
+        match &self.described {
+            Some((all, i)) => std::borrow::Cow::Borrowed(&all[*i]),
+            None => std::borrow::Cow::Owned(Description {
+                id: self.id.clone(),
+                ..Description::default()
+            }),
+        }
+    }
 }
 
 struct ProvisionJob {
     token: u64,
     logical_id: Option<String>,
     config_hash: String,
-    blocks: Blocks,
+    blocks: Arc<Blocks>,
     allocation: Arc<AllocationMethod>,
     sequence: u64,
 }
 
+/// A provision: queued for a permit, then carried out. The calls' state is boxed and made only
+/// once the permit is held, so the thousands of provisions a large decision queues each cost
+/// their job and a task, not the few kilobytes of a call in flight.
 async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
     let started = Instant::now();
     let result = {
         let _permit = ctx.permits.acquire().await;
-        make_instance(&group.id, ctx.resolver.as_ref(), &job).await
+        Box::pin(make_instance(&group.id, ctx.resolver.as_ref(), &job)).await
     };
     {
         let mut s = group.state();
+        s.unanswered = s.unanswered.saturating_sub(1);
         match result {
             Ok(id) => {
                 tracing::info!(group = %group.id, instance = %id, logical_id = ?job.logical_id, "provisioned");
@@ -204,33 +260,43 @@ async fn make_instance(
     })
 }
 
+/// A destroy: queued for a permit like a provision, then drain and destroy.
 async fn destroy(
     group: Arc<Group>,
     ctx: Arc<Ctx>,
-    d: Description,
+    target: Target,
     reason: DestroyReason,
-    blocks: Option<Blocks>,
+    blocks: Option<Arc<Blocks>>,
 ) {
     let started = Instant::now();
     let result = {
         let _permit = ctx.permits.acquire().await;
-        drain_and_destroy(&group.id, ctx.resolver.as_ref(), &d, reason, blocks).await
+        let d = target.description();
+        Box::pin(drain_and_destroy(
+            &group.id,
+            ctx.resolver.as_ref(),
+            &d,
+            reason,
+            blocks.as_deref(),
+        ))
+        .await
     };
+    let id = &target.id;
+    let logical_id = target.description().logical_id.clone().unwrap_or_default();
     {
         let mut s = group.state();
-        s.destroying.remove(&d.id);
-        s.health.remove(&d.id);
-        let logical_id = d.logical_id.as_deref().unwrap_or_default();
+        s.destroying.remove(id);
+        s.health.remove(id);
         match result {
             Ok(()) => {
-                tracing::info!(group = %group.id, instance = %d.id, %reason, "destroyed");
+                tracing::info!(group = %group.id, instance = %id, %reason, "destroyed");
                 crate::metrics::metrics().action(&group.id, "destroy", true, started.elapsed());
                 ctx.events.emit(
                     &group.id,
                     What {
                         kind: "destroyed",
-                        instance: &d.id,
-                        logical_id,
+                        instance: id,
+                        logical_id: &logical_id,
                         ..What::default()
                     },
                     format!("reason: {reason}; in {} ms", started.elapsed().as_millis()),
@@ -238,8 +304,8 @@ async fn destroy(
             }
             Err(e) => {
                 let message = format!(
-                    "destroying {} of group '{}' failed (will retry): {e}",
-                    d.id, group.id
+                    "destroying {id} of group '{}' failed (will retry): {e}",
+                    group.id
                 );
                 tracing::warn!("{message}");
                 crate::metrics::metrics().action(&group.id, "destroy", false, started.elapsed());
@@ -247,8 +313,8 @@ async fn destroy(
                     &group.id,
                     What {
                         kind: "destroy-failed",
-                        instance: &d.id,
-                        logical_id,
+                        instance: id,
+                        logical_id: &logical_id,
                         ..What::default()
                     },
                     e.to_string(),
@@ -265,7 +331,7 @@ async fn drain_and_destroy(
     resolver: &dyn PluginResolver,
     d: &Description,
     reason: DestroyReason,
-    blocks: Option<Blocks>,
+    blocks: Option<&Blocks>,
 ) -> Result<()> {
     let Some(blocks) = blocks else {
         return Err(infrakit_sdk::Error::internal(format!(
@@ -296,27 +362,24 @@ async fn drain_and_destroy(
 /// pick them again.
 pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]) {
     let mut s = group.state();
-    let versions = s.record.versions.clone();
+    let owned = s.record.versions.clone();
+    let versions: BTreeMap<&str, Arc<Blocks>> = owned
+        .iter()
+        .map(|(h, b)| (h.as_str(), Arc::new(b.clone())))
+        .collect();
     let valid = s.valid.clone();
+    let described = s.view.instances.clone();
+    let index = by_id(&described);
     for id in ids {
         if !s.destroying.insert(id.clone()) {
             continue;
         }
-        let d = s
-            .view
-            .instances
-            .iter()
-            .find(|d| &d.id == id)
-            .cloned()
-            .unwrap_or_else(|| Description {
-                id: id.clone(),
-                ..Description::default()
-            });
-        let blocks = blocks_of(&versions, &valid, &d);
+        let at = index.get(id.as_str()).copied();
+        let blocks = blocks_of(&versions, &valid, at.map(|i| &described[i]));
         tokio::spawn(destroy(
             group.clone(),
             ctx.clone(),
-            d,
+            Target::new(&described, at, id),
             DestroyReason::Terminate,
             blocks,
         ));

@@ -185,6 +185,10 @@ pub(crate) struct GroupState {
     /// Bumped by every change of the record from outside the task (commit, scale, destroy).
     pub generation: u64,
     pub(crate) pending: BTreeMap<u64, Pending>,
+    /// Provisions in `pending` the plugin has not answered yet: counted, so that telling whether
+    /// anything is still running costs nothing (it is asked at every completion; walking the
+    /// answered ones to find an unanswered one made a converge of N provisions cost N²).
+    pub(crate) unanswered: usize,
     pub destroying: BTreeSet<InstanceId>,
     pub(crate) health: HashMap<InstanceId, (Health, Instant)>,
     /// Every instance in the core's memory has counted as available (as of the last decision):
@@ -212,6 +216,7 @@ impl Group {
                 revision,
                 generation: 0,
                 pending: BTreeMap::new(),
+                unanswered: 0,
                 destroying: BTreeSet::new(),
                 health: HashMap::new(),
                 all_proven: false,
@@ -236,24 +241,6 @@ impl Group {
 }
 
 impl GroupState {
-    /// True when the next pass asks the flavor about an instance it knows, or may meet a new one:
-    /// - a provision is on its way: its instance may be in this describe, and its first verdict
-    ///   must see the backend's state (a container that exited at once), or the core would count
-    ///   it available on a blind Healthy;
-    /// - an instance needs a verdict ([`rules::needs_health_check`]).
-    ///
-    /// An instance that appears without a provision of ours (made by hand while the controller
-    /// runs) may be judged on a pass without properties; with MinReadySeconds above zero it is
-    /// asked again, with them, before it counts as available.
-    pub(crate) fn health_due(&self, trust_ms: u64) -> bool {
-        !self.pending.is_empty()
-            || self.health.is_empty()
-            || self
-                .health
-                .iter()
-                .any(|(id, v)| rules::needs_health_check(Some(aged(v)), self.proven(id), trust_ms))
-    }
-
     /// How long a Healthy verdict is trusted on this pass ([`rules::healthy_trust_ms`]).
     pub(crate) fn healthy_trust_ms(&self, options: &Options) -> u64 {
         rules::healthy_trust_ms(
@@ -279,7 +266,7 @@ impl GroupState {
 
     /// True while a provision or destroy of this group has not answered yet.
     pub(crate) fn running(&self) -> bool {
-        !self.destroying.is_empty() || self.pending.values().any(|p| p.done.is_none())
+        !self.destroying.is_empty() || self.unanswered > 0
     }
 }
 

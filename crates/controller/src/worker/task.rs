@@ -18,11 +18,14 @@ use crate::leader::Role;
 pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
     tracing::info!(group = %group.id, "managing group");
     let mut role = ctx.role.clone();
+    // How long the last pass took: completions are batched at least that long (see `settle`).
+    let mut last_pass;
     loop {
         if let Some(plugin) = super::watch::instance_plugin(&group) {
             super::watch::ensure(&ctx, &plugin);
         }
         let current = role.borrow_and_update().clone();
+        let started = tokio::time::Instant::now();
         let wake_at = match current {
             Role::Leader => {
                 let started = std::time::Instant::now();
@@ -37,6 +40,8 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
             }
         };
         release_freed_memory();
+        last_pass = started.elapsed();
+        tracing::debug!(group = %group.id, ms = last_pass.as_millis() as u64, "pass");
         if group.state().stopped {
             break;
         }
@@ -51,7 +56,7 @@ pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
             Ok(()) = role.changed() => false,
         };
         if woken {
-            settle(&group).await;
+            settle(&group, last_pass.max(SETTLE)).await;
         }
     }
     tracing::info!(group = %group.id, "no longer managing group");
@@ -90,21 +95,25 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
     let Ok(instance) = ctx.resolver.instance(&blocks.instance.plugin).await else {
         return;
     };
-    let with_properties = {
-        let s = group.state();
-        s.health_due(s.healthy_trust_ms(&ctx.options))
-    };
     let Ok(described) = instance
-        .describe_instances(&group_tags(&group.id), with_properties)
+        .describe_instances(&group_tags(&group.id), false)
         .await
     else {
         return;
     };
     let described = Arc::new(described);
     let health = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
-        Ok(flavor) => {
-            Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await)
-        }
+        Ok(flavor) => check_health(
+            group,
+            ctx,
+            instance.as_ref(),
+            flavor.as_ref(),
+            &blocks,
+            &described,
+        )
+        .await
+        .map(Arc::new)
+        .unwrap_or_default(),
         Err(_) => Arc::default(),
     };
     let mut s = group.state();
@@ -138,11 +147,19 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
     };
 }
 
-/// After a wake-up, waits (at most [`SETTLE`]) while actions are still running, so that a burst of
+/// After a wake-up, waits (at most `window`) while actions are still running, so that a burst of
 /// completions (a thousand provisions finishing) costs one observation instead of one each; when
 /// nothing is running any more (one step of a rolling update done) the next pass starts at once.
-async fn settle(group: &Group) {
-    let deadline = tokio::time::Instant::now() + SETTLE;
+///
+/// The window is [`SETTLE`], or as long as the last pass took if that was longer. A pass costs
+/// time in proportion to the group's size (it observes and decides over every instance), and the
+/// provisions of a large commit keep completing for a time in proportion to the size too: with a
+/// fixed window the number of passes grew with the size, and so their total cost with its square
+/// (100,000 instances: passes of a second or more, back to back). With the window as long as a
+/// pass, passes take at most about half of the controller's time however large the group is, and
+/// their number during a burst of completions stays about the same at any size.
+async fn settle(group: &Group, window: Duration) {
+    let deadline = tokio::time::Instant::now() + window;
     while group.state().running() {
         tokio::select! {
             _ = group.wake.notified() => {}
@@ -151,7 +168,7 @@ async fn settle(group: &Group) {
     }
 }
 
-/// How long completions are batched at most.
+/// How long completions are batched at least (at most, when passes are quicker than this).
 const SETTLE: Duration = Duration::from_millis(25);
 
 /// Hands memory freed by a pass back to the kernel. A pass over a thousand instances allocates a few
@@ -204,15 +221,8 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    // Backend state (a container's exit code, its addresses) is what a flavor judges health by, but
-    // it makes every description several times bigger: ask for it only on passes that will ask the
-    // flavor about someone.
-    let with_properties = {
-        let s = group.state();
-        s.health_due(s.healthy_trust_ms(&ctx.options))
-    };
     let described = match instance
-        .describe_instances(&group_tags(&group.id), with_properties)
+        .describe_instances(&group_tags(&group.id), false)
         .await
     {
         Ok(d) => d,
@@ -225,7 +235,25 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         }
     };
     let described = Arc::new(described);
-    let health = Arc::new(check_health(group, ctx, flavor.as_ref(), &blocks, &described).await);
+    let health = match check_health(
+        group,
+        ctx,
+        instance.as_ref(),
+        flavor.as_ref(),
+        &blocks,
+        &described,
+    )
+    .await
+    {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            group.set_error(format!(
+                "cannot describe the instances of group '{}' to check through '{}': {e}; retrying",
+                group.id, blocks.instance.plugin
+            ));
+            return None;
+        }
+    };
 
     // Deciding, writing ahead and starting the actions happen under the group's writer lock: no
     // commit, scale or destroy can slip between the decision and the record it is based on.
@@ -278,8 +306,8 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         previous = s.view.status.take();
         super::report::gauges(group, &decision.status, &described, &health, true);
         to_save = if s.record.memory != decision.memory {
-            let mut record = s.record.clone();
-            record.memory = std::mem::take(&mut decision.memory);
+            // The record to write carries the new memory, moved; the old memory is not copied.
+            let record = s.record.with_memory(std::mem::take(&mut decision.memory));
             Some((record, s.revision))
         } else {
             None

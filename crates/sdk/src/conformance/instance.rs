@@ -218,6 +218,28 @@ pub async fn run(client: &InstanceClient, options: Options) -> Report {
             )
         })
         .await;
+    report
+        .check(DESCRIBE_BY_ID, async {
+            // A plugin that does not know `IDs` answers every instance, which callers allow for:
+            // it passes, as it works with every caller. What is asked for and exists must be
+            // there; what does not exist must not.
+            let ids = [pet_id.clone(), t.unknown_id()];
+            let found = t
+                .client
+                .describe_instances_by_id(&t.base, true, &ids)
+                .await
+                .map_err(|e| format!("DescribeInstances with IDs {ids:?} failed: {e}"))?;
+            let listed: Vec<&str> = found.iter().map(|d| d.id.as_str()).collect();
+            if !listed.contains(&pet_id.as_str()) || listed.contains(&ids[1].as_str()) {
+                return Err(format!(
+                    "DescribeInstances with IDs {ids:?} listed {listed:?}: it must list {pet_id} \
+                     and not {}",
+                    ids[1]
+                ));
+            }
+            Ok(())
+        })
+        .await;
 
     if options.relabel {
         report
@@ -343,17 +365,19 @@ pub async fn run(client: &InstanceClient, options: Options) -> Report {
 }
 
 const LABEL_MERGES: &str = "label merges tags";
+const DESCRIBE_BY_ID: &str = "describe with IDs lists those named that exist";
 const CHANGES_RESYNC: &str = "changes: an empty or unknown cursor answers Resync";
 const CHANGES_CHANGED: &str = "changes: a cursor from before the provisions answers Changed";
 const CHANGES_CHECKS: [&str; 2] = [CHANGES_RESYNC, CHANGES_CHANGED];
 const LABEL_FIXED: &str = "label keeps tags and refuses a change";
 
 /// The other checks that need provisioned instances (skipped when provisioning failed).
-const DEPENDENT: [&str; 8] = [
+const DEPENDENT: [&str; 9] = [
     "describe lists exactly what was provisioned, with its tags",
     "describe keeps the LogicalID",
     "describe selects by tags",
     "describe with properties lists the same instances",
+    DESCRIBE_BY_ID,
     "label of an unknown ID is NotFound",
     "destroy removes the instance",
     "a second destroy is NotFound (404)",

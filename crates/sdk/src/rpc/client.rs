@@ -5,6 +5,7 @@
 //! with the same major version; a mismatch is refused with a message naming both versions.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,6 +260,24 @@ impl InstancePlugin for InstanceClient {
         let req = DescribeInstancesRequest {
             tags: tags.clone(),
             properties,
+            ids: None,
+            r#type: self.0.sub_type(),
+        };
+        let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
+        Ok(r.descriptions)
+    }
+
+    /// Sends the IDs; a plugin that does not know them answers every instance (see the trait).
+    async fn describe_instances_by_id(
+        &self,
+        tags: &Tags,
+        properties: bool,
+        ids: &[InstanceId],
+    ) -> Result<Vec<Description>> {
+        let req = DescribeInstancesRequest {
+            tags: tags.clone(),
+            properties,
+            ids: Some(ids.to_vec()),
             r#type: self.0.sub_type(),
         };
         let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
@@ -288,11 +307,11 @@ impl InstancePlugin for InstanceClient {
 }
 
 /// A remote flavor plugin.
-pub struct FlavorClient(RpcClient);
+pub struct FlavorClient(RpcClient, AtomicBool);
 
 impl FlavorClient {
     pub fn new(endpoint: Endpoint) -> FlavorClient {
-        FlavorClient(RpcClient::new(endpoint, FLAVOR))
+        FlavorClient(RpcClient::new(endpoint, FLAVOR), AtomicBool::new(false))
     }
     pub fn rpc(&self) -> &RpcClient {
         &self.0
@@ -338,6 +357,56 @@ impl FlavorPlugin for FlavorClient {
             r#type: self.0.sub_type(),
         };
         let r: HealthyResponse = self.0.call("Healthy", &req).await?;
+        Ok(r.health)
+    }
+
+    /// A plugin that does not know `Flavor.HealthyMany` (InfraKit v0.5's, or ours before it)
+    /// answers 404: that is `Unsupported` (remembered: it is not asked again), and the caller asks
+    /// one instance at a time.
+    async fn healthy_many(
+        &self,
+        properties: &Value,
+        instances: &[Description],
+    ) -> Result<Vec<Health>> {
+        /// The request, borrowing what it sends.
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Request<'a> {
+            properties: &'a Value,
+            instances: &'a [Description],
+            #[serde(skip_serializing_if = "String::is_empty")]
+            r#type: String,
+        }
+        let unsupported = || {
+            Error::unsupported(format!(
+                "flavor plugin '{}' judges one instance per call (no Flavor.HealthyMany)",
+                self.0.endpoint.full_name()
+            ))
+        };
+        if self.1.load(Ordering::Relaxed) {
+            return Err(unsupported());
+        }
+        let req = Request {
+            properties,
+            instances,
+            r#type: self.0.sub_type(),
+        };
+        let r: HealthyManyResponse = match self.0.call("HealthyMany", &req).await {
+            Ok(r) => r,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.1.store(true, Ordering::Relaxed);
+                return Err(unsupported());
+            }
+            Err(e) => return Err(e),
+        };
+        if r.health.len() != instances.len() {
+            return Err(Error::internal(format!(
+                "flavor plugin '{}' answered HealthyMany for {} instances with {} verdicts",
+                self.0.endpoint.full_name(),
+                instances.len(),
+                r.health.len()
+            )));
+        }
         Ok(r.health)
     }
 

@@ -128,6 +128,11 @@ pub struct DescribeInstancesRequest {
     pub tags: Tags,
     #[serde(default)]
     pub properties: bool,
+    /// Our addition: only these instances are wanted (see
+    /// `InstancePlugin::describe_instances_by_id`). Absent means all; plugins that do not know it
+    /// ignore it and answer all.
+    #[serde(rename = "IDs", default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<InstanceId>>,
     #[serde(
         default,
         deserialize_with = "null_as_default",
@@ -207,6 +212,30 @@ pub struct FlavorInstanceRequest {
 pub struct HealthyResponse {
     #[serde(default)]
     pub health: Health,
+}
+
+/// `Flavor.HealthyMany` (our addition): several instances judged in one call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthyManyRequest {
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub instances: Vec<Description>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub r#type: String,
+}
+
+/// One verdict per instance of the request, in its order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthyManyResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub health: Vec<Health>,
 }
 
 // ---- Group ----

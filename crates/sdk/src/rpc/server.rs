@@ -539,7 +539,7 @@ const INSTANCE_METHODS: &[&str] = &[
     "DescribeInstances",
     "Changes",
 ];
-const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "Drain"];
+const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "HealthyMany", "Drain"];
 const GROUP_METHODS: &[&str] = &[
     "CommitGroup",
     "FreeGroup",
@@ -592,9 +592,15 @@ async fn dispatch_instance(
         }
         "DescribeInstances" => {
             let r: DescribeInstancesRequest = parse(path, body)?;
-            let descriptions = pick(map, &r.r#type, WHAT)?
-                .describe_instances(&r.tags, r.properties)
-                .await?;
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            let descriptions = match &r.ids {
+                Some(ids) => {
+                    plugin
+                        .describe_instances_by_id(&r.tags, r.properties, ids)
+                        .await?
+                }
+                None => plugin.describe_instances(&r.tags, r.properties).await?,
+            };
             reply(&DescribeInstancesResponse { descriptions })
         }
         "Changes" => {
@@ -640,6 +646,13 @@ async fn dispatch_flavor(
                 .healthy(&r.properties, &r.instance)
                 .await?;
             reply(&HealthyResponse { health })
+        }
+        "HealthyMany" => {
+            let r: HealthyManyRequest = parse(path, body)?;
+            let health = pick(map, &r.r#type, WHAT)?
+                .healthy_many(&r.properties, &r.instances)
+                .await?;
+            reply(&HealthyManyResponse { health })
         }
         "Drain" => {
             let r: FlavorInstanceRequest = parse(path, body)?;

@@ -6,6 +6,7 @@
 //! checks them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -109,8 +110,10 @@ pub struct InstanceStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GroupDescription {
+    /// Shared, not copied: the controller answers with the list it observed last (100,000
+    /// descriptions are about 100 MB; a copy per `DescribeGroup` was the controller's peak).
     #[serde(default, deserialize_with = "null_as_default")]
-    pub instances: Vec<Description>,
+    pub instances: Arc<Vec<Description>>,
     /// All present, all current, no update running.
     #[serde(default)]
     pub converged: bool,
