@@ -10,6 +10,7 @@ use std::time::Duration;
 use infrakit_group::core::Status;
 use infrakit_sdk::metrics::{latency_histogram, register, Labels};
 use infrakit_sdk::spi::flavor::Health;
+use infrakit_sdk::spi::instance::Description;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -91,7 +92,7 @@ impl Metrics {
         id: &str,
         status: &Status,
         health: &HashMap<String, Health>,
-        members: &[String],
+        members: &[Description],
         leading: bool,
     ) {
         let g = group(id);
@@ -108,7 +109,7 @@ impl Metrics {
         }
         let (mut healthy, mut unhealthy, mut unknown) = (0i64, 0i64, 0i64);
         for m in members {
-            match health.get(m).copied().unwrap_or_default() {
+            match health.get(&m.id).copied().unwrap_or_default() {
                 Health::Healthy => healthy += 1,
                 Health::Unhealthy => unhealthy += 1,
                 _ => unknown += 1,
@@ -135,16 +136,11 @@ impl Metrics {
         self.update_done
             .get_or_create(&g)
             .set(update.map_or(0, |u| u.done as i64));
-        let state = update.map(|u| {
-            serde_json::to_value(u.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        });
+        let state = update.map(|u| u.state.as_str());
         for s in UPDATE_STATES {
             self.update_state
                 .get_or_create(&with(g.clone(), "state", s))
-                .set(i64::from(state.as_deref() == Some(s)));
+                .set(i64::from(state == Some(s)));
         }
         self.remediation_stopped
             .get_or_create(&g)

@@ -80,20 +80,17 @@ pub(crate) fn decided(group: &Group, ctx: &Ctx, previous: Option<&Status>, decis
         }
     }
     for (action, cause) in decision.actions.iter().zip(&decision.causes) {
-        let cause = serde_json::to_value(cause)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let cause = cause.as_str();
         match action {
             Action::Provision { logical_id, .. } => events.emit(
                 id,
                 What {
                     kind: "provision-started",
                     logical_id: logical_id.as_deref().unwrap_or_default(),
-                    cause: &cause,
+                    cause,
                     ..What::default()
                 },
-                match cause.as_str() {
+                match cause {
                     "fill" => format!("below target ({} of {})", now.present, now.target),
                     "rollout" => "a replacement for the update".to_string(),
                     _ => String::new(),
@@ -107,7 +104,7 @@ pub(crate) fn decided(group: &Group, ctx: &Ctx, previous: Option<&Status>, decis
                 What {
                     kind: "destroy-started",
                     instance,
-                    cause: &cause,
+                    cause,
                     ..What::default()
                 },
                 format!("reason: {reason}"),
@@ -124,6 +121,5 @@ pub(crate) fn gauges(
     health: &Arc<HashMap<String, Health>>,
     leading: bool,
 ) {
-    let members: Vec<String> = described.iter().map(|d| d.id.clone()).collect();
-    crate::metrics::metrics().observe(&group.id, status, health, &members, leading);
+    crate::metrics::metrics().observe(&group.id, status, health, described, leading);
 }

@@ -2,17 +2,19 @@
 //! or poll. Only a leader acts (see `crate::leader`). An event is also a change its instance
 //! plugin reported (`super::watch`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use infrakit_group::core::{decide, rules, Observed};
-use infrakit_sdk::spi::instance::Description;
+use infrakit_sdk::spi::flavor::Health;
+use infrakit_sdk::spi::instance::{Description, InstanceId};
 
 use super::execute::execute;
 use super::observe::check_health;
 use super::state::{group_tags, millis, now_ms, observe_instance, Ctx, Group, View};
 use crate::leader::Role;
+use crate::record::Blocks;
 
 /// The group's task: reconcile, then sleep until woken, a deadline, or the poll interval.
 pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
@@ -92,29 +94,9 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
             None => return,
         }
     };
-    let Ok(instance) = ctx.resolver.instance(&blocks.instance.plugin).await else {
+    // A view it cannot complete is not shown: the previous one stays.
+    let Ok((described, health)) = look(group, ctx, &blocks).await else {
         return;
-    };
-    let Ok(described) = instance
-        .describe_instances(&group_tags(&group.id), false)
-        .await
-    else {
-        return;
-    };
-    let described = Arc::new(described);
-    let health = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
-        Ok(flavor) => check_health(
-            group,
-            ctx,
-            instance.as_ref(),
-            flavor.as_ref(),
-            &blocks,
-            &described,
-        )
-        .await
-        .map(Arc::new)
-        .unwrap_or_default(),
-        Err(_) => Arc::default(),
     };
     let mut s = group.state();
     if s.generation != generation || s.stopped {
@@ -146,6 +128,54 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
         standby,
     };
 }
+
+/// What the group's instances are and how the flavor judges them: the observation a leader
+/// decides on and a follower shows. `Err` says why it could not be made (for `DescribeGroup`).
+async fn look(group: &Arc<Group>, ctx: &Arc<Ctx>, blocks: &Blocks) -> Result<Seen, String> {
+    let instance = ctx
+        .resolver
+        .instance(&blocks.instance.plugin)
+        .await
+        .map_err(|e| {
+            format!(
+                "instance plugin '{}': {e}; retrying",
+                blocks.instance.plugin
+            )
+        })?;
+    let flavor = ctx
+        .resolver
+        .flavor(&blocks.flavor.plugin)
+        .await
+        .map_err(|e| format!("flavor plugin '{}': {e}; retrying", blocks.flavor.plugin))?;
+    let described = instance
+        .describe_instances(&group_tags(&group.id), false)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot list the instances of group '{}' through '{}': {e}; retrying",
+                group.id, blocks.instance.plugin
+            )
+        })?;
+    let described = Arc::new(described);
+    let health = check_health(
+        group,
+        ctx,
+        instance.as_ref(),
+        flavor.as_ref(),
+        blocks,
+        &described,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot describe the instances of group '{}' to check through '{}': {e}; retrying",
+            group.id, blocks.instance.plugin
+        )
+    })?;
+    Ok((described, Arc::new(health)))
+}
+
+type Seen = (Arc<Vec<Description>>, Arc<HashMap<InstanceId, Health>>);
 
 /// After a wake-up, waits (at most `window`) while actions are still running, so that a burst of
 /// completions (a thousand provisions finishing) costs one observation instead of one each; when
@@ -199,58 +229,12 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         ));
         return None;
     };
-    let instance = match ctx.resolver.instance(&blocks.instance.plugin).await {
-        Ok(p) => p,
-        Err(e) => {
-            group.set_error(format!(
-                "instance plugin '{}': {e}; retrying",
-                blocks.instance.plugin
-            ));
-            return None;
-        }
-    };
-    let flavor = match ctx.resolver.flavor(&blocks.flavor.plugin).await {
-        Ok(p) => p,
-        Err(e) => {
-            group.set_error(format!(
-                "flavor plugin '{}': {e}; retrying",
-                blocks.flavor.plugin
-            ));
-            return None;
-        }
-    };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    let described = match instance
-        .describe_instances(&group_tags(&group.id), false)
-        .await
-    {
-        Ok(d) => d,
-        Err(e) => {
-            group.set_error(format!(
-                "cannot list the instances of group '{}' through '{}': {e}; retrying",
-                group.id, blocks.instance.plugin
-            ));
-            return None;
-        }
-    };
-    let described = Arc::new(described);
-    let health = match check_health(
-        group,
-        ctx,
-        instance.as_ref(),
-        flavor.as_ref(),
-        &blocks,
-        &described,
-    )
-    .await
-    {
-        Ok(h) => Arc::new(h),
-        Err(e) => {
-            group.set_error(format!(
-                "cannot describe the instances of group '{}' to check through '{}': {e}; retrying",
-                group.id, blocks.instance.plugin
-            ));
+    let (described, health) = match look(group, ctx, &blocks).await {
+        Ok(seen) => seen,
+        Err(why) => {
+            group.set_error(why);
             return None;
         }
     };

@@ -130,6 +130,22 @@ pub enum Cause {
     Retry,
 }
 
+impl Cause {
+    /// Its name as serialized (`fill`, `rollout`, ...), without a serializer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Fill => "fill",
+            Cause::Rollout => "rollout",
+            Cause::Shrink => "shrink",
+            Cause::Duplicate => "duplicate",
+            Cause::Stray => "stray",
+            Cause::Remediation => "remediation",
+            Cause::FailedReplacement => "failed_replacement",
+            Cause::Retry => "retry",
+        }
+    }
+}
+
 /// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -156,6 +172,17 @@ pub enum UpdateState {
 }
 
 impl UpdateState {
+    /// Its name as serialized (`updating`, `rolled_back`, ...), without a serializer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollingBack => "rolling_back",
+            UpdateState::RolledBack => "rolled_back",
+        }
+    }
+
     /// Replacing instances now (not paused, not finished).
     pub fn is_rolling(self) -> bool {
         matches!(self, UpdateState::Updating | UpdateState::RollingBack)
@@ -225,4 +252,34 @@ pub enum Command {
     Pause,
     Resume,
     Rollback,
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    #[test]
+    fn names_are_what_serde_writes() {
+        for c in [
+            Cause::Fill,
+            Cause::Rollout,
+            Cause::Shrink,
+            Cause::Duplicate,
+            Cause::Stray,
+            Cause::Remediation,
+            Cause::FailedReplacement,
+            Cause::Retry,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        for u in [
+            UpdateState::Updating,
+            UpdateState::Paused,
+            UpdateState::Completed,
+            UpdateState::RollingBack,
+            UpdateState::RolledBack,
+        ] {
+            assert_eq!(serde_json::to_value(u).unwrap(), u.as_str());
+        }
+    }
 }
