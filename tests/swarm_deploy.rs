@@ -371,8 +371,20 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
 }
 
 #[test]
-fn deploy_refuses_an_engine_that_is_not_a_swarm_manager() {
-    // The host's engine is not in swarm mode (tests leave it so); no engine at all is refused too.
+fn deploy_refuses_an_engine_that_is_not_a_swarm_manager_and_bad_input() {
+    // The host's engine, when one answers, is not in swarm mode (tests leave it so).
+    if common::engine::engine_missing().is_none() {
+        let out = infrakit(
+            "unix:///var/run/docker.sock",
+            &["swarm", "deploy", "--registry", "r:5000/x"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("is not a swarm manager"),
+            "{err}"
+        );
+    }
+    // No engine at all is refused, naming where it looked.
     let out = infrakit(
         "unix:///nonexistent/docker.sock",
         &["swarm", "deploy", "--registry", "r:5000/x"],

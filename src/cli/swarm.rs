@@ -117,7 +117,10 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             }
             let existing = services_by_plugin(&engine, &bundle.name).await?;
             for plugin in PLUGINS {
-                apply(&engine, &bundle, plugin, existing.get(plugin.name), &env).await?;
+                // The bundle's own settings first, the user's after (the later one wins).
+                let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
+                all.extend(env.get(plugin.name).cloned().unwrap_or_default());
+                apply(&engine, &bundle, plugin, existing.get(plugin.name), all).await?;
             }
             wait_for(&engine, &bundle.name, &rollout, "deployed").await
         }
@@ -150,9 +153,11 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             }
             for plugin in PLUGINS {
                 // Settings stay what the first install gave (the engine applies Env only then).
-                let env = existing.get(plugin.name).map(|s| s.spec.plugin.env.clone());
-                let env = BTreeMap::from([(plugin.name.to_string(), env.unwrap_or_default())]);
-                apply_exact(&engine, &bundle, plugin, existing.get(plugin.name), &env).await?;
+                let current = existing.get(plugin.name);
+                let env = current
+                    .map(|s| s.spec.plugin.env.clone())
+                    .unwrap_or_default();
+                apply(&engine, &bundle, plugin, current, env).await?;
             }
             wait_for(&engine, &bundle.name, &rollout, "upgraded").await
         }
@@ -256,29 +261,15 @@ async fn push(engine: &Engine, bundle: &Bundle, binary: Option<&std::path::Path>
     Ok(())
 }
 
-/// Creates or updates the service of `plugin` with the bundle's settings plus `env`'s.
+/// Creates the service of `plugin` with `env` (`KEY=VALUE`), or updates it when its spec differs.
 async fn apply(
     engine: &Engine,
     bundle: &Bundle,
     plugin: &BundlePlugin,
     existing: Option<&PluginService>,
-    env: &BTreeMap<String, Vec<String>>,
-) -> Result<()> {
-    let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
-    all.extend(env.get(plugin.name).cloned().unwrap_or_default());
-    let env = BTreeMap::from([(plugin.name.to_string(), all)]);
-    apply_exact(engine, bundle, plugin, existing, &env).await
-}
-
-async fn apply_exact(
-    engine: &Engine,
-    bundle: &Bundle,
-    plugin: &BundlePlugin,
-    existing: Option<&PluginService>,
-    env: &BTreeMap<String, Vec<String>>,
+    env: Vec<String>,
 ) -> Result<()> {
     let privileges = engine.plugin_privileges(&bundle.remote(plugin)).await?;
-    let env = env.get(plugin.name).cloned().unwrap_or_default();
     let spec = bundle.service(plugin, privileges, env);
     match existing {
         None => {
@@ -391,12 +382,8 @@ async fn ls(engine: &Engine, bundle: &str, format: Format) -> Result<()> {
             if service.spec.managers_only && !node.manager {
                 continue;
             }
-            let mut here: Vec<_> = tasks.iter().filter(|t| t.node_id == node.id).collect();
-            here.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
-            let current = here
-                .iter()
-                .find(|t| t.desired == "running")
-                .or(here.first());
+            let here = bundle::tasks_on(&tasks, &node.id);
+            let current = bundle::current_task(&here).or(here.first().copied());
             rows.push(LsRow {
                 node: node.hostname.clone(),
                 role: if node.manager { "manager" } else { "worker" },
@@ -418,12 +405,11 @@ async fn ls(engine: &Engine, bundle: &str, format: Format) -> Result<()> {
                         "node down".into()
                     }
                 }),
-                error: here
-                    .iter()
-                    .find(|t| !t.error.is_empty() && t.state != "running")
-                    .filter(|_| current.is_none_or(|c| c.state != "running"))
-                    .map(|t| t.error.clone())
-                    .unwrap_or_default(),
+                error: if current.is_some_and(|c| c.state == "running") {
+                    String::new()
+                } else {
+                    bundle::last_error(&here).unwrap_or_default()
+                },
             });
         }
         if let Some((state, message)) = &service.update {

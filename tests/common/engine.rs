@@ -67,7 +67,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Why no engine can be used, if none can.
-fn engine_missing() -> Option<String> {
+pub fn engine_missing() -> Option<String> {
     match Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .stdin(Stdio::null())

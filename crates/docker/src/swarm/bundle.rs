@@ -212,10 +212,8 @@ pub fn progress(spec: &PluginServiceSpec, nodes: &[NodeInfo], tasks: &[PluginTas
             continue;
         }
         p.want.push(node.hostname.clone());
-        let mut here: Vec<&PluginTask> = tasks.iter().filter(|t| t.node_id == node.id).collect();
-        // Newest first (RFC 3339 timestamps of one clock sort as text).
-        here.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
-        let current = here.iter().find(|t| t.desired == "running");
+        let here = tasks_on(tasks, &node.id);
+        let current = current_task(&here);
         let ok = current.is_some_and(|t| t.state == "running" && t.remote == spec.plugin.remote);
         if ok {
             p.running.push(node.hostname.clone());
@@ -226,14 +224,29 @@ pub fn progress(spec: &PluginServiceSpec, nodes: &[NodeInfo], tasks: &[PluginTas
             Some(t) => t.state.clone(),
             None => "no task yet".to_string(),
         };
-        let error = here
-            .iter()
-            .find(|t| !t.error.is_empty())
-            .map(|t| t.error.clone())
-            .unwrap_or_default();
+        let error = last_error(&here).unwrap_or_default();
         p.pending.push((node.hostname.clone(), state, error));
     }
     p
+}
+
+/// The tasks on node `node`, newest first (RFC 3339 timestamps of one clock sort as text).
+pub fn tasks_on<'a>(tasks: &'a [PluginTask], node: &str) -> Vec<&'a PluginTask> {
+    let mut here: Vec<&PluginTask> = tasks.iter().filter(|t| t.node_id == node).collect();
+    here.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
+    here
+}
+
+/// Of a node's tasks (newest first), the one the swarm wants running there.
+pub fn current_task<'a>(here: &[&'a PluginTask]) -> Option<&'a PluginTask> {
+    here.iter().copied().find(|t| t.desired == "running")
+}
+
+/// Of a node's tasks (newest first), the newest error.
+pub fn last_error(here: &[&PluginTask]) -> Option<String> {
+    here.iter()
+        .find(|t| !t.error.is_empty())
+        .map(|t| t.error.clone())
 }
 
 /// What to do about a task's error, when we recognise it.
