@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{request, World};
+use common::{request, Plugin, World};
 use serde_json::{json, Value};
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -27,6 +27,37 @@ fn spec(size: u64, note: &str) -> String {
         "Policies": {"Update": {"MaxSurge": 1, "MaxUnavailable": 0}}
     }})
     .to_string()
+}
+
+/// instance-file, flavor-vanilla and a group controller (200 ms poll, plus `group_args`) in `w`.
+struct Stack {
+    files: Plugin,
+    vanilla: Plugin,
+    group: Plugin,
+}
+
+fn stack(w: &World, group_args: &[&str]) -> Stack {
+    let instances = w.path("instances");
+    let files = w.serve(
+        "instance-file",
+        &["instance-file", "--dir", instances.to_str().unwrap()],
+    );
+    let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let store = w.path("store");
+    let mut args = vec![
+        "group",
+        "--store",
+        store.to_str().unwrap(),
+        "--poll-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(group_args);
+    let group = w.serve("group", &args);
+    Stack {
+        files,
+        vanilla,
+        group,
+    }
 }
 
 fn describe(w: &World) -> Value {
@@ -79,34 +110,14 @@ fn metrics_of(socket: &std::path::Path) -> BTreeMap<String, f64> {
 #[test]
 fn events_show_a_scale_and_a_rolling_update_in_order_and_metrics_match_describe() {
     let w = World::new();
-    let files = w.serve(
-        "instance-file",
-        &[
-            "instance-file",
-            "--dir",
-            w.path("instances").to_str().unwrap(),
-        ],
-    );
-    let vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
-    // A free port for the metrics listener.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let group = w.serve(
-        "group",
-        &[
-            "group",
-            "--store",
-            w.path("store").to_str().unwrap(),
-            "--poll-interval",
-            "200ms",
-            "--health-interval",
-            "1s",
-            "--metrics-listen",
-            &listen,
-        ],
+    let listen = format!("127.0.0.1:{}", free_port());
+    let Stack {
+        files,
+        vanilla,
+        group,
+    } = stack(
+        &w,
+        &["--health-interval", "1s", "--metrics-listen", &listen],
     );
 
     let v1 = w.write("v1.json", &spec(2, "v1"));
@@ -275,25 +286,7 @@ fn events_show_a_scale_and_a_rolling_update_in_order_and_metrics_match_describe(
 #[test]
 fn events_follow_new_ones_as_they_happen() {
     let w = World::new();
-    let _files = w.serve(
-        "instance-file",
-        &[
-            "instance-file",
-            "--dir",
-            w.path("instances").to_str().unwrap(),
-        ],
-    );
-    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
-    let _group = w.serve(
-        "group",
-        &[
-            "group",
-            "--store",
-            w.path("store").to_str().unwrap(),
-            "--poll-interval",
-            "200ms",
-        ],
-    );
+    let _stack = stack(&w, &[]);
     // Following from now on: a commit made after it started shows up.
     let mut follower = w
         .cmd(&["group", "--json", "events"])
@@ -366,27 +359,10 @@ fn a_real_prometheus_scrapes_the_group_plugin() {
         return;
     };
     let w = World::new();
-    let _files = w.serve(
-        "instance-file",
-        &[
-            "instance-file",
-            "--dir",
-            w.path("instances").to_str().unwrap(),
-        ],
-    );
-    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
     let metrics_port = free_port();
-    let _group = w.serve(
-        "group",
-        &[
-            "group",
-            "--store",
-            w.path("store").to_str().unwrap(),
-            "--poll-interval",
-            "200ms",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ],
+    let _stack = stack(
+        &w,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
     );
     let v1 = w.write("v1.json", &spec(4, "v1"));
     w.ok(&["group", "commit", v1.to_str().unwrap()]);
