@@ -166,7 +166,8 @@ impl GroupController {
         Ok(Observed {
             instances: described
                 .iter()
-                .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+                // A plan does not ask the flavor which members lead: its order may differ there.
+                .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default(), false))
                 .collect(),
             pending: Vec::new(),
             destroying,

@@ -58,6 +58,7 @@ fn group(g: usize, now: u64) -> Group {
                 logical_id: (kind == 2).then(|| format!("10.0.{}.{}", i / 250, i % 250)),
                 config_hash: Some(if outdated { "old" } else { "new" }.to_string()),
                 health,
+                leads: false,
             }
         })
         .collect();

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use infrakit_sdk::resolve::PluginResolver;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::group::PluginSpec;
-use infrakit_sdk::spi::instance::{Description, Spec};
+use infrakit_sdk::spi::instance::{Description, InstanceId, Spec};
 use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -224,6 +224,29 @@ impl FlavorPlugin for ComboFlavor {
             }
         }
         Ok(Health::Healthy)
+    }
+
+    /// The members any child names as leading (a child that cannot answer names none).
+    async fn leading(
+        &self,
+        properties: &Value,
+        instances: &[Description],
+    ) -> Result<Vec<InstanceId>> {
+        let props = ComboProperties::parse(properties)?;
+        let mut all: Vec<InstanceId> = Vec::new();
+        for (i, spec) in props.flavors.iter().enumerate() {
+            let named = match self.child(i + 1, spec).await {
+                Ok(child) => child.plugin.leading(&child.properties, instances).await,
+                Err(e) => Err(e),
+            };
+            match named {
+                Ok(ids) => all.extend(ids),
+                Err(e) => tracing::debug!("leading: child {}: {}", i + 1, e.message),
+            }
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
     }
 
     async fn drain(&self, properties: &Value, instance: &Description) -> Result<()> {

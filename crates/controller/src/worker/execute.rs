@@ -342,9 +342,20 @@ async fn drain_and_destroy(
     let flavor = resolver.flavor(&blocks.flavor.plugin).await?;
     let props = blocks.flavor.properties.clone().unwrap_or_default();
     // A drain that fails is logged and the destroy goes ahead: otherwise a dead instance that
-    // cannot answer its flavor could never be replaced.
-    if let Err(e) = flavor.drain(&props, d).await {
-        tracing::warn!(group, instance = %d.id, "drain failed, destroying anyway: {e}");
+    // cannot answer its flavor could never be replaced. A flavor that refuses (Conflict: it
+    // would break the cluster, e.g. take it below quorum) keeps the instance: a later pass asks
+    // again.
+    match flavor.drain(&props, d).await {
+        Ok(()) => {}
+        Err(e) if e.kind == infrakit_sdk::ErrorKind::Conflict => {
+            return Err(e.context(format!(
+                "flavor '{}' refused to drain it",
+                blocks.flavor.plugin
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(group, instance = %d.id, "drain failed, destroying anyway: {e}")
+        }
     }
     let instance = resolver.instance(&blocks.instance.plugin).await?;
     match instance.destroy(&d.id, DestroyContext { reason }).await {

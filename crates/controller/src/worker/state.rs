@@ -276,7 +276,7 @@ pub(crate) fn group_tags(id: &str) -> Tags {
 }
 
 /// What the core sees of one described instance.
-pub(crate) fn observe_instance(d: &Description, health: Health) -> ObservedInstance {
+pub(crate) fn observe_instance(d: &Description, health: Health, leads: bool) -> ObservedInstance {
     ObservedInstance {
         id: d.id.clone(),
         logical_id: d
@@ -285,6 +285,7 @@ pub(crate) fn observe_instance(d: &Description, health: Health) -> ObservedInsta
             .or_else(|| d.tags.get(tags::LOGICAL_ID).cloned()),
         config_hash: d.tags.get(tags::CONFIG_HASH).cloned(),
         health,
+        leads,
     }
 }
 

@@ -2,11 +2,12 @@
 //! or poll. Only a leader acts (see `crate::leader`). An event is also a change its instance
 //! plugin reported (`super::watch`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use infrakit_group::core::{decide, rules, Observed};
+use infrakit_group::core::{decide, rules, Allocation, Observed};
+use infrakit_group::spec::ValidGroup;
 use infrakit_sdk::spi::flavor::Health;
 use infrakit_sdk::spi::instance::{Description, InstanceId};
 
@@ -15,6 +16,7 @@ use super::observe::check_health;
 use super::state::{group_tags, millis, now_ms, observe_instance, Ctx, Group, View};
 use crate::leader::Role;
 use crate::record::Blocks;
+use crate::tags;
 
 /// The group's task: reconcile, then sleep until woken, a deadline, or the poll interval.
 pub(crate) async fn run(group: Arc<Group>, ctx: Arc<Ctx>) {
@@ -95,7 +97,7 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
         }
     };
     // A view it cannot complete is not shown: the previous one stays.
-    let Ok((described, health)) = look(group, ctx, &blocks).await else {
+    let Ok((described, health, leading)) = look(group, ctx, &blocks, &valid).await else {
         return;
     };
     let mut s = group.state();
@@ -105,7 +107,10 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
     let observed = Observed {
         instances: described
             .iter()
-            .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+            .map(|d| {
+                let verdict = health.get(&d.id).copied().unwrap_or_default();
+                observe_instance(d, verdict, leading.contains(&d.id))
+            })
             .collect(),
         pending: Vec::new(),
         destroying: Default::default(),
@@ -131,7 +136,12 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
 
 /// What the group's instances are and how the flavor judges them: the observation a leader
 /// decides on and a follower shows. `Err` says why it could not be made (for `DescribeGroup`).
-async fn look(group: &Arc<Group>, ctx: &Arc<Ctx>, blocks: &Blocks) -> Result<Seen, String> {
+async fn look(
+    group: &Arc<Group>,
+    ctx: &Arc<Ctx>,
+    blocks: &Blocks,
+    valid: &ValidGroup,
+) -> Result<Seen, String> {
     let instance = ctx
         .resolver
         .instance(&blocks.instance.plugin)
@@ -172,10 +182,42 @@ async fn look(group: &Arc<Group>, ctx: &Arc<Ctx>, blocks: &Blocks) -> Result<See
             group.id, blocks.instance.plugin
         )
     })?;
-    Ok((described, Arc::new(health)))
+    let leading = if a_member_may_go(valid, &described) {
+        let props = blocks.flavor.properties.clone().unwrap_or_default();
+        match flavor.leading(&props, &described).await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                // No answer: every member is equal, as with a flavor that names no leader.
+                tracing::debug!(group = %group.id, "flavor '{}' Leading: {e}", blocks.flavor.plugin);
+                HashSet::new()
+            }
+        }
+    } else {
+        HashSet::new()
+    };
+    Ok((described, Arc::new(health), leading))
 }
 
-type Seen = (Arc<Vec<Description>>, Arc<HashMap<InstanceId, Health>>);
+/// The observation: the members, the flavor's verdicts, and the members it says lead.
+type Seen = (
+    Arc<Vec<Description>>,
+    Arc<HashMap<InstanceId, Health>>,
+    HashSet<InstanceId>,
+);
+
+/// Whether the core may have to choose a member to replace or remove (one is outdated, or there are
+/// more than the target): only then is the flavor asked which members lead, so a settled group of
+/// any size costs no extra call.
+fn a_member_may_go(valid: &ValidGroup, described: &[Description]) -> bool {
+    let target = match &valid.allocation {
+        Allocation::Size(n) => *n,
+        Allocation::Pets(ids) => ids.len() as u64,
+    };
+    described.len() as u64 > target
+        || described
+            .iter()
+            .any(|d| d.tags.get(tags::CONFIG_HASH) != Some(&valid.hash))
+}
 
 /// After a wake-up, waits (at most `window`) while actions are still running, so that a burst of
 /// completions (a thousand provisions finishing) costs one observation instead of one each; when
@@ -231,7 +273,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    let (described, health) = match look(group, ctx, &blocks).await {
+    let (described, health, leading) = match look(group, ctx, &blocks, &valid).await {
         Ok(seen) => seen,
         Err(why) => {
             group.set_error(why);
@@ -271,7 +313,10 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         let observed = Observed {
             instances: described
                 .iter()
-                .map(|d| observe_instance(d, health.get(&d.id).copied().unwrap_or_default()))
+                .map(|d| {
+                    let verdict = health.get(&d.id).copied().unwrap_or_default();
+                    observe_instance(d, verdict, leading.contains(&d.id))
+                })
                 .collect(),
             pending: s.pending.values().map(|p| p.provision.clone()).collect(),
             destroying: s.destroying.clone(),

@@ -44,6 +44,7 @@ fn inst(id: &str, lid: Option<&str>, hash: &str, health: Health) -> ObservedInst
         logical_id: lid.map(str::to_string),
         config_hash: Some(hash.into()),
         health,
+        leads: false,
     }
 }
 
@@ -112,6 +113,7 @@ impl World {
                 logical_id: p.logical_id,
                 config_hash: Some(p.config_hash),
                 health,
+                leads: false,
             });
         }
         let gone = std::mem::take(&mut self.observed.destroying);
@@ -831,6 +833,7 @@ fn adopted_instances_without_a_hash_are_outdated() {
         logical_id: None,
         config_hash: None,
         health: Health::Healthy,
+        leads: false,
     }]);
     let a = w.step();
     assert_eq!(count(&a, Cause::Rollout), 1);
@@ -956,4 +959,32 @@ fn an_executor_whose_plugins_died_with_it_waits_for_no_ghost() {
         w.last.as_ref().and_then(|d| d.wake_at_ms),
         Some(w.now + 5 * S)
     );
+}
+
+#[test]
+fn a_rolling_update_replaces_the_leading_member_last() {
+    // "a1" would go first by ID; the flavor says it leads, so it goes after b1 and c1.
+    let mut members = vec![
+        inst("a1", Some("a"), "v1", Health::Healthy),
+        inst("b1", Some("b"), "v1", Health::Healthy),
+        inst("c1", Some("c"), "v1", Health::Healthy),
+    ];
+    members[0].leads = true;
+    let mut w = World::new(pets(&["a", "b", "c"], "v2")).with(members);
+    w.memory.stable_hash = Some("v1".into());
+    let mut order = Vec::new();
+    for _ in 0..20 {
+        for (a, _) in w.step() {
+            if let Action::Destroy { id, .. } = a {
+                order.push(id);
+            }
+        }
+        w.finish(Health::Healthy);
+        w.tick(S);
+        if w.hashes().iter().all(|h| h == "v2") && w.observed.instances.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(order.last().map(String::as_str), Some("a1"), "{order:?}");
+    assert_eq!(order.len(), 3, "{order:?}");
 }

@@ -66,6 +66,9 @@ pub struct ObservedInstance {
     /// round, not `Unknown`: Unknown means "cannot tell", which stops the instance counting as
     /// available and restarts its soak.
     pub health: Health,
+    /// The flavor says this member leads its cluster (`Flavor.Leading`): it is replaced and
+    /// removed after every other candidate, so leadership moves once, at the end.
+    pub leads: bool,
 }
 
 /// A provision the executor started and has not seen finish.

@@ -81,11 +81,13 @@ pub(crate) fn pick_removals<'v, 'a>(
     chosen
 }
 
-/// The order in which instances are given up, first to go first: outdated, then unhealthy, then not
-/// yet available, then by age as the policy says.
+/// The order in which instances are given up, first to go first: outdated, then (among equals)
+/// the members that do not lead their cluster, then unhealthy, then not yet available, then by age
+/// as the policy says.
 pub(crate) fn removal_order(a: &Inst, b: &Inst, order: ScaleDownOrder) -> Ordering {
     a.current
         .cmp(&b.current)
+        .then(a.obs.leads.cmp(&b.obs.leads))
         .then(health_rank(a.obs.health).cmp(&health_rank(b.obs.health)))
         .then(a.ready.cmp(&b.ready))
         .then(match order {

@@ -311,6 +311,7 @@ impl Sim {
                     logical_id: i.lid.clone(),
                     config_hash: Some(i.hash.clone()),
                     health: i.health,
+                    leads: false,
                 })
                 .collect(),
             pending: g.exec.pending.clone(),

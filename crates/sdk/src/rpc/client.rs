@@ -307,11 +307,17 @@ impl InstancePlugin for InstanceClient {
 }
 
 /// A remote flavor plugin.
-pub struct FlavorClient(RpcClient, AtomicBool);
+/// The flags remember which optional methods the plugin answered 404 to (`HealthyMany`,
+/// `Leading`): they are not asked again.
+pub struct FlavorClient(RpcClient, AtomicBool, AtomicBool);
 
 impl FlavorClient {
     pub fn new(endpoint: Endpoint) -> FlavorClient {
-        FlavorClient(RpcClient::new(endpoint, FLAVOR), AtomicBool::new(false))
+        FlavorClient(
+            RpcClient::new(endpoint, FLAVOR),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        )
     }
     pub fn rpc(&self) -> &RpcClient {
         &self.0
@@ -408,6 +414,38 @@ impl FlavorPlugin for FlavorClient {
             )));
         }
         Ok(r.health)
+    }
+
+    /// A plugin that does not know `Flavor.Leading` answers 404: it names no leader (remembered).
+    async fn leading(
+        &self,
+        properties: &Value,
+        instances: &[Description],
+    ) -> Result<Vec<InstanceId>> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Request<'a> {
+            properties: &'a Value,
+            instances: &'a [Description],
+            #[serde(skip_serializing_if = "String::is_empty")]
+            r#type: String,
+        }
+        if self.2.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let req = Request {
+            properties,
+            instances,
+            r#type: self.0.sub_type(),
+        };
+        match self.0.call::<_, LeadingResponse>("Leading", &req).await {
+            Ok(r) => Ok(r.ids),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.2.store(true, Ordering::Relaxed);
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn drain(&self, properties: &Value, instance: &Description) -> Result<()> {

@@ -238,6 +238,15 @@ pub struct HealthyManyResponse {
     pub health: Vec<Health>,
 }
 
+/// `Flavor.Leading` (our addition): which of the instances lead their cluster. The request is a
+/// [`HealthyManyRequest`]'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LeadingResponse {
+    #[serde(rename = "IDs", default, deserialize_with = "null_as_default")]
+    pub ids: Vec<InstanceId>,
+}
+
 // ---- Group ----
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

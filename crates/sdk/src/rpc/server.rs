@@ -539,7 +539,14 @@ const INSTANCE_METHODS: &[&str] = &[
     "DescribeInstances",
     "Changes",
 ];
-const FLAVOR_METHODS: &[&str] = &["Validate", "Prepare", "Healthy", "HealthyMany", "Drain"];
+const FLAVOR_METHODS: &[&str] = &[
+    "Validate",
+    "Prepare",
+    "Healthy",
+    "HealthyMany",
+    "Leading",
+    "Drain",
+];
 const GROUP_METHODS: &[&str] = &[
     "CommitGroup",
     "FreeGroup",
@@ -653,6 +660,13 @@ async fn dispatch_flavor(
                 .healthy_many(&r.properties, &r.instances)
                 .await?;
             reply(&HealthyManyResponse { health })
+        }
+        "Leading" => {
+            let r: HealthyManyRequest = parse(path, body)?;
+            let ids = pick(map, &r.r#type, WHAT)?
+                .leading(&r.properties, &r.instances)
+                .await?;
+            reply(&LeadingResponse { ids })
         }
         "Drain" => {
             let r: FlavorInstanceRequest = parse(path, body)?;

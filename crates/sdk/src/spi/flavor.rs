@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::instance::{Description, LogicalId, Spec};
+use super::instance::{Description, InstanceId, LogicalId, Spec};
 use super::serde_util::{is_zero, null_as_default};
 use crate::Result;
 
@@ -126,7 +126,21 @@ pub trait FlavorPlugin: Send + Sync + 'static {
         }
         Ok(verdicts)
     }
-    /// Prepares an instance to be destroyed (e.g. leave a cluster).
+    /// Which of `instances` lead their cluster (a raft leader, a primary): the group controller
+    /// replaces and removes those last, so a rolling update moves leadership once instead of at
+    /// every step. An addition to InfraKit's SPI (`Flavor.Leading`); the default, and a remote
+    /// plugin that does not know the method (404), name none.
+    async fn leading(
+        &self,
+        _properties: &Value,
+        _instances: &[Description],
+    ) -> Result<Vec<InstanceId>> {
+        Ok(Vec::new())
+    }
+    /// Prepares an instance to be destroyed (e.g. leave a cluster). An error of kind
+    /// [`crate::ErrorKind::Conflict`] refuses: the controller does not destroy the instance now
+    /// and tries again on a later pass (e.g. it would take a cluster below quorum). Any other
+    /// error is logged and the destroy goes ahead, so a dead instance can always be replaced.
     async fn drain(&self, properties: &Value, instance: &Description) -> Result<()>;
 }
 
