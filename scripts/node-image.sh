@@ -16,7 +16,9 @@
 #                                          (the one the plugins are pulled from)
 #   env INFRAKIT_NODE_SOCKET_DIR           a directory where dockerd also listens (docker.sock): bind
 #                                          a host directory there and the host reaches the node's
-#                                          engine on a unix socket (default /run/infrakit-node)
+#                                          engine on a unix socket (default /run/infrakit-node);
+#                                          "{ip}" in it becomes the node's IPv4 address, so one bind
+#                                          serves every node of a group (/run/infrakit-nodes/{ip})
 #   env INFRAKIT_NODE_LABELS               comma-separated engine labels (key=value)
 # dockerd runs with "experimental": true (plugin services need it) and its own log on stdout.
 set -euo pipefail
@@ -41,6 +43,11 @@ cat >"$rootfs/usr/local/bin/infrakit-node" <<'EOF'
 # A swarm node: dockerd configured from the environment (see scripts/node-image.sh).
 set -eu
 socket_dir=${INFRAKIT_NODE_SOCKET_DIR:-/run/infrakit-node}
+case $socket_dir in
+*'{ip}'*)
+    ip=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
+    socket_dir=$(printf '%s' "$socket_dir" | sed "s|{ip}|$ip|g") ;;
+esac
 mkdir -p "$socket_dir" /etc/docker
 json_list() {
     # "a,b" -> "a", "b"
@@ -59,6 +66,9 @@ rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 exec dockerd
 EOF
 chmod 755 "$rootfs/usr/local/bin/infrakit-node"
+# The mount sources InfraKit's plugins declare (instance-file's and the group's directories): a
+# swarm installs plugins but cannot create their mount sources on a node.
+mkdir -p "$rootfs/var/lib/infrakit/instances" "$rootfs/var/lib/infrakit/groups"
 
 image_clean
 # The engine's own state belongs in the node's volume, not in the image.

@@ -92,6 +92,7 @@ fn bundle_runs_everywhere(lab: &Lab, version: &str) -> Result<(), String> {
             "instance-docker",
             "flavor-vanilla",
             "flavor-zookeeper",
+            "flavor-swarm",
             "flavor-combo",
         ]
         .into();
@@ -237,7 +238,7 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
     );
     let rows: Vec<Value> = serde_json::from_str(&ls).expect("ls --json");
     // 5 plugins on 4 nodes + the group on 3 managers, all running t1.
-    assert_eq!(rows.len(), 5 * 4 + 3, "{ls}");
+    assert_eq!(rows.len(), 6 * 4 + 3, "{ls}");
     assert!(
         rows.iter()
             .all(|r| r["State"] == "running" && r["Version"] == "t1"),

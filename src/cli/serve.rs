@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use infrakit_controller::{FileStore, GroupController, Options};
 use infrakit_plugins::flavor_combo::ComboFlavor;
+use infrakit_plugins::flavor_swarm::{Role as SwarmRole, SwarmFlavor};
 use infrakit_plugins::flavor_vanilla::VanillaFlavor;
 use infrakit_plugins::flavor_zookeeper::ZooKeeperFlavor;
 use infrakit_plugins::instance_docker::DockerInstancePlugin;
@@ -36,6 +37,9 @@ pub enum Kind {
     FlavorCombo,
     /// ZooKeeper ensemble members (pets: logical IDs are their IPv4 addresses).
     FlavorZookeeper,
+    /// Docker hosts in a swarm: `flavor-swarm/manager` (pets: logical IDs are their IPv4
+    /// addresses) and `flavor-swarm/worker`; asks the swarm through the engine at DOCKER_HOST.
+    FlavorSwarm,
 }
 
 impl Kind {
@@ -47,6 +51,7 @@ impl Kind {
             Kind::FlavorVanilla => "flavor-vanilla",
             Kind::FlavorCombo => "flavor-combo",
             Kind::FlavorZookeeper => "flavor-zookeeper",
+            Kind::FlavorSwarm => "flavor-swarm",
         }
     }
 }
@@ -292,5 +297,8 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
         }
         Kind::FlavorZookeeper => Plugins::new().flavor(ZooKeeperFlavor::new()),
+        Kind::FlavorSwarm => Plugins::new()
+            .flavor_type("manager", Arc::new(SwarmFlavor::new(SwarmRole::Manager)))
+            .flavor_type("worker", Arc::new(SwarmFlavor::new(SwarmRole::Worker))),
     })
 }

@@ -110,19 +110,7 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             rollout,
         } => {
             let bundle = Bundle::new(&args.bundle, &registry, &version)?;
-            let env = parse_env(&env)?;
-            preflight(&engine).await?;
-            if rollout.push {
-                push(&engine, &bundle, rollout.binary.as_deref()).await?;
-            }
-            let existing = services_by_plugin(&engine, &bundle.name).await?;
-            for plugin in PLUGINS {
-                // The bundle's own settings first, the user's after (the later one wins).
-                let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
-                all.extend(env.get(plugin.name).cloned().unwrap_or_default());
-                apply(&engine, &bundle, plugin, existing.get(plugin.name), all).await?;
-            }
-            wait_for(&engine, &bundle.name, &rollout, "deployed").await
+            deploy(&engine, &bundle, &env, &rollout).await
         }
         SwarmCommand::Ls => ls(&engine, &args.bundle, format).await,
         SwarmCommand::Upgrade {
@@ -163,6 +151,30 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
         }
         SwarmCommand::Remove => remove(&engine, &args.bundle).await,
     }
+}
+
+/// Runs the bundle on the swarm of `engine` (a manager's): pushes it first with `--push`, creates
+/// or updates each plugin's service with the bundle's settings and then `env`
+/// (`PLUGIN:NAME=VALUE`), and waits as `rollout` says.
+pub async fn deploy(
+    engine: &Engine,
+    bundle: &Bundle,
+    env: &[String],
+    rollout: &RolloutFlags,
+) -> Result<()> {
+    let env = parse_env(env)?;
+    preflight(engine).await?;
+    if rollout.push {
+        push(engine, bundle, rollout.binary.as_deref()).await?;
+    }
+    let existing = services_by_plugin(engine, &bundle.name).await?;
+    for plugin in PLUGINS {
+        // The bundle's own settings first, the user's after (the later one wins).
+        let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
+        all.extend(env.get(plugin.name).cloned().unwrap_or_default());
+        apply(engine, bundle, plugin, existing.get(plugin.name), all).await?;
+    }
+    wait_for(engine, &bundle.name, rollout, "deployed").await
 }
 
 /// The engine must be a manager of a swarm with experimental features on.

@@ -11,8 +11,12 @@
 //!   `PluginResolver` (plugin discovery in production, in-process flavors in `up` and tests).
 //! - [`flavor_zookeeper`]: each instance a member of a ZooKeeper ensemble whose members are the
 //!   group's logical IDs (IPv4 addresses); health from the member's `srvr` answer.
+//! - [`flavor_swarm`]: each instance a Docker host in a swarm (managers as pets by address,
+//!   workers as cattle): joins through its boot script, health from the swarm's node list, drain
+//!   by demote/drain/remove within quorum.
 
 pub mod flavor_combo;
+pub mod flavor_swarm;
 pub mod flavor_vanilla;
 pub mod flavor_zookeeper;
 pub mod instance_docker;

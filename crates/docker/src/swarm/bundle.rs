@@ -52,6 +52,12 @@ pub const PLUGINS: &[BundlePlugin] = &[
         swarm_env: &[],
     },
     BundlePlugin {
+        name: "flavor-swarm",
+        manifest: include_str!("../../../../plugins/flavor-swarm/config.json"),
+        managers_only: false,
+        swarm_env: &[],
+    },
+    BundlePlugin {
         name: "flavor-combo",
         manifest: include_str!("../../../../plugins/flavor-combo/config.json"),
         managers_only: false,

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod leader;
+pub mod nodes;
 pub mod services;
 pub mod store;
 
