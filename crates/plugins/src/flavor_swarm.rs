@@ -24,7 +24,8 @@
 //!   instance replaces) is removed from the swarm first, so the raft never counts a ghost.
 //! - **Healthy**: the node linked to the instance (engine label `infrakit.link`) is Ready (and,
 //!   for a manager, Reachable in the raft) → healthy; not in the swarm yet → unknown, until
-//!   `JoinFor` after Prepare, then unhealthy; down or unreachable for `DownFor` → unhealthy.
+//!   `JoinFor` after Prepare, then unhealthy; down or unreachable for `DownFor` → unhealthy; a
+//!   node whose container the instance plugin reports exited or dead → unhealthy at once.
 //!   The flavor on the swarm leader's node also removes this group's nodes that have been down
 //!   for `DownFor` and belong to no instance it is asked about (a node container removed by hand
 //!   leaves such a ghost behind).
@@ -42,6 +43,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use infrakit_docker::swarm::nodes::{self, JoinInfo, NodeHealth, SwarmNode};
 use infrakit_docker::Engine;
+use infrakit_sdk::spi::backend::BackendState;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
 use infrakit_sdk::spi::instance::{Description, InstanceId, Spec};
 use infrakit_sdk::spi::tags::GROUP;
@@ -230,6 +232,15 @@ fn judge(
     }
 }
 
+/// Whether the instance plugin says the node's machine has stopped (instance-docker's
+/// backend state: a container exited or dead).
+fn container_ended(d: &Description) -> bool {
+    matches!(
+        BackendState::read(d.properties.as_ref()).state,
+        Some("exited" | "dead")
+    )
+}
+
 fn prepared_at(d: &Description) -> Option<SystemTime> {
     let secs: u64 = d.tags.get(TAG_PREPARED)?.parse().ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
@@ -415,7 +426,9 @@ impl SwarmFlavor {
         spec
     }
 
-    /// A pet's earlier node (same logical ID, not Ready) goes before its successor joins.
+    /// A pet's earlier node (same logical ID) goes before its successor joins. Prepare is asked
+    /// for a logical ID only when no instance holds it, so such a node is a leftover, even when
+    /// the swarm has not noticed yet that its machine is gone (it still says Ready for a while).
     async fn remove_predecessor(
         &self,
         engine: &Engine,
@@ -425,29 +438,21 @@ impl SwarmFlavor {
         for n in all.iter().filter(|n| {
             n.engine_labels.get(LABEL_LOGICAL_ID).map(String::as_str) == Some(lid) || n.addr == lid
         }) {
-            if n.state == NodeHealth::Ready {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "swarm node {} ({}) with address {lid} is still Ready: a new node cannot \
-                         take its address; remove it (docker node rm) or let it be destroyed first",
-                        n.id, n.hostname
-                    ),
-                ));
-            }
             self.forget(engine, all, n).await?;
         }
         Ok(())
     }
 
-    /// Takes a node that is gone out of the swarm: demote (a manager), then remove.
+    /// Takes a node whose machine is gone out of the swarm: a manager leaves the raft first
+    /// (refused below quorum), then the node is removed from the node list.
     async fn forget(&self, engine: &Engine, all: &[SwarmNode], n: &SwarmNode) -> Result<()> {
-        if n.manager {
+        if n.manager || n.reachable.is_some() {
             quorum_after_removal(all, n).map_err(|why| Error::new(ErrorKind::Conflict, why))?;
-            tracing::info!(node = %n.id, addr = %n.addr, "demoting a manager that is gone");
+            tracing::info!(node = %n.id, addr = %n.addr, "demoting a manager whose machine is gone");
             nodes::demote(engine, n).await?;
+            leave_raft(engine, n).await?;
         }
-        tracing::info!(node = %n.id, addr = %n.addr, "removing a node that is gone from the swarm");
+        tracing::info!(node = %n.id, addr = %n.addr, "removing a node whose machine is gone from the swarm");
         nodes::remove(engine, &n.id).await
     }
 
@@ -567,7 +572,13 @@ impl FlavorPlugin for SwarmFlavor {
         let now = SystemTime::now();
         let verdicts = instances
             .iter()
-            .map(|d| judge(self.role, node_of(&all, d), prepared_at(d), &props, now))
+            .map(|d| {
+                if container_ended(d) {
+                    // A node whose container has stopped never comes back by itself.
+                    return Health::Unhealthy;
+                }
+                judge(self.role, node_of(&all, d), prepared_at(d), &props, now)
+            })
             .collect();
         self.sweep_ghosts(&engine, &props, instances).await;
         Ok(verdicts)
@@ -595,45 +606,38 @@ impl FlavorPlugin for SwarmFlavor {
         let Some(node) = node_of(&all, instance).cloned() else {
             return Ok(()); // never joined, or already gone
         };
-        if node.manager {
+        let in_raft = node.manager || node.reachable.is_some();
+        if in_raft {
             quorum_after_removal(&all, &node)
                 .map_err(|why| Error::new(ErrorKind::Conflict, why))?;
-            nodes::demote(&engine, &node).await?;
-            if node.id == local.node_id {
-                // Leadership moves with the demotion; the new leader's controller finishes.
+        }
+        if node.id == local.node_id {
+            if !in_raft {
                 return Err(Error::new(
                     ErrorKind::Conflict,
                     format!(
-                        "node {} ({}) is this controller's own: demoted it, which hands the swarm's \
-                         leadership to another manager; that manager's controller removes it",
+                        "node {} ({}) is the one this flavor runs on: it cannot remove itself",
                         node.id, node.addr
                     ),
                 ));
             }
-            wait_until(Duration::from_secs(30), || async {
-                nodes::list(&engine)
-                    .await
-                    .map(|all| {
-                        all.iter()
-                            .any(|n| n.id == node.id && !n.manager && n.reachable.is_none())
-                    })
-                    .unwrap_or(false)
-            })
-            .await;
-        } else if node.id == local.node_id {
+            // Leadership moves with the demotion; the new leader's controller finishes.
+            nodes::drain(&engine, &node).await?;
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
-                    "node {} ({}) is the one this flavor runs on: it cannot remove itself",
+                    "node {} ({}) is this controller's own: demoted it, which hands the swarm's \
+                     leadership to another manager, whose controller replaces it",
                     node.id, node.addr
                 ),
             ));
         }
+        // One update: a manager leaves the raft and its tasks move at once.
+        nodes::drain(&engine, &node).await?;
+        if in_raft {
+            leave_raft(&engine, &node).await?;
+        }
         if node.state == NodeHealth::Ready {
-            let fresh = nodes::list(&engine).await?;
-            if let Some(n) = fresh.iter().find(|n| n.id == node.id) {
-                nodes::drain(&engine, n).await?;
-            }
             let drained = wait_until(props.drain_for, || async {
                 nodes::busy_tasks(&engine, &node.id)
                     .await
@@ -646,6 +650,22 @@ impl FlavorPlugin for SwarmFlavor {
             }
         }
         nodes::remove(&engine, &node.id).await
+    }
+}
+
+/// Waits (at most 30 s) until a demoted manager has left the raft: it cannot be removed before.
+async fn leave_raft(engine: &Engine, n: &SwarmNode) -> Result<()> {
+    let left = wait_until(Duration::from_secs(30), || async {
+        nodes::left_raft(engine, &n.id).await.unwrap_or(false)
+    })
+    .await;
+    if left {
+        Ok(())
+    } else {
+        Err(Error::unavailable(format!(
+            "node {} ({}) was demoted but is still in the raft after 30 s; retrying",
+            n.id, n.addr
+        )))
     }
 }
 

@@ -24,7 +24,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default)]
 pub struct SwarmNode {
     pub id: String,
-    pub version: u64,
     pub hostname: String,
     /// The address the node is reached at (`Status.Addr`).
     pub addr: String,
@@ -41,8 +40,6 @@ pub struct SwarmNode {
     /// The engine's own labels (`dockerd --label`, daemon.json `labels`): how a flavor finds the
     /// node it made.
     pub engine_labels: HashMap<String, String>,
-    /// The spec as read: updates start from it (with `version`).
-    pub spec: NodeSpec,
 }
 
 /// A node's state as the swarm reports it.
@@ -127,11 +124,6 @@ pub async fn list(engine: &Engine) -> Result<Vec<SwarmNode>> {
             let ms = n.manager_status;
             SwarmNode {
                 id: n.id.unwrap_or_default(),
-                version: n
-                    .version
-                    .and_then(|v| v.index)
-                    .and_then(|i| u64::try_from(i).ok())
-                    .unwrap_or_default(),
                 hostname: description.hostname.unwrap_or_default(),
                 addr: status.addr.unwrap_or_default(),
                 state: match status.state {
@@ -153,7 +145,6 @@ pub async fn list(engine: &Engine) -> Result<Vec<SwarmNode>> {
                     .engine
                     .and_then(|e| e.labels)
                     .unwrap_or_default(),
-                spec,
             }
         })
         .collect())
@@ -196,45 +187,75 @@ fn manager_address(addr: &str) -> String {
     }
 }
 
-async fn update(engine: &Engine, node: &SwarmNode, spec: NodeSpec, what: &str) -> Result<()> {
+/// Changes a node's spec with `change`, from its current version: an update based on a version
+/// the swarm has since moved past (a node's record changes as its role and status settle) is
+/// refused "out of sequence", and is then made again on a fresh read, a few times.
+async fn update(
+    engine: &Engine,
+    id: &str,
+    what: &str,
+    change: impl Fn(&mut NodeSpec),
+) -> Result<()> {
     let docker = engine.docker()?;
-    let version = i64::try_from(node.version).unwrap_or(i64::MAX);
-    within(
-        engine,
-        what,
-        docker.update_node(&node.id, spec, UpdateNodeOptions { version }),
-    )
-    .await
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let node = within(engine, what, docker.inspect_node(id)).await?;
+        let version = node
+            .version
+            .and_then(|v| v.index)
+            .and_then(|i| i64::try_from(i).ok())
+            .unwrap_or_default();
+        let mut spec = node.spec.unwrap_or_default();
+        change(&mut spec);
+        match within(
+            engine,
+            what,
+            docker.update_node(id, spec, UpdateNodeOptions { version }),
+        )
+        .await
+        {
+            Err(e) if attempt < 5 && e.message.contains("out of sequence") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Makes a manager a worker: it leaves the raft (a leader hands leadership over first).
 pub async fn demote(engine: &Engine, node: &SwarmNode) -> Result<()> {
-    let spec = NodeSpec {
-        role: Some(NodeSpecRoleEnum::WORKER),
-        ..node.spec.clone()
-    };
     update(
         engine,
-        node,
-        spec,
+        &node.id,
         &format!("demoting node {} ({})", node.id, node.addr),
+        |spec| spec.role = Some(NodeSpecRoleEnum::WORKER),
     )
     .await
 }
 
-/// Sets a node's availability to `drain`: the swarm moves its tasks elsewhere.
+/// Sets a node's availability to `drain` (the swarm moves its tasks elsewhere), and makes it a
+/// worker if it was a manager: one update, so a manager leaves the raft and its tasks at once.
 pub async fn drain(engine: &Engine, node: &SwarmNode) -> Result<()> {
-    let spec = NodeSpec {
-        availability: Some(NodeSpecAvailabilityEnum::DRAIN),
-        ..node.spec.clone()
-    };
     update(
         engine,
-        node,
-        spec,
+        &node.id,
         &format!("draining node {} ({})", node.id, node.addr),
+        |spec| {
+            spec.availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+            spec.role = Some(NodeSpecRoleEnum::WORKER);
+        },
     )
     .await
+}
+
+/// Whether node `id` is out of the raft (a worker with no manager status), or gone.
+pub async fn left_raft(engine: &Engine, id: &str) -> Result<bool> {
+    Ok(list(engine)
+        .await?
+        .iter()
+        .find(|n| n.id == id)
+        .is_none_or(|n| !n.manager && n.reachable.is_none()))
 }
 
 /// Removes a node from the swarm's node list, down or not (`docker node rm --force`).
