@@ -32,7 +32,7 @@ test: setup
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@if [ "$${CI:-}" = true ] || timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory static; \
 	 else echo "make test: no Docker engine answers: not building the static binary; the engine tests will skip"; fi
-	@if [ "$${CI:-}" = true ] && timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory zk-image; \
+	@if [ "$${CI:-}" = true ] && timeout 10 docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory zk-image node-image; \
 	 elif ! timeout 10 docker image inspect '$(ZK_IMAGE):$(ZK_TAG)' >/dev/null 2>&1; then \
 	 echo "make test: no $(ZK_IMAGE):$(ZK_TAG) (make zk-image builds it, as root; CI does): tests/zookeeper.rs will skip"; fi
 	$(CARGO) test --workspace --locked --no-fail-fast

@@ -76,6 +76,7 @@ rm -rf "$rootfs"/var/lib/docker/*
 
 say "importing $IMAGE:$TAG"
 image_tar | docker import \
+    --change "LABEL $RECIPE_LABEL=$image_recipe" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'VOLUME /var/lib/docker' \
     --change 'EXPOSE 2377 7946 4789' \

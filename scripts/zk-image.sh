@@ -60,6 +60,7 @@ image_clean
 
 say "importing $IMAGE:$TAG"
 image_tar | docker import \
+    --change "LABEL $RECIPE_LABEL=$image_recipe" \
     --change "ENV ZOO_CLASSPATH=$CLASSPATH_IN_IMAGE" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'WORKDIR /var/lib/zookeeper' \

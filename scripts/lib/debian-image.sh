@@ -8,12 +8,20 @@ SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
-# Nothing to do when $IMAGE:$TAG exists (FORCE=1 rebuilds); needs root; a fresh $WORK, removed on
-# exit unless KEEP_ROOTFS is set.
+# Nothing to do when $IMAGE:$TAG exists and was made by this recipe (the label RECIPE_LABEL holds
+# the hash of the calling script and this library, so an image left by an older recipe is rebuilt;
+# FORCE=1 always rebuilds); needs root; a fresh $WORK, removed on exit unless KEEP_ROOTFS is set.
+RECIPE_LABEL=infrakit.image.recipe
 image_start() {
-    if [ -z "${FORCE:-}" ] && docker image inspect "$IMAGE:$TAG" >/dev/null 2>&1; then
-        say "$IMAGE:$TAG exists; skipping (FORCE=1 rebuilds)"
+    image_recipe=$(cat "$0" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)
+    local have
+    have=$(docker image inspect -f "{{index .Config.Labels \"$RECIPE_LABEL\"}}" "$IMAGE:$TAG" 2>/dev/null || true)
+    if [ -z "${FORCE:-}" ] && [ "$have" = "$image_recipe" ]; then
+        say "$IMAGE:$TAG exists (recipe $image_recipe); skipping (FORCE=1 rebuilds)"
         exit 0
+    fi
+    if [ -n "$have" ] || docker image inspect "$IMAGE:$TAG" >/dev/null 2>&1; then
+        say "$IMAGE:$TAG was made by another recipe (${have:-unlabelled}); rebuilding"
     fi
     if [ "$(id -u)" -ne 0 ]; then
         say "needs root (debootstrap and chroot); run it with sudo" >&2
