@@ -116,15 +116,22 @@ fn sweep() {
     let _ = std::fs::remove_dir_all(REGISTRY_DIR);
 }
 
-struct Teardown;
+/// Stops what the test started, whatever way it ends.
+struct Teardown {
+    registry: Option<std::process::Child>,
+}
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        if let Some(mut r) = self.registry.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
         sweep();
     }
 }
 
-fn start_registry() {
+fn start_registry() -> std::process::Child {
     std::fs::create_dir_all(format!("{REGISTRY_DIR}/data")).expect("registry dir");
     std::fs::write(
         format!("{REGISTRY_DIR}/config.yml"),
@@ -134,7 +141,7 @@ fn start_registry() {
         ),
     )
     .expect("registry config");
-    Command::new("setsid")
+    let child = Command::new("setsid")
         .args([
             "docker-registry",
             "serve",
@@ -148,6 +155,7 @@ fn start_registry() {
     wait_for("the registry listening", Duration::from_secs(20), || {
         std::net::TcpStream::connect(REGISTRY).is_ok()
     });
+    child
 }
 
 /// Polls `ok` every 250 ms until it holds; fails the test after `limit`. How long it took.
@@ -389,14 +397,15 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
     let Some(_lock) = common::lab::prerequisites("swarm bootstrap test", None) else {
         return;
     };
-    for missing in [
+    let missing = [
         static_bin_missing(),
         node_image_missing(),
         registry_missing(),
     ]
     .into_iter()
     .flatten()
-    {
+    .next();
+    if let Some(missing) = missing {
         if in_ci() {
             panic!("the swarm bootstrap test must run in CI but cannot: {missing}");
         }
@@ -404,10 +413,10 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
         return;
     }
     sweep();
-    let _teardown = Teardown;
+    let mut teardown = Teardown { registry: None };
     let net = docker(&["network", "create", "--subnet", SUBNET, NETWORK]);
     assert!(net.status.success(), "network: {}", text(&net));
-    start_registry();
+    teardown.registry = Some(start_registry());
     std::fs::create_dir_all(SOCKETS).expect("sockets dir");
 
     // 1. Bootstrap from nothing.

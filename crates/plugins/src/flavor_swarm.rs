@@ -502,7 +502,7 @@ impl FlavorPlugin for SwarmFlavor {
                      IPv4 addresses), not a Size",
                 ));
             }
-            if ids.len() % 2 == 0 {
+            if ids.len().is_multiple_of(2) {
                 return Err(Error::invalid(format!(
                     "flavor-swarm/manager: {} managers is an even number; a raft of {} tolerates \
                      as many failures as one of {} and needs more for a quorum: use 1, 3, 5 or 7",
@@ -860,8 +860,10 @@ mod tests {
         d.tags.insert(LINK.into(), "l1".into());
         let all = [old, new];
         assert_eq!(node_of(&all, &d).map(|n| n.id.as_str()), Some("new"));
-        let mut pet = Description::default();
-        pet.logical_id = Some("10.0.0.3".into());
+        let pet = Description {
+            logical_id: Some("10.0.0.3".into()),
+            ..Description::default()
+        };
         assert_eq!(node_of(&all, &pet).map(|n| n.id.as_str()), Some("new"));
     }
 }
