@@ -380,12 +380,23 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
+            let mut made = Vec::new();
+            for g in &groups {
+                let tags: Tags = [(tags::GROUP.to_string(), g.valid.id.clone())].into();
+                let n = instances
+                    .describe_instances(&tags, false)
+                    .await
+                    .map(|d| d.len().to_string())
+                    .unwrap_or_else(|e| format!("? ({e})"));
+                made.push(format!("group '{}': {n} of {} made", g.valid.id, g.count()));
+            }
             bail!(
                 "after {:?}, {m} of {want_managers} managers and {w} of {want_workers} workers are \
-                 Ready. `DOCKER_HOST=unix://{seed_socket} infrakit group describe` (through the seed) \
-                 and `docker ps -a` (the node containers) show what is stuck; running bootstrap \
-                 again continues from here",
-                args.ready_timeout
+                 Ready ({}). The controller on the leading manager says why (`infrakit group \
+                 describe ID` there), `docker logs CONTAINER` shows a node's boot; running \
+                 bootstrap again continues from here",
+                args.ready_timeout,
+                made.join("; ")
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
