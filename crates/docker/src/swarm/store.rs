@@ -118,6 +118,13 @@ fn version(c: &Config) -> Revision {
     c.version.as_ref().and_then(|v| v.index).unwrap_or(0)
 }
 
+/// The revision a data config was written for: `<prefix><id>.<revision>-<writer's own part>`
+/// (or `.<revision>` alone, as the first releases named them).
+fn revision_in_name(name: &str) -> Option<Revision> {
+    let (_, last) = name.rsplit_once('.')?;
+    last.split('-').next()?.parse().ok()
+}
+
 fn data(c: &Config) -> std::result::Result<Vec<u8>, String> {
     let text = c
         .spec
@@ -209,8 +216,7 @@ impl GroupStore for SwarmStore {
             let Some(id) = label(c, GROUP_LABEL) else {
                 continue;
             };
-            let written_at: Option<Revision> =
-                name(c).rsplit_once('.').and_then(|(_, n)| n.parse().ok());
+            let written_at = revision_in_name(name(c));
             let stale = match (heads.get(id), written_at) {
                 (Some((head, current)), Some(n)) => n <= *head && name(c) != *current,
                 _ => false,
@@ -243,8 +249,11 @@ impl GroupStore for SwarmStore {
         if stored != expected {
             return Err(conflict(id, stored, expected));
         }
-        // A unique name per write: the head's version is unique per change of the head.
-        let data_name = format!("{PREFIX}{id}.{}", stored + 1);
+        // The revision it is meant to become, and a part of its own: a writer that created its
+        // data config but could not move the head (deposed mid-write, the engine hung) may also
+        // have failed to remove it, and a name made of the revision alone would then be taken for
+        // every later write at that revision (409, read as a conflict, forever).
+        let data_name = format!("{PREFIX}{id}.{}-{:08x}", stored + 1, fastrand::u32(..));
         let labels = |kind: &str| -> HashMap<String, String> {
             [
                 (STORE_LABEL.to_string(), kind.to_string()),
@@ -394,5 +403,18 @@ async fn follow_config_events(engine: Engine, changed: Box<dyn Fn() -> bool + Se
         if !changed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_config_names_carry_their_revision() {
+        assert_eq!(revision_in_name("infrakit-group.g.311-0a1b2c3d"), Some(311));
+        assert_eq!(revision_in_name("infrakit-group.g.292"), Some(292));
+        assert_eq!(revision_in_name("infrakit-group.my.group.12-ff"), Some(12));
+        assert_eq!(revision_in_name("infrakit-group.g"), None);
     }
 }
