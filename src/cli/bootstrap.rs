@@ -289,7 +289,7 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
         match nodes::local(&engine).await {
             Ok(l) if l.active() && l.manager => {
                 outln!(
-                    "seed {seed}: swarm started, node {} ({:.1} s)",
+                    "seed {seed}: swarm running, node {} ({:.1} s)",
                     l.node_id,
                     started.elapsed().as_secs_f64()
                 );
