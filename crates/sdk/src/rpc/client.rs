@@ -306,6 +306,17 @@ impl InstancePlugin for InstanceClient {
     }
 }
 
+/// `Flavor.HealthyMany` and `Flavor.Leading`'s request (`HealthyManyRequest` on the wire),
+/// borrowing what it sends: a request about thousands of instances is not copied to be sent.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InstancesRequest<'a> {
+    properties: &'a Value,
+    instances: &'a [Description],
+    #[serde(skip_serializing_if = "String::is_empty")]
+    r#type: String,
+}
+
 /// A remote flavor plugin.
 /// The flags remember which optional methods the plugin answered 404 to (`HealthyMany`,
 /// `Leading`): they are not asked again.
@@ -374,15 +385,6 @@ impl FlavorPlugin for FlavorClient {
         properties: &Value,
         instances: &[Description],
     ) -> Result<Vec<Health>> {
-        /// The request, borrowing what it sends.
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Request<'a> {
-            properties: &'a Value,
-            instances: &'a [Description],
-            #[serde(skip_serializing_if = "String::is_empty")]
-            r#type: String,
-        }
         let unsupported = || {
             Error::unsupported(format!(
                 "flavor plugin '{}' judges one instance per call (no Flavor.HealthyMany)",
@@ -392,7 +394,7 @@ impl FlavorPlugin for FlavorClient {
         if self.1.load(Ordering::Relaxed) {
             return Err(unsupported());
         }
-        let req = Request {
+        let req = InstancesRequest {
             properties,
             instances,
             r#type: self.0.sub_type(),
@@ -422,18 +424,10 @@ impl FlavorPlugin for FlavorClient {
         properties: &Value,
         instances: &[Description],
     ) -> Result<Vec<InstanceId>> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Request<'a> {
-            properties: &'a Value,
-            instances: &'a [Description],
-            #[serde(skip_serializing_if = "String::is_empty")]
-            r#type: String,
-        }
         if self.2.load(Ordering::Relaxed) {
             return Ok(Vec::new());
         }
-        let req = Request {
+        let req = InstancesRequest {
             properties,
             instances,
             r#type: self.0.sub_type(),
