@@ -399,3 +399,66 @@ async fn a_flavor_that_drops_the_controllers_tags_fails_prepare() {
         "{report}"
     );
 }
+
+/// A flavor naming its second instance as the leader (`Flavor.Leading`).
+struct Led;
+
+#[async_trait]
+impl FlavorPlugin for Led {
+    async fn validate(&self, _: &Value, _: &AllocationMethod) -> Result<()> {
+        Ok(())
+    }
+    async fn prepare(
+        &self,
+        _: &Value,
+        spec: Spec,
+        _: &AllocationMethod,
+        _: &Index,
+    ) -> Result<Spec> {
+        Ok(spec)
+    }
+    async fn healthy(&self, _: &Value, _: &Description) -> Result<Health> {
+        Ok(Health::Healthy)
+    }
+    async fn leading(&self, _: &Value, instances: &[Description]) -> Result<Vec<String>> {
+        Ok(instances
+            .iter()
+            .skip(1)
+            .take(1)
+            .map(|d| d.id.clone())
+            .collect())
+    }
+    async fn drain(&self, _: &Value, _: &Description) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn leading_goes_over_the_wire_and_defaults_to_none() {
+    let instances: Vec<Description> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Description {
+            id: id.to_string(),
+            ..Description::default()
+        })
+        .collect();
+    let served = Served::start(Plugins::new().flavor(Led));
+    let client = FlavorClient::new(Endpoint::new("led", &served.socket));
+    let named = client
+        .leading(&json!({}), &instances)
+        .await
+        .expect("leading");
+    assert_eq!(named, vec!["b".to_string()]);
+    served.stop().await;
+    let served = Served::start(Plugins::new().flavor(Hello {
+        drops_tags: false,
+        one_at_a_time: false,
+    }));
+    let client = FlavorClient::new(Endpoint::new("hello", &served.socket));
+    let named = client
+        .leading(&json!({}), &instances)
+        .await
+        .expect("leading");
+    assert!(named.is_empty(), "{named:?}");
+    served.stop().await;
+}
