@@ -306,3 +306,77 @@ fn group_commit_of_a_missing_file_says_so_before_looking_for_the_plugin() {
     );
     assert!(!err.contains("plugin 'group' not found"), "{err}");
 }
+
+/// `bootstrap --pretend` says what it would do without touching any engine (DOCKER_HOST points at
+/// nothing), and bad files are refused with what to fix.
+#[test]
+fn bootstrap_pretends_and_refuses_bad_files() {
+    let w = World::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/swarm/bootstrap.json");
+    let nothing = format!("unix://{}", w.path("no-engine.sock").display());
+    let run = |args: &[&str]| {
+        w.cmd(args)
+            .env("DOCKER_HOST", &nothing)
+            .output()
+            .expect("run infrakit")
+    };
+    let out = run(&[
+        "bootstrap",
+        example,
+        "--registry",
+        "10.98.0.1:5000/infrakit",
+        "--pretend",
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "make the seed 10.98.0.11 (group 'swarm-managers')",
+        "docker swarm init --advertise-addr 10.98.0.11",
+        "deploy bundle 'infrakit' from 10.98.0.1:5000/infrakit",
+        "commit group 'swarm-managers' (3 pets, flavor flavor-swarm/manager)",
+        "commit group 'swarm-workers' (2 instances, flavor flavor-swarm/worker)",
+        "wait until every node is Ready",
+    ] {
+        assert!(printed.contains(want), "missing '{want}' in:\n{printed}");
+    }
+
+    let even = w.write(
+        "even.json",
+        &json!([{"Plugin": "group", "Properties": {"ID": "m", "Properties": {
+            "Allocation": {"LogicalIDs": ["10.0.0.1", "10.0.0.2"]},
+            "Instance": {"Plugin": "instance-docker", "Properties": {"Image": "x"}},
+            "Flavor": {"Plugin": "flavor-swarm/manager"}}}}])
+        .to_string(),
+    );
+    let out = run(&[
+        "bootstrap",
+        even.to_str().unwrap(),
+        "--registry",
+        "r/x",
+        "--pretend",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("even number"),
+        "{err}"
+    );
+
+    let none = w.write("none.json", "[]");
+    let out = run(&["bootstrap", none.to_str().unwrap(), "--registry", "r/x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("exactly one"),
+        "{err}"
+    );
+
+    let out = run(&["bootstrap", "/nonexistent/groups.json", "--registry", "r/x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not exist"),
+        "{err}"
+    );
+}
