@@ -12,6 +12,9 @@
 //! - `SIZES` (default `1000,10000,100000`): e.g. `SIZES=1000,10000` for a quick run;
 //! - `RUNS` (default 1): repeat every size, and print the range of each figure;
 //! - `POLL` (default `5s`, the controller's default): the group plugin's `--poll-interval`;
+//! - `GROUP_WRAP` (default none): a command the group plugin runs under, e.g.
+//!   `GROUP_WRAP="heaptrack -o /tmp/group"` to see what its peak memory is made of (the RSS and CPU
+//!   figures are then the wrapper's, not the plugin's);
 //! - `DIR` (default: the system's temporary directory): where each run's instance directory and
 //!   group store are made, e.g. `DIR=/dev/shm` to take the disk's file system out of the figures.
 //!   On an ext4 without a journal (this VM's root), creating a file after many were deleted makes
@@ -35,7 +38,7 @@ use serde_json::json;
 
 mod common;
 
-use common::{cpu_seconds, serve, wait_socket, Proc};
+use common::{cpu_seconds, serve, serve_wrapped, wait_socket, Proc};
 
 /// How long any one phase may take before the benchmark gives up.
 const PHASE_LIMIT: Duration = Duration::from_secs(1800);
@@ -212,7 +215,7 @@ impl Figures {
     }
 }
 
-async fn one(n: usize, poll: &str, parent: Option<&str>) -> Figures {
+async fn one(n: usize, poll: &str, parent: Option<&str>, wrap: &[&str]) -> Figures {
     let tmp = match parent {
         Some(dir) => tempfile::tempdir_in(dir),
         None => tempfile::tempdir(),
@@ -223,7 +226,7 @@ async fn one(n: usize, poll: &str, parent: Option<&str>) -> Figures {
     let store = tmp.path().join("store");
     std::fs::create_dir_all(&dir).expect("instance dir");
     let procs: Vec<Proc> = vec![
-        serve(
+        serve_wrapped(
             &plugins,
             &[
                 "group",
@@ -232,6 +235,7 @@ async fn one(n: usize, poll: &str, parent: Option<&str>) -> Figures {
                 "--poll-interval",
                 poll,
             ],
+            wrap,
         ),
         serve(
             &plugins,
@@ -345,6 +349,8 @@ async fn main() {
         .max(1);
     let poll = std::env::var("POLL").unwrap_or_else(|_| "5s".into());
     let parent = std::env::var("DIR").ok().filter(|d| !d.is_empty());
+    let wrap_words = std::env::var("GROUP_WRAP").unwrap_or_default();
+    let wrap: Vec<&str> = wrap_words.split_whitespace().collect();
     println!(
         "scale: sizes {sizes:?}, {runs} run(s) each, poll interval {poll}, files in {}",
         parent.as_deref().unwrap_or("the temporary directory")
@@ -352,7 +358,7 @@ async fn main() {
     let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); sizes.len()];
     for run in 0..runs {
         for (i, n) in sizes.iter().enumerate() {
-            let f = one(*n, &poll, parent.as_deref()).await;
+            let f = one(*n, &poll, parent.as_deref(), &wrap).await;
             println!(
                 "run {} {n:>7}: present {:.3} s, converged {:.3} s, destroyed {:.3} s (group gone {:.3} s), \
                  peak RSS group {:.1} MB / instance-file {:.1} MB, CPU group {:.2} s / instance-file {:.2} s",

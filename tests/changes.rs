@@ -207,7 +207,7 @@ impl InstancePlugin for Memory {
         let d = Description {
             id: id.clone(),
             logical_id: spec.logical_id,
-            tags: spec.tags,
+            tags: spec.tags.into(),
             properties: None,
         };
         self.map().insert(id.clone(), d);

@@ -24,7 +24,21 @@ impl Drop for Proc {
 }
 
 pub fn serve(plugins: &Path, args: &[&str]) -> Proc {
-    let child = Command::new(BIN)
+    serve_wrapped(plugins, args, &[])
+}
+
+/// [`serve`] run under a wrapper command (`heaptrack -o FILE`, `valgrind --tool=massif`): the
+/// wrapper's words come first and the plugin's command line after them.
+pub fn serve_wrapped(plugins: &Path, args: &[&str], wrapper: &[&str]) -> Proc {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let child = command
         .args(["plugin", "serve"])
         .args(args)
         .env("INFRAKIT_PLUGINS_DIR", plugins)

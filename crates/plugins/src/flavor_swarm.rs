@@ -857,7 +857,7 @@ mod tests {
         let mut new = node("new", NodeHealth::Ready, false, None);
         new.engine_labels.insert(LINK.into(), "l1".into());
         let mut d = Description::default();
-        d.tags.insert(LINK.into(), "l1".into());
+        d.tags.make_mut().insert(LINK.into(), "l1".into());
         let all = [old, new];
         assert_eq!(node_of(&all, &d).map(|n| n.id.as_str()), Some("new"));
         let pet = Description {

@@ -526,7 +526,7 @@ impl InstancePlugin for DockerInstancePlugin {
                 Description {
                     id: c.id.unwrap_or_default(),
                     logical_id: tags.get(LOGICAL_ID_LABEL).cloned(),
-                    tags,
+                    tags: tags.into(),
                     properties: None,
                 }
             })

@@ -57,9 +57,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use infrakit_sdk::spi::instance::{
-    tags_match, Changes, Description, DestroyContext, InstanceId, InstancePlugin, LogicalId, Spec,
-    Tags,
+    tags_match, Changes, Description, DestroyContext, InstanceId, InstancePlugin, LogicalId,
+    SharedTags, Spec, Tags,
 };
+use infrakit_sdk::spi::shared_tags::TagInterner;
 use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -156,7 +157,7 @@ impl Stamp {
 struct Instance {
     id: InstanceId,
     logical_id: Option<LogicalId>,
-    tags: Tags,
+    tags: SharedTags,
     /// The whole record as compact JSON, parsed again only for a describe that asks for
     /// properties. Kept as a parsed `Value` it took several times the space of its text: with
     /// 100,000 instances, most of the plugin's memory for what is asked for now and then.
@@ -211,6 +212,9 @@ struct Cache {
     /// Why the directory is not watched, as last logged, so a lasting reason is logged once and
     /// not on every describe.
     unwatched: Option<String>,
+    /// One map per distinct set of tags: a group's instances carry the same tags, and 100,000
+    /// copies of them were most of the cache.
+    tags: TagInterner,
     /// Never watch, so tests can check scans as they run where there is no watch.
     #[cfg(test)]
     scans_only: bool,
@@ -721,6 +725,7 @@ fn update_changed(
     for name in &linked {
         update_file(shared, cache, name, looked_at, false)?;
     }
+    cache.tags.sweep();
     Ok(())
 }
 
@@ -768,8 +773,12 @@ fn update_file(
     Ok(())
 }
 
-/// Stores `entry` under `name`, allocating the key only for a new name.
-fn put(cache: &mut Cache, name: &str, entry: Entry) {
+/// Stores `entry` under `name`, allocating the key only for a new name; its tags are shared with
+/// the entries that carry the same.
+fn put(cache: &mut Cache, name: &str, mut entry: Entry) {
+    if let Some(instance) = entry.instance.as_mut() {
+        instance.tags = cache.tags.share(std::mem::take(&mut instance.tags));
+    }
     match cache.files.get_mut(name) {
         Some(slot) => *slot = entry,
         None => {
@@ -835,6 +844,7 @@ fn scan(shared: &Shared, cache: &mut Cache) -> Result<bool> {
         }
     }
     cache.files.retain(|_, entry| entry.seen == generation);
+    cache.tags.sweep();
     Ok(complete)
 }
 
@@ -888,7 +898,7 @@ fn parse(id: &str, bytes: &[u8]) -> std::result::Result<Instance, String> {
     Ok(Instance {
         id: id.to_string(),
         logical_id: view.logical_id,
-        tags: view.tags,
+        tags: view.tags.into(),
         record: record.to_string().into_boxed_str(),
     })
 }

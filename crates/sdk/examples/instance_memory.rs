@@ -62,7 +62,7 @@ impl InstancePlugin for MemoryPlugin {
         let description = Description {
             id: id.clone(),
             logical_id: spec.logical_id,
-            tags: spec.tags,
+            tags: spec.tags.into(),
             properties: spec.properties,
         };
         self.instances().insert(id.clone(), description);
@@ -74,7 +74,7 @@ impl InstancePlugin for MemoryPlugin {
     async fn label(&self, id: &str, labels: Tags) -> Result<()> {
         match self.instances().get_mut(id) {
             Some(d) => {
-                d.tags.extend(labels);
+                d.tags.make_mut().extend(labels);
                 Ok(())
             }
             None => Err(Error::not_found(format!("no instance {id}"))),

@@ -70,7 +70,7 @@ impl InstancePlugin for Memory {
         let d = Description {
             id: id.clone(),
             logical_id,
-            tags: spec.tags,
+            tags: spec.tags.into(),
             properties: spec.properties,
         };
         map.insert(id.clone(), d);
@@ -83,9 +83,9 @@ impl InstancePlugin for Memory {
             .get_mut(id)
             .ok_or_else(|| Error::not_found(format!("no {id}")))?;
         if self.fault == Fault::LabelReplaces {
-            d.tags = labels;
+            d.tags = labels.into();
         } else {
-            d.tags.extend(labels);
+            d.tags.make_mut().extend(labels);
         }
         Ok(())
     }

@@ -25,15 +25,15 @@ use crate::tags;
 /// Linear in the actions and the instances: a decision may ask for 100,000 destroys (a group
 /// destroyed) or provisions (one committed), so nothing here is done per action over the whole
 /// list (each destroy used to search the described list for its instance: 100,000 destroys took
-/// 5·10⁹ comparisons), and a queued action holds only what identifies it, sharing the spec's blocks,
-/// the allocation and the observation with every other action of the pass.
+/// 5·10⁹ comparisons), and a queued action holds only what identifies it, sharing the spec's blocks
+/// and the allocation with every other action of the pass.
 pub(crate) fn execute(
     group: &Arc<Group>,
     ctx: &Arc<Ctx>,
     versions: &BTreeMap<String, Blocks>,
     valid: &ValidGroup,
     decision: &Decision,
-    described: &Arc<Vec<Description>>,
+    described: &[Description],
 ) {
     if decision.actions.is_empty() {
         return;
@@ -99,7 +99,7 @@ pub(crate) fn execute(
                     .get(id.as_str())
                     .copied();
                 let blocks = blocks_of(&versions, valid, at.map(|i| &described[i]));
-                let target = Target::new(described, at, id);
+                let target = target(described, at, id);
                 tokio::spawn(destroy(group.clone(), ctx.clone(), target, *reason, blocks));
             }
         }
@@ -128,30 +128,17 @@ fn blocks_of(
         .cloned()
 }
 
-/// The instance a destroy is for: its description in the (shared) observation it was decided
-/// on, or just its ID when that observation does not list it.
-struct Target {
-    described: Option<(Arc<Vec<Description>>, usize)>,
-    id: InstanceId,
-}
-
-impl Target {
-    fn new(described: &Arc<Vec<Description>>, at: Option<usize>, id: &str) -> Target {
-        Target {
-            described: at.map(|i| (described.clone(), i)),
+/// The instance a destroy is for: a copy of its description in the observation it was decided on
+/// (the flavor drains by it), or just its ID when that observation does not list it. A copy, not a
+/// share of the whole observation: 100,000 queued destroys kept every observation they were
+/// decided on alive while later passes made new ones. Tags are shared, so a copy is the ID.
+fn target(described: &[Description], at: Option<usize>, id: &str) -> Description {
+    match at {
+        Some(i) => described[i].clone(),
+        None => Description {
             id: id.to_string(),
-        }
-    }
-
-    /// The description the flavor drains.
-    fn description(&self) -> std::borrow::Cow<'_, Description> {
-        match &self.described {
-            Some((all, i)) => std::borrow::Cow::Borrowed(&all[*i]),
-            None => std::borrow::Cow::Owned(Description {
-                id: self.id.clone(),
-                ..Description::default()
-            }),
-        }
+            ..Description::default()
+        },
     }
 }
 
@@ -264,25 +251,24 @@ async fn make_instance(
 async fn destroy(
     group: Arc<Group>,
     ctx: Arc<Ctx>,
-    target: Target,
+    target: Description,
     reason: DestroyReason,
     blocks: Option<Arc<Blocks>>,
 ) {
     let started = Instant::now();
     let result = {
         let _permit = ctx.permits.acquire().await;
-        let d = target.description();
         Box::pin(drain_and_destroy(
             &group.id,
             ctx.resolver.as_ref(),
-            &d,
+            &target,
             reason,
             blocks.as_deref(),
         ))
         .await
     };
     let id = &target.id;
-    let logical_id = target.description().logical_id.clone().unwrap_or_default();
+    let logical_id = target.logical_id.clone().unwrap_or_default();
     {
         let mut s = group.state();
         s.destroying.remove(id);
@@ -390,7 +376,7 @@ pub(crate) fn destroy_now(group: &Arc<Group>, ctx: &Arc<Ctx>, ids: &[InstanceId]
         tokio::spawn(destroy(
             group.clone(),
             ctx.clone(),
-            Target::new(&described, at, id),
+            target(&described, at, id),
             DestroyReason::Terminate,
             blocks,
         ));

@@ -121,7 +121,7 @@ pub async fn run(client: &FlavorClient, options: Options) -> Report {
     let instance = Description {
         id: format!("{group}-instance"),
         logical_id: given.logical_id.clone(),
-        tags: given.tags.clone(),
+        tags: given.tags.clone().into(),
         properties: None,
     };
     let rpc = client.rpc();

@@ -144,7 +144,8 @@ pub struct DescribeInstancesRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesResponse {
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Equal tags in the list are read as one map (100,000 instances of a group carry the same).
+    #[serde(default, deserialize_with = "crate::spi::shared_tags::interned_list")]
     pub descriptions: Vec<Description>,
 }
 

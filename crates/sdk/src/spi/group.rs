@@ -112,7 +112,7 @@ pub struct InstanceStatus {
 pub struct GroupDescription {
     /// Shared, not copied: the controller answers with the list it observed last (100,000
     /// descriptions are about 100 MB; a copy per `DescribeGroup` was the controller's peak).
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::spi::shared_tags::interned_list")]
     pub instances: Arc<Vec<Description>>,
     /// All present, all current, no update running.
     #[serde(default)]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::flavor::AllocationMethod;
 use super::serde_util::null_as_default;
+pub use super::shared_tags::SharedTags;
 use crate::{Error, Result};
 
 /// An instance's ID as its backend knows it.
@@ -57,6 +58,10 @@ pub struct Spec {
     pub attachments: Vec<Attachment>,
 }
 
+fn is_empty(tags: &SharedTags) -> bool {
+    tags.is_empty()
+}
+
 /// What exists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Description {
@@ -64,13 +69,15 @@ pub struct Description {
     pub id: InstanceId,
     #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
     pub logical_id: Option<LogicalId>,
+    /// Shared with the other descriptions of a list that carry the same tags (see
+    /// [`SharedTags`]); read it as a map, change it with `make_mut`.
     #[serde(
         rename = "Tags",
         default,
         deserialize_with = "null_as_default",
-        skip_serializing_if = "BTreeMap::is_empty"
+        skip_serializing_if = "is_empty"
     )]
-    pub tags: Tags,
+    pub tags: SharedTags,
     /// Backend state (only when asked for with `properties = true`).
     #[serde(
         rename = "Properties",

@@ -7,6 +7,7 @@ pub mod flavor;
 pub mod group;
 pub mod instance;
 pub(crate) mod serde_util;
+pub mod shared_tags;
 pub mod tags;
 mod version;
 
