@@ -9,7 +9,7 @@ pub use crate::rpc::server::Plugins;
 pub use crate::spi::flavor::{properties_or_empty, AllocationMethod, FlavorPlugin, Health, Index};
 pub use crate::spi::instance::{
     tags_match, Attachment, Description, DestroyContext, DestroyReason, InstanceId, InstancePlugin,
-    LogicalId, Spec, Tags,
+    LogicalId, SharedTags, Spec, Tags,
 };
 pub use crate::{Error, ErrorKind, Result};
 
