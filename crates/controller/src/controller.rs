@@ -9,7 +9,7 @@
 //! concurrent commits of a new group start exactly one task, and a commit racing a destroy ends
 //! either destroyed or committed, never both or neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,7 +18,7 @@ use infrakit_group::core::{
 };
 use infrakit_group::spec::{self, Origin, ValidGroup};
 use infrakit_sdk::resolve::PluginResolver;
-use infrakit_sdk::spi::flavor::AllocationMethod;
+use infrakit_sdk::spi::flavor::{AllocationMethod, Health};
 use infrakit_sdk::spi::group::{
     CommitResult, EventBatch, GroupDescription, GroupPlugin, GroupSpec, InstanceStatus,
     UpdateCommand,
@@ -159,7 +159,14 @@ impl GroupController {
         let (health, destroying) = match self.ctx.groups().get(id) {
             Some(g) => {
                 let s = g.state();
-                ((*s.view.health).clone(), s.destroying.clone())
+                let verdicts: HashMap<InstanceId, Health> = s
+                    .view
+                    .instances
+                    .iter()
+                    .zip(s.view.health.iter())
+                    .map(|(d, h)| (d.id.clone(), *h))
+                    .collect();
+                (verdicts, s.destroying.clone())
             }
             None => Default::default(),
         };
@@ -478,13 +485,14 @@ impl GroupPlugin for GroupController {
             status: view
                 .instances
                 .iter()
-                .map(|d| InstanceStatus {
+                .zip(view.health.iter())
+                .map(|(d, health)| InstanceStatus {
                     id: d.id.clone(),
                     logical_id: d
                         .logical_id
                         .clone()
                         .or_else(|| d.tags.get(tags::LOGICAL_ID).cloned()),
-                    health: view.health.get(&d.id).copied().unwrap_or_default(),
+                    health: *health,
                     current: d.tags.get(tags::CONFIG_HASH) == Some(&current_hash),
                 })
                 .collect(),

@@ -3,14 +3,12 @@
 //! Gauges are set from each pass's status (on followers too, which judge but do not act), so a
 //! scrape reads what `infrakit group describe` would say.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use infrakit_group::core::Status;
 use infrakit_sdk::metrics::{latency_histogram, register, Labels};
 use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::Description;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -87,14 +85,7 @@ pub fn metrics() -> &'static Metrics {
 
 impl Metrics {
     /// Sets the group's gauges from a pass's status.
-    pub fn observe(
-        &self,
-        id: &str,
-        status: &Status,
-        health: &HashMap<String, Health>,
-        members: &[Description],
-        leading: bool,
-    ) {
+    pub fn observe(&self, id: &str, status: &Status, health: &[Health], leading: bool) {
         let g = group(id);
         for (state, n) in [
             ("present", status.present),
@@ -108,8 +99,8 @@ impl Metrics {
                 .set(n as i64);
         }
         let (mut healthy, mut unhealthy, mut unknown) = (0i64, 0i64, 0i64);
-        for m in members {
-            match health.get(&m.id).copied().unwrap_or_default() {
+        for verdict in health {
+            match verdict {
                 Health::Healthy => healthy += 1,
                 Health::Unhealthy => unhealthy += 1,
                 _ => unknown += 1,

@@ -37,7 +37,7 @@ pub(crate) async fn check_health(
     flavor: &dyn FlavorPlugin,
     blocks: &Blocks,
     described: &[Description],
-) -> Result<HashMap<InstanceId, Health>> {
+) -> Result<Vec<Health>> {
     let stale: Vec<InstanceId> = {
         let s = group.state();
         let trust = s.healthy_trust_ms(&ctx.options);
@@ -94,9 +94,11 @@ pub(crate) async fn check_health(
         }
         s.health.insert(id, (h, now));
     }
-    Ok(s.health
+    // In the order of `described`, so the pass and the view read a verdict by position instead of
+    // each holding a map with a copy of every ID.
+    Ok(described
         .iter()
-        .map(|(id, (h, _))| (id.clone(), *h))
+        .map(|d| s.health.get(&d.id).map(|(h, _)| *h).unwrap_or_default())
         .collect())
 }
 

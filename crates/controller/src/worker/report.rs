@@ -2,12 +2,8 @@
 //! (crate::metrics). Transitions are found by comparing the pass's status with the previous
 //! pass's, so each is said once.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use infrakit_group::core::{Action, Decision, Status, UpdateState};
 use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::Description;
 
 use super::state::{Ctx, Group};
 use crate::events::What;
@@ -114,12 +110,6 @@ pub(crate) fn decided(group: &Group, ctx: &Ctx, previous: Option<&Status>, decis
 }
 
 /// Sets the group's gauges from a pass (a leader's, or a follower's judging without acting).
-pub(crate) fn gauges(
-    group: &Group,
-    status: &Status,
-    described: &[Description],
-    health: &Arc<HashMap<String, Health>>,
-    leading: bool,
-) {
-    crate::metrics::metrics().observe(&group.id, status, health, described, leading);
+pub(crate) fn gauges(group: &Group, status: &Status, health: &[Health], leading: bool) {
+    crate::metrics::metrics().observe(&group.id, status, health, leading);
 }

@@ -155,7 +155,8 @@ pub(crate) struct View {
     // Shared, not copied: with a thousand instances a copy per pass is most of the controller's
     // memory traffic.
     pub instances: Arc<Vec<Description>>,
-    pub health: Arc<HashMap<InstanceId, Health>>,
+    /// The flavor's verdicts, `health[i]` on `instances[i]`.
+    pub health: Arc<Vec<Health>>,
     pub status: Option<Status>,
     pub error: Option<String>,
     pub observed: bool,

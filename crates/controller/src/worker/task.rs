@@ -2,7 +2,7 @@
 //! or poll. Only a leader acts (see `crate::leader`). An event is also a change its instance
 //! plugin reported (`super::watch`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,10 +107,8 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
     let observed = Observed {
         instances: described
             .iter()
-            .map(|d| {
-                let verdict = health.get(&d.id).copied().unwrap_or_default();
-                observe_instance(d, verdict, leading.contains(&d.id))
-            })
+            .zip(health.iter())
+            .map(|(d, verdict)| observe_instance(d, *verdict, leading.contains(&d.id)))
             .collect(),
         pending: Vec::new(),
         destroying: Default::default(),
@@ -121,7 +119,7 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
         &s.record.memory,
         now_ms(),
     );
-    super::report::gauges(group, &decision.status, &described, &health, false);
+    super::report::gauges(group, &decision.status, &health, false);
     let standby = s.view.standby.take();
     s.view = View {
         instances: described,
@@ -198,12 +196,9 @@ async fn look(
     Ok((described, Arc::new(health), leading))
 }
 
-/// The observation: the members, the flavor's verdicts, and the members it says lead.
-type Seen = (
-    Arc<Vec<Description>>,
-    Arc<HashMap<InstanceId, Health>>,
-    HashSet<InstanceId>,
-);
+/// The observation: the members, the flavor's verdicts (in the members' order), and the members it
+/// says lead.
+type Seen = (Arc<Vec<Description>>, Arc<Vec<Health>>, HashSet<InstanceId>);
 
 /// Whether the core may have to choose a member to replace or remove (one is outdated, or there are
 /// more than the target): only then is the flavor asked which members lead, so a settled group of
@@ -332,10 +327,8 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
         let observed = Observed {
             instances: described
                 .iter()
-                .map(|d| {
-                    let verdict = health.get(&d.id).copied().unwrap_or_default();
-                    observe_instance(d, verdict, leading.contains(&d.id))
-                })
+                .zip(health.iter())
+                .map(|(d, verdict)| observe_instance(d, *verdict, leading.contains(&d.id)))
                 .collect(),
             pending: s.pending.values().map(|p| p.provision.clone()).collect(),
             destroying: s.destroying.clone(),
@@ -352,7 +345,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             );
         }
         previous = s.view.status.take();
-        super::report::gauges(group, &decision.status, &described, &health, true);
+        super::report::gauges(group, &decision.status, &health, true);
         to_save = if s.record.memory != decision.memory {
             // The record to write carries the new memory, moved; the old memory is not copied.
             let record = s.record.with_memory(std::mem::take(&mut decision.memory));
