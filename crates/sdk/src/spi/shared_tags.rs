@@ -208,6 +208,25 @@ mod tests {
     }
 
     #[test]
+    fn the_answers_that_carry_many_descriptions_share_their_tags() {
+        let listed = r#"{"ID": "a", "Tags": {"group": "g"}}, {"ID": "b", "Tags": {"group": "g"}}"#;
+        let answer: crate::rpc::messages::DescribeInstancesResponse =
+            serde_json::from_str(&format!(r#"{{"Descriptions": [{listed}]}}"#)).expect("answer");
+        assert!(answer.descriptions[0]
+            .tags
+            .shares_with(&answer.descriptions[1].tags));
+        let group: crate::spi::group::GroupDescription =
+            serde_json::from_str(&format!(r#"{{"Instances": [{listed}]}}"#)).expect("group");
+        assert!(group.instances[0]
+            .tags
+            .shares_with(&group.instances[1].tags));
+        // Go's null list still reads as empty.
+        let none: crate::rpc::messages::DescribeInstancesResponse =
+            serde_json::from_str(r#"{"Descriptions": null}"#).expect("null");
+        assert!(none.descriptions.is_empty());
+    }
+
+    #[test]
     fn changing_shared_tags_changes_only_that_description() {
         let mut a = Description {
             id: "a".into(),
