@@ -352,31 +352,29 @@ fn bootstrap_pretends_and_refuses_bad_files() {
             "Flavor": {"Plugin": "flavor-swarm/manager"}}}}])
         .to_string(),
     );
-    let out = run(&[
-        "bootstrap",
-        even.to_str().unwrap(),
-        "--registry",
-        "r/x",
-        "--pretend",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("even number"),
-        "{err}"
+    // Refused, with the words that say what to fix.
+    let refused = |args: &[&str], want: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{err}");
+    };
+    refused(
+        &[
+            "bootstrap",
+            even.to_str().unwrap(),
+            "--registry",
+            "r/x",
+            "--pretend",
+        ],
+        "even number",
     );
-
     let none = w.write("none.json", "[]");
-    let out = run(&["bootstrap", none.to_str().unwrap(), "--registry", "r/x"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("exactly one"),
-        "{err}"
+    refused(
+        &["bootstrap", none.to_str().unwrap(), "--registry", "r/x"],
+        "exactly one",
     );
-
-    let out = run(&["bootstrap", "/nonexistent/groups.json", "--registry", "r/x"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("does not exist"),
-        "{err}"
+    refused(
+        &["bootstrap", "/nonexistent/groups.json", "--registry", "r/x"],
+        "does not exist",
     );
 }

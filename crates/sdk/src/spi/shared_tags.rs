@@ -29,11 +29,6 @@ impl SharedTags {
         Arc::make_mut(&mut self.0)
     }
 
-    /// The tags as a map of their own (copied only when shared).
-    pub fn into_inner(self) -> Tags {
-        Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
-    }
-
     /// Whether `self` and `other` are one map (not just equal ones).
     pub fn shares_with(&self, other: &SharedTags) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -57,12 +52,6 @@ impl From<Tags> for SharedTags {
 impl FromIterator<(String, String)> for SharedTags {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> SharedTags {
         SharedTags::from(iter.into_iter().collect::<Tags>())
-    }
-}
-
-impl<const N: usize> From<[(String, String); N]> for SharedTags {
-    fn from(pairs: [(String, String); N]) -> SharedTags {
-        pairs.into_iter().collect()
     }
 }
 
@@ -230,7 +219,7 @@ mod tests {
     fn changing_shared_tags_changes_only_that_description() {
         let mut a = Description {
             id: "a".into(),
-            tags: [("group".to_string(), "g".to_string())].into(),
+            tags: Tags::from([("group".to_string(), "g".to_string())]).into(),
             ..Description::default()
         };
         let b = a.clone();
