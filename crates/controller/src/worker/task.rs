@@ -245,7 +245,7 @@ async fn settle(group: &Group, ctx: &Ctx, last_pass: Duration) {
 /// is already being destroyed; one provisioned late is destroyed by the pass after the last
 /// completion), so its passes wait until nothing runs, or a poll interval: a destroy of 10,000
 /// spent half its time on passes every 25 ms over the instances still there, and took 17x the
-/// time of 1,000 (now about 8x; `DescribeGroup` shows the destroy's progress a poll late).
+/// time of 1,000 (now 10-11x; `DescribeGroup` shows the destroy's progress a poll late).
 fn settle_window(group: &Group, ctx: &Ctx, last_pass: Duration) -> Duration {
     if group.state().record.deleting {
         ctx.options.poll_interval.max(SETTLE)
