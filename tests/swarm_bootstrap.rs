@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::engine::{docker, in_ci, static_bin_missing, text, STATIC_BIN};
+use common::lab::wait_until;
 use serde_json::{json, Value};
 
 /// Everything the test makes is named from these, and swept by them.
@@ -152,20 +153,10 @@ fn start_registry() -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start docker-registry");
-    wait_for("the registry listening", Duration::from_secs(20), || {
+    wait_until("the registry listening", Duration::from_secs(20), || {
         std::net::TcpStream::connect(REGISTRY).is_ok()
     });
     child
-}
-
-/// Polls `ok` every 250 ms until it holds; fails the test after `limit`. How long it took.
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    start.elapsed()
 }
 
 fn node_spec(
@@ -454,12 +445,12 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("the seed's container ID")
         .to_string();
-    wait_for(
+    wait_until(
         "3 managers and 2 workers Ready",
         Duration::from_secs(60),
         settled(3, 2),
     );
-    wait_for("both groups converged", Duration::from_secs(60), || {
+    wait_until("both groups converged", Duration::from_secs(60), || {
         converged(MANAGERS) && converged(WORKERS)
     });
     let seed_now = docker(&[
@@ -479,7 +470,7 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
     let victim = all.iter().find(|n| !n.manager).expect("a worker").clone();
     let gone = docker(&["rm", "-f", "-v", &victim.hostname]);
     assert!(gone.status.success(), "rm: {}", text(&gone));
-    let t = wait_for(
+    let t = wait_until(
         "a replacement worker Ready and the dead node removed",
         Duration::from_secs(120),
         || {
@@ -499,7 +490,7 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
     let probe = Probe::start();
     let killed = docker(&["kill", &leader.hostname]);
     assert!(killed.status.success(), "kill: {}", text(&killed));
-    let t = wait_for(
+    let t = wait_until(
         "the dead leader replaced at its address",
         Duration::from_secs(240),
         || {
@@ -566,7 +557,7 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
         .map(|o| o.lines().filter(|l| l.starts_with("Running")).count())
         .unwrap_or(0)
     };
-    wait_for("3 replicas running", Duration::from_secs(60), || {
+    wait_until("3 replicas running", Duration::from_secs(60), || {
         running() == 3
     });
     let scale = |n: &str| {
@@ -574,10 +565,10 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
         assert!(o.status.success(), "scale {n}: {}", text(&o));
     };
     scale("4");
-    let t = wait_for("4 workers Ready", Duration::from_secs(120), settled(3, 4));
+    let t = wait_until("4 workers Ready", Duration::from_secs(120), settled(3, 4));
     println!("workers 2 -> 4 in {:.1} s", t.as_secs_f64());
     scale("1");
-    let t = wait_for(
+    let t = wait_until(
         "1 worker left, drained nodes removed, 3 replicas running",
         Duration::from_secs(240),
         || settled(3, 1)() && running() == 3,
@@ -621,7 +612,7 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
     );
     assert!(commit.status.success(), "commit: {}", text(&commit));
     let mut replaced: Vec<String> = Vec::new();
-    let t = wait_for(
+    let t = wait_until(
         "every manager replaced with the new labels",
         Duration::from_secs(400),
         || {
