@@ -14,7 +14,7 @@ use infrakit_group::core::{
     decide, Allocation, Desired, Memory, Observed, ObservedInstance, PendingProvision, Policy,
 };
 use infrakit_group::sim::{run, Report, SimConfig};
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 const GROUPS: usize = 100;
 const PER_GROUP: usize = 1000;

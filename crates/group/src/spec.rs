@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use infrakit_sdk::spi::group::{GroupSpec, PluginSpec};
-use infrakit_sdk::spi::instance::LogicalId;
+use infrakit_spi::group::{GroupSpec, PluginSpec};
+use infrakit_spi::instance::LogicalId;
 use schemars::JsonSchema;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -187,7 +187,7 @@ pub enum Origin {
 /// Group IDs become file names and store keys: letters, digits, '-', '_' and '.', at most 128,
 /// not starting with '.'.
 pub fn check_group_id(id: &str) -> Result<(), String> {
-    if infrakit_sdk::discovery::is_safe_file_name(id) {
+    if infrakit_spi::is_safe_file_name(id) {
         Ok(())
     } else {
         Err(format!(

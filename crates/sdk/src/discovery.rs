@@ -59,15 +59,7 @@ pub fn default_socket(name: &str) -> PathBuf {
     PluginsDir::new(default_plugins_dir()).socket_for(name)
 }
 
-/// Whether `s` is safe as a file name: 1 to 128 of letters, digits, '-', '_' and '.', not
-/// starting with '.'. Plugin names and group IDs both become file names.
-pub fn is_safe_file_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use infrakit_spi::is_safe_file_name;
 
 /// Plugin names become file names: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<()> {

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::DestroyReason;
+use infrakit_spi::flavor::Health;
+use infrakit_spi::instance::DestroyReason;
 
 use super::backoff;
 use super::memory::{Doom, Memory, MEMORY_FORMAT};

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use infrakit_sdk::spi::instance::{DestroyReason, InstanceId, LogicalId};
+use infrakit_spi::instance::{DestroyReason, InstanceId, LogicalId};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Cause, UpdateState, UpdateStatus};

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::LogicalId;
+use infrakit_spi::flavor::Health;
+use infrakit_spi::instance::LogicalId;
 
 use super::memory::{InflightProvision, InstanceMemory, Memory, OwedReplacement};
 use super::types::{Cause, Observed};

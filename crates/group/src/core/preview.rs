@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use infrakit_sdk::spi::group::Plan;
+use infrakit_spi::group::Plan;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

@@ -1,7 +1,7 @@
 //! Health-driven remediation: replace instances that stay unhealthy, a few at a time, and never in a
 //! meltdown.
 
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 use super::memory::Memory;
 use super::policy::Policy;

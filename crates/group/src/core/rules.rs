@@ -3,7 +3,7 @@
 //! provision is waited for before it counts as lost, and when a group may be called converged.
 //! Times are plain milliseconds (ages and intervals), never a clock read.
 
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 use super::memory::Memory;
 use super::types::Status;

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::{DestroyReason, InstanceId, LogicalId};
+use infrakit_spi::flavor::Health;
+use infrakit_spi::instance::{DestroyReason, InstanceId, LogicalId};
 use serde::{Deserialize, Serialize};
 
 use super::memory::Memory;

@@ -4,8 +4,8 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use infrakit_sdk::spi::flavor::Health;
-use infrakit_sdk::spi::instance::DestroyReason;
+use infrakit_spi::flavor::Health;
+use infrakit_spi::instance::DestroyReason;
 
 use super::memory::Memory;
 use super::policy::ScaleDownOrder;

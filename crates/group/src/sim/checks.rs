@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 use super::world::{GroupSim, World};
 use super::Report;

@@ -17,7 +17,7 @@ mod world;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 pub use rng::Rng;
 use world::{Del, Exec, GroupSim, Prov, World};

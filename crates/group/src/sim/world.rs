@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use infrakit_sdk::spi::flavor::Health;
+use infrakit_spi::flavor::Health;
 
 use super::rng::Rng;
 use crate::core::{Cause, Desired, Memory, PendingProvision, Status};

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::instance::Changes;
+use crate::spi::instance::Changes;
 use crate::{Error, Result};
 
 /// Counts changes for long pollers. Cheap to share behind an `Arc`.

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::flavor::Health;
-use super::instance::{Description, InstanceId, LogicalId};
-use super::serde_util::null_as_default;
+use crate::flavor::Health;
+use crate::instance::{Description, InstanceId, LogicalId};
+use crate::serde_util::null_as_default;
 use crate::Result;
 
 pub type GroupId = String;
@@ -112,7 +112,7 @@ pub struct InstanceStatus {
 pub struct GroupDescription {
     /// Shared, not copied: the controller answers with the list it observed last (100,000
     /// descriptions are about 100 MB; a copy per `DescribeGroup` was the controller's peak).
-    #[serde(default, deserialize_with = "crate::spi::shared_tags::interned_list")]
+    #[serde(default, deserialize_with = "crate::shared_tags::interned_list")]
     pub instances: Arc<Vec<Description>>,
     /// All present, all current, no update running.
     #[serde(default)]

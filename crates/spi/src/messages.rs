@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spi::flavor::{AllocationMethod, Health, Index};
-use crate::spi::group::{CommitResult, GroupDescription, GroupSpec, Plan, UpdateCommand};
-use crate::spi::instance::{Description, DestroyContext, InstanceId, Spec, Tags};
-use crate::spi::serde_util::null_as_default;
+use crate::flavor::{AllocationMethod, Health, Index};
+use crate::group::{CommitResult, GroupDescription, GroupSpec, Plan, UpdateCommand};
+use crate::instance::{Description, DestroyContext, InstanceId, Spec, Tags};
+use crate::serde_util::null_as_default;
 
 /// Reads a request's sub-type, whatever the method.
 #[derive(Debug, Default, Deserialize)]
@@ -104,7 +104,7 @@ pub struct DestroyRequest {
     pub r#type: String,
 }
 
-/// `Instance.Changes` (our addition): the reply is [`crate::spi::instance::Changes`].
+/// `Instance.Changes` (our addition): the reply is [`crate::instance::Changes`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ChangesRequest {
@@ -145,7 +145,7 @@ pub struct DescribeInstancesRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesResponse {
     /// Equal tags in the list are read as one map (100,000 instances of a group carry the same).
-    #[serde(default, deserialize_with = "crate::spi::shared_tags::interned_list")]
+    #[serde(default, deserialize_with = "crate::shared_tags::interned_list")]
     pub descriptions: Vec<Description>,
 }
 
@@ -377,7 +377,7 @@ pub struct DetailsResponse {
     pub details: String,
 }
 
-/// `Group.Events` (our addition): the reply is [`crate::spi::group::EventBatch`].
+/// `Group.Events` (our addition): the reply is [`crate::group::EventBatch`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EventsRequest {

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::instance::{Description, InstanceId, LogicalId, Spec};
-use super::serde_util::{is_zero, null_as_default};
+use crate::instance::{Description, InstanceId, LogicalId, Spec};
+use crate::serde_util::{is_zero, null_as_default};
 use crate::Result;
 
 /// How a group allocates its instances: a count of identical cattle, or one pet per logical ID.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::instance::Tags;
+use crate::instance::Tags;
 
 /// Tags behind a shared pointer; see the module's documentation.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,7 +174,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spi::instance::Description;
+    use crate::instance::Description;
 
     #[test]
     fn a_list_read_from_json_shares_equal_tags_and_keeps_different_ones_apart() {
@@ -199,18 +199,18 @@ mod tests {
     #[test]
     fn the_answers_that_carry_many_descriptions_share_their_tags() {
         let listed = r#"{"ID": "a", "Tags": {"group": "g"}}, {"ID": "b", "Tags": {"group": "g"}}"#;
-        let answer: crate::rpc::messages::DescribeInstancesResponse =
+        let answer: crate::messages::DescribeInstancesResponse =
             serde_json::from_str(&format!(r#"{{"Descriptions": [{listed}]}}"#)).expect("answer");
         assert!(answer.descriptions[0]
             .tags
             .shares_with(&answer.descriptions[1].tags));
-        let group: crate::spi::group::GroupDescription =
+        let group: crate::group::GroupDescription =
             serde_json::from_str(&format!(r#"{{"Instances": [{listed}]}}"#)).expect("group");
         assert!(group.instances[0]
             .tags
             .shares_with(&group.instances[1].tags));
         // Go's null list still reads as empty.
-        let none: crate::rpc::messages::DescribeInstancesResponse =
+        let none: crate::messages::DescribeInstancesResponse =
             serde_json::from_str(r#"{"Descriptions": null}"#).expect("null");
         assert!(none.descriptions.is_empty());
     }

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::flavor::AllocationMethod;
-use super::serde_util::null_as_default;
-pub use super::shared_tags::SharedTags;
+use crate::flavor::AllocationMethod;
+use crate::serde_util::null_as_default;
+pub use crate::shared_tags::SharedTags;
 use crate::{Error, Result};
 
 /// An instance's ID as its backend knows it.
