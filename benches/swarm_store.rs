@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use infrakit_controller::record::GroupRecord;
 use infrakit_controller::store::GroupStore;
-use infrakit_docker::swarm::store::{SwarmStore, MAX_CONFIG_BYTES};
 use infrakit_docker::Engine;
 use infrakit_group::spec::{parse, Origin};
+use infrakit_manager::swarm_store::{SwarmStore, MAX_CONFIG_BYTES};
 use infrakit_sdk::spi::group::GroupSpec;
 use serde_json::{json, Value};
 

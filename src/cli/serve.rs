@@ -253,7 +253,7 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
             let controller = match swarm_engine(args.controller.swarm).await? {
                 Some(engine) => {
-                    use infrakit_docker::swarm::{leader, store::SwarmStore};
+                    use infrakit_manager::{swarm_leader as leader, SwarmStore};
                     tracing::info!(engine = %engine.address(), poll = ?options.poll_interval,
                         "group controller in swarm mode: groups in the swarm's store, acting while this node leads");
                     options.shared_store = true;

@@ -6,8 +6,8 @@
 //! - [`plugins`]: the engine's plugin list, with our own request and types (bollard's refuse the
 //!   `null`s a 20.10 engine sends).
 //! - [`create`]: a plugin context as an in-memory tar and `POST /plugins/create` (`infrakit plugin create`).
-//! - [`swarm`]: the swarm as the controller's engine: its leadership ([`swarm::leader`]) and its
-//!   replicated store for group records ([`swarm::store`]).
+//! - [`swarm`]: nodes, join tokens, the bundle as plugin services. (The group controller's store and
+//!   leadership on a swarm are in `infrakit-manager`.)
 //! - [`source`]: [`EngineSource`], a discovery source finding InfraKit's managed plugins through the
 //!   engine. Callers add it with `Discovery::insert(1, ...)` (after the plugins directory, before the
 //!   legacy locations); the SDK itself never talks to the engine.

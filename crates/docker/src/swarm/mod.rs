@@ -1,12 +1,11 @@
-//! The swarm as the group controller's distributed engine: who leads ([`leader`]) and where
-//! committed groups live ([`store`]). The swarm's own raft elects and replicates; nothing here is
-//! a consensus of ours.
+//! The swarm through the engine: its nodes ([`nodes`]), InfraKit's bundle deployed as plugin
+//! services ([`bundle`], [`services`]), and whether this engine manages one ([`is_manager`]).
+//! The group controller's store and leadership on a swarm are in `infrakit-manager`, which joins
+//! this crate to the controller (so the plugins that use this crate never link the controller).
 
 pub mod bundle;
-pub mod leader;
 pub mod nodes;
 pub mod services;
-pub mod store;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! this node is the swarm's leader (`/info` → `Swarm.NodeID`, `/nodes/<id>` →
 //! `ManagerStatus.Leader`), asked every [`POLL`].
 //!
-//! Anything short of a clear "yes, this node leads" within [`super::CALL_TIMEOUT`] is "follower":
+//! Anything short of a clear "yes, this node leads" within [`CALL_TIMEOUT`] is "follower":
 //! an engine that hangs (as survivors' do during an election), no quorum, an unreachable engine.
 //! That stops the controller at once; the store is the fence for the moment in between (see
 //! docs/store-and-leadership.md).
@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::models::LocalNodeState;
 use infrakit_controller::leader::{Leadership, Role};
+use infrakit_docker::bollard::models::LocalNodeState;
 use tokio::sync::watch;
 
-use super::CALL_TIMEOUT;
-use crate::Engine;
+use infrakit_docker::swarm::CALL_TIMEOUT;
+use infrakit_docker::Engine;
 
 /// How often leadership is asked. An election here takes 10-12 s; a second of lag is small next to
 /// it, and two cheap requests a second cost nothing.

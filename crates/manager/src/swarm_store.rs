@@ -24,14 +24,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use bollard::models::{Config, ConfigSpec};
-use bollard::query_parameters::{ListConfigsOptions, UpdateConfigOptions};
 use infrakit_controller::record::GroupRecord;
 use infrakit_controller::store::{GroupStore, Loaded, Revision, Stored, Unusable};
+use infrakit_docker::bollard::models::{Config, ConfigSpec};
+use infrakit_docker::bollard::query_parameters::{ListConfigsOptions, UpdateConfigOptions};
 use infrakit_group::spec::check_group_id;
 use infrakit_sdk::{Error, ErrorKind, Result};
 
-use crate::Engine;
+use infrakit_docker::Engine;
 
 /// Every config of ours carries it (value: `head` or `data`).
 pub const STORE_LABEL: &str = "infrakit.store";
@@ -361,8 +361,8 @@ fn conflict(id: &str, stored: Revision, expected: Revision) -> Error {
 
 /// See [`SwarmStore::watch_changes`].
 async fn follow_config_events(engine: Engine, changed: Box<dyn Fn() -> bool + Send + Sync>) {
-    use bollard::query_parameters::EventsOptions;
     use futures_util::StreamExt;
+    use infrakit_docker::bollard::query_parameters::EventsOptions;
     const RECONNECT: std::time::Duration = std::time::Duration::from_secs(1);
     let filters =
         std::collections::HashMap::from([("type".to_string(), vec!["config".to_string()])]);
