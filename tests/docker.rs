@@ -15,7 +15,7 @@ use common::engine::{
     self, busybox, docker, docker_ok, ensure_busybox, in_ci, text, unique, wait_until, STATIC_BIN,
 };
 use common::{Plugin, World};
-use infrakit_plugins::instance_docker::DockerInstancePlugin;
+use infrakit_instance_docker::DockerInstancePlugin;
 use infrakit_sdk::spi::instance::{DestroyContext, InstancePlugin, Spec, Tags};
 use serde_json::{json, Value};
 

@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use infrakit_controller::{FileStore, GroupController, Options};
-use infrakit_plugins::flavor_combo::ComboFlavor;
-use infrakit_plugins::flavor_swarm::{Role as SwarmRole, SwarmFlavor};
-use infrakit_plugins::flavor_vanilla::VanillaFlavor;
-use infrakit_plugins::flavor_zookeeper::ZooKeeperFlavor;
-use infrakit_plugins::instance_docker::DockerInstancePlugin;
-use infrakit_plugins::instance_file::{self, FileInstancePlugin};
+use infrakit_flavor_combo::ComboFlavor;
+use infrakit_flavor_swarm::{Role as SwarmRole, SwarmFlavor};
+use infrakit_flavor_vanilla::VanillaFlavor;
+use infrakit_flavor_zookeeper::ZooKeeperFlavor;
+use infrakit_instance_docker::DockerInstancePlugin;
+use infrakit_instance_file::FileInstancePlugin;
 use infrakit_sdk::discovery::{self, PluginsDir};
 use infrakit_sdk::resolve::DiscoveryResolver;
 use infrakit_sdk::rpc::server::{Plugins, Server};
@@ -277,7 +277,10 @@ async fn build(args: &ServeArgs) -> Result<Plugins> {
             Plugins::new().group(controller)
         }
         Kind::InstanceFile => {
-            let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);
+            let dir = args
+                .dir
+                .clone()
+                .unwrap_or_else(infrakit_instance_file::default_dir);
             let plugin = FileInstancePlugin::new(&dir)
                 .with_context(|| format!("cannot use instance directory {}", dir.display()))?
                 .with_sync(args.sync);

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use infrakit_controller::{FileStore, GroupController};
-use infrakit_plugins::flavor_combo::ComboFlavor;
-use infrakit_plugins::flavor_vanilla::VanillaFlavor;
-use infrakit_plugins::instance_file::{self, FileInstancePlugin};
+use infrakit_flavor_combo::ComboFlavor;
+use infrakit_flavor_vanilla::VanillaFlavor;
+use infrakit_instance_file::FileInstancePlugin;
 use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver, PluginResolver};
 use infrakit_sdk::rpc::server::{Plugins, Server};
 use infrakit_sdk::spi::flavor::FlavorPlugin;
@@ -90,7 +90,10 @@ async fn up(args: UpArgs) -> Result<()> {
         "cannot start the group controller (is another `infrakit up` or group plugin running?)",
     )?;
 
-    let dir = args.dir.clone().unwrap_or_else(instance_file::default_dir);
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(infrakit_instance_file::default_dir);
     let files: Arc<dyn InstancePlugin> = Arc::new(
         FileInstancePlugin::new(&dir)
             .with_context(|| format!("cannot use instance directory {}", dir.display()))?,

@@ -273,7 +273,7 @@ impl FlavorPlugin for ComboFlavor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flavor_vanilla::VanillaFlavor;
+    use infrakit_flavor_vanilla::VanillaFlavor;
     use infrakit_sdk::discovery::{Discovery, PluginsDir};
     use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver};
     use infrakit_sdk::spi::instance::{Attachment, Tags};

@@ -65,7 +65,7 @@ use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::serde_util::null_as_default;
+use infrakit_sdk::spi::serde_util::null_as_default;
 
 mod changes;
 mod watch;

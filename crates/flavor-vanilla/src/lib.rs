@@ -38,7 +38,7 @@ use infrakit_sdk::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::serde_util::null_as_default;
+use infrakit_sdk::spi::serde_util::null_as_default;
 
 /// The vanilla flavor's properties.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
