@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds and manages InfraKit's Docker managed plugins (what `make plugins/enable/disable/...` run).
 #
-#   scripts/plugins.sh create|enable|disable|clean|push|ls [NAME...]
+#   scripts/plugins.sh create|enable|disable|clean|push|ls|list [NAME...]   (list: "name binary")
 #   scripts/plugins.sh upgrade PLUGIN REMOTE-REFERENCE
 #
 # Plugins: every plugins/<name>/config.json (the top-level config.json, the bundle's entry manifest,
-# is a link to plugins/group/config.json).
+# is a link to plugins/group/config.json); src/registry.rs lists the same plugins, and its tests run
+# `scripts/plugins.sh list` to check that this script builds what the registry says.
 # Each is created as $REPO/<name>:$VERSION from a context $BUILD_DIR/<name>/{config.json,rootfs/},
-# the rootfs holding the one static binary $BIN and the empty directories its mounts need.
+# the rootfs holding the static binary its manifest's entrypoint names (/infrakit: $BIN; any other,
+# e.g. /infrakit-instance-aws: the binary of that name beside $BIN) and the empty directories its
+# mounts need. A plugin that needs more in its rootfs (QEMU and its libraries) has an executable
+# plugins/<name>/rootfs.sh, run with the rootfs directory as its argument.
 #
 # Environment: REPO (default infrakit), VERSION (default: Cargo.toml's), BIN (the static binary),
 # BUILD_DIR (default target/plugins), DOCKER (default docker), NAME_PREFIX (default none: prefixes
@@ -40,6 +44,20 @@ all_plugins() {
 
 config_of() { echo "plugins/$1/config.json"; }
 
+# The binary a plugin's rootfs holds: the file its manifest's entrypoint starts (infrakit, or a
+# binary of the plugin's own).
+binary_of() {
+    local first
+    first=$(tr -d '\n' <"$(config_of "$1")" | grep -o '"entrypoint" *: *\[ *"[^"]*"' | sed 's/.*"\/\([^"]*\)"$/\1/')
+    [ -n "$first" ] || die "$(config_of "$1"): no entrypoint"
+    echo "$first"
+}
+
+# The file to copy for binary $1: $BIN for infrakit, else the file of that name beside $BIN.
+binary_path() {
+    if [ "$1" = infrakit ]; then echo "$BIN"; else echo "$(dirname "$BIN")/$1"; fi
+}
+
 NAME_PREFIX=${NAME_PREFIX:-}
 ref_of() { echo "$REPO/$NAME_PREFIX$1:$VERSION"; }
 
@@ -50,14 +68,17 @@ state_of() { "$DOCKER" plugin inspect -f '{{.Id}} {{.Enabled}}' "$1" 2>/dev/null
 # mount points. runc creates missing mount points itself, but only in a writable rootfs; creating
 # them here keeps the plugin working whatever the engine does with the rootfs.
 assemble() {
-    local name=$1 config ctx dest
+    local name=$1 config ctx dest binary src
     config=$(config_of "$name")
     [ -f "$config" ] || die "no $config"
+    binary=$(binary_of "$name")
+    src=$(binary_path "$binary")
+    [ -x "$src" ] || die "$name: no binary at $src (make static builds them)"
     ctx="$BUILD_DIR/$name"
     rm -rf "$ctx"
     mkdir -p "$ctx/rootfs"/{run/docker/plugins,tmp,etc,proc,sys,dev}
     cp "$config" "$ctx/config.json"
-    install -m 0755 "$BIN" "$ctx/rootfs/infrakit"
+    install -m 0755 "$src" "$ctx/rootfs/$binary"
     # Which plugin and version this is, readable in the rootfs. It also keeps two plugins' layers
     # apart: the engine's content store refuses a second blob with an existing digest ("content
     # sha256:...: already exists"), and two plugins with the same mounts assembled within the same
@@ -70,13 +91,14 @@ assemble() {
         /*) mkdir -p "$ctx/rootfs$dest" ;;
         esac
     done < <(grep -o '"destination" *: *"[^"]*"' "$config" | sed 's/.*: *"\(.*\)"/\1/')
+    if [ -x "plugins/$name/rootfs.sh" ]; then "plugins/$name/rootfs.sh" "$ctx/rootfs" || die "$name: plugins/$name/rootfs.sh failed"; fi
 }
 
 create() {
     local name=$1 ref hash state id enabled stamp out
     ref=$(ref_of "$name")
     assemble "$name"
-    hash=$(cat "$BUILD_DIR/$name/config.json" "$BUILD_DIR/$name/rootfs/VERSION" "$BUILD_DIR/$name/rootfs/infrakit" | sha256sum | cut -d' ' -f1)
+    hash=$(cd "$BUILD_DIR/$name" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
     stamp="$BUILD_DIR/$name.created"
     state=$(state_of "$ref")
     if [ -n "$state" ]; then
@@ -175,6 +197,10 @@ if [ "$cmd" = upgrade ]; then
 fi
 names=("$@")
 if ((${#names[@]} == 0)); then mapfile -t names < <(all_plugins); fi
+if [ "$cmd" = list ]; then
+    for n in "${names[@]}"; do echo "$n $(binary_of "$n")"; done
+    exit 0
+fi
 
 "$DOCKER" version >/dev/null 2>&1 || die "no Docker engine answers ($DOCKER version failed); scripts/docker-engine.sh starts one"
 case "$cmd" in
@@ -190,5 +216,5 @@ disable)
 clean) for ((i = ${#names[@]} - 1; i >= 0; i--)); do clean "${names[$i]}"; done ;;
 push) for n in "${names[@]}"; do push "$n"; done ;;
 ls) "$DOCKER" plugin ls ;;
-*) die "usage: $0 create|enable|disable|clean|push|ls [NAME...] | upgrade PLUGIN REMOTE" ;;
+*) die "usage: $0 create|enable|disable|clean|push|ls|list [NAME...] | upgrade PLUGIN REMOTE" ;;
 esac

@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod registry;
 
 use clap::Parser;
 use infrakit_sdk::logging::{self, Output};

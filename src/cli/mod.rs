@@ -7,7 +7,7 @@ mod group;
 mod input;
 mod instance;
 mod plugin;
-mod serve;
+pub mod serve;
 mod swarm;
 mod up;
 

@@ -21,6 +21,12 @@ pub enum PluginCommand {
     },
     /// Run one plugin in the foreground until SIGTERM/SIGINT (the managed plugins' entrypoint).
     Serve(ServeArgs),
+    /// The plugins this build knows (its registry): name, interfaces, the binary that runs it, and
+    /// where the swarm bundle runs it.
+    Builtin {
+        #[command(flatten)]
+        out: OutputFlags,
+    },
     /// Create a Docker managed plugin from a context directory (config.json + rootfs/), without
     /// the docker CLI: the context is sent as a tar to the engine's POST /plugins/create.
     #[command(
@@ -51,6 +57,50 @@ pub async fn run(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Ls { out } => ls(out.format()).await,
         PluginCommand::Serve(_) => unreachable_serve(),
         PluginCommand::Create { name, dir } => create(&name, &dir).await,
+        PluginCommand::Builtin { out } => builtin(out.format()),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BuiltinRow {
+    name: &'static str,
+    implements: Vec<String>,
+    binary: &'static str,
+    runs_on: &'static str,
+}
+
+fn builtin(format: Format) -> Result<()> {
+    let rows: Vec<BuiltinRow> = crate::registry::PLUGINS
+        .iter()
+        .map(|e| BuiltinRow {
+            name: e.name,
+            implements: e.interfaces.iter().map(|i| i.to_string()).collect(),
+            binary: e.binary(),
+            runs_on: if e.managers_only {
+                "managers"
+            } else {
+                "every node"
+            },
+        })
+        .collect();
+    match format {
+        Format::Json => output::json(&rows),
+        Format::Quiet => output::lines(rows.into_iter().map(|r| r.name.to_string())),
+        Format::Table => output::table(
+            &["NAME", "INTERFACES", "BINARY", "ON A SWARM"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.to_string(),
+                        r.implements.join(","),
+                        r.binary.to_string(),
+                        r.runs_on.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 

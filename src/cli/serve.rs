@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use infrakit_controller::{FileStore, GroupController, Options};
 use infrakit_flavor_combo::ComboFlavor;
 use infrakit_flavor_swarm::{Role as SwarmRole, SwarmFlavor};
@@ -22,39 +22,7 @@ use infrakit_sdk::discovery::{self, PluginsDir};
 use infrakit_sdk::resolve::DiscoveryResolver;
 use infrakit_sdk::rpc::server::{Plugins, Server};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Kind {
-    /// The group controller: keeps committed groups as their specs say.
-    Group,
-    /// Instances are JSON files in a directory (--dir).
-    InstanceFile,
-    /// Instances are containers on the Docker engine at DOCKER_HOST (default /var/run/docker.sock).
-    InstanceDocker,
-    /// Adds Init lines, Tags and Attachments from its properties; healthy unless the instance
-    /// plugin's description says otherwise (a container exited, dead, or failing its HEALTHCHECK).
-    FlavorVanilla,
-    /// Runs a list of child flavors in order and merges what they add.
-    FlavorCombo,
-    /// ZooKeeper ensemble members (pets: logical IDs are their IPv4 addresses).
-    FlavorZookeeper,
-    /// Docker hosts in a swarm: `flavor-swarm/manager` (pets: logical IDs are their IPv4
-    /// addresses) and `flavor-swarm/worker`; asks the swarm through the engine at DOCKER_HOST.
-    FlavorSwarm,
-}
-
-impl Kind {
-    fn default_name(self) -> &'static str {
-        match self {
-            Kind::Group => "group",
-            Kind::InstanceFile => "instance-file",
-            Kind::InstanceDocker => "instance-docker",
-            Kind::FlavorVanilla => "flavor-vanilla",
-            Kind::FlavorCombo => "flavor-combo",
-            Kind::FlavorZookeeper => "flavor-zookeeper",
-            Kind::FlavorSwarm => "flavor-swarm",
-        }
-    }
-}
+use crate::registry::{Start, Starting};
 
 /// The group controller's knobs, shared by `plugin serve group` and `up`.
 #[derive(Args, Debug, Clone)]
@@ -129,10 +97,10 @@ impl ControllerArgs {
     infrakit plugin serve flavor-combo --socket /run/docker/plugins/combo.sock"
 )]
 pub struct ServeArgs {
-    /// Which plugin to run.
-    #[arg(value_enum)]
-    pub kind: Kind,
-    /// The name others find it by (default: the kind, e.g. instance-file).
+    /// Which plugin to run (src/registry.rs lists them).
+    #[arg(value_name = "PLUGIN", value_parser = crate::registry::serve_values())]
+    pub kind: String,
+    /// The name others find it by (default: the plugin's, e.g. instance-file).
     #[arg(long)]
     pub name: Option<String>,
     /// Socket path (default: <plugins dir>/<name>.sock).
@@ -201,19 +169,25 @@ pub fn socket_for(name: &str, explicit: Option<&PathBuf>) -> PathBuf {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| args.kind.default_name().to_string());
+    let entry = crate::registry::find(&args.kind)?;
+    let start = match entry.start {
+        Start::InProcess(start) => start,
+        Start::Binary(binary) => anyhow::bail!(
+            "{} runs as a binary of its own: run {binary} (beside infrakit in the build output, \
+             e.g. target/release/{binary}); its managed plugin's rootfs holds it",
+            entry.name
+        ),
+    };
+    let name = args.name.clone().unwrap_or_else(|| entry.name.to_string());
     discovery::validate_name(&name)?;
     let socket = socket_for(&name, args.socket.as_ref());
     let server = Server::bind(&socket).with_context(|| format!("cannot serve plugin '{name}'"))?;
-    let plugins = build(&args).await?;
+    let plugins = start(&args).await?;
     let _metrics = match args.metrics_listen {
         Some(addr) => Some(infrakit_sdk::metrics::serve_tcp(addr).await?),
         None => None,
     };
-    tracing::info!(name, kind = ?args.kind, socket = %socket.display(), "plugin ready");
+    tracing::info!(name, plugin = entry.name, socket = %socket.display(), "plugin ready");
     server.serve(plugins).await?;
     Ok(())
 }
@@ -246,62 +220,85 @@ async fn swarm_engine(mode: SwarmMode) -> Result<Option<infrakit_docker::Engine>
     }
 }
 
-async fn build(args: &ServeArgs) -> Result<Plugins> {
-    Ok(match args.kind {
-        Kind::Group => {
-            let mut options = args.controller.options()?;
-            let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
-            let controller = match swarm_engine(args.controller.swarm).await? {
-                Some(engine) => {
-                    use infrakit_manager::{swarm_leader as leader, SwarmStore};
-                    tracing::info!(engine = %engine.address(), poll = ?options.poll_interval,
-                        "group controller in swarm mode: groups in the swarm's store, acting while this node leads");
-                    options.shared_store = true;
-                    let leadership =
-                        leader::SwarmLeadership::start(engine.clone(), leader::POLL).await;
-                    GroupController::start(
-                        resolver,
-                        Box::new(SwarmStore::new(engine)),
-                        leadership,
-                        options,
-                    )
-                    .await?
-                }
-                None => {
-                    let store = args.controller.open_store()?;
-                    tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
-                    let leadership = Arc::new(infrakit_controller::leader::Always::new());
-                    GroupController::start(resolver, Box::new(store), leadership, options).await?
-                }
-            };
-            Plugins::new().group(controller)
-        }
-        Kind::InstanceFile => {
-            let dir = args
-                .dir
-                .clone()
-                .unwrap_or_else(infrakit_instance_file::default_dir);
-            let plugin = FileInstancePlugin::new(&dir)
-                .with_context(|| format!("cannot use instance directory {}", dir.display()))?
-                .with_sync(args.sync);
-            tracing::info!(dir = %dir.display(), "instance files");
-            Plugins::new().instance(plugin)
-        }
-        Kind::InstanceDocker => {
-            // No engine check here: the socket is already bound, and an engine that comes up
-            // later is found on the first call (each call says clearly when there is none).
-            let plugin = DockerInstancePlugin::from_env()?;
-            tracing::info!(engine = %plugin.engine().address(), "docker instances");
-            Plugins::new().instance(plugin)
-        }
-        Kind::FlavorVanilla => Plugins::new().flavor(VanillaFlavor::new()),
-        Kind::FlavorCombo => {
-            let resolver = DiscoveryResolver::new(infrakit_docker::discovery_from_env());
-            Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver)))
-        }
-        Kind::FlavorZookeeper => Plugins::new().flavor(ZooKeeperFlavor::new()),
-        Kind::FlavorSwarm => Plugins::new()
+/// `group`: the group controller, on the swarm's store and leadership on a swarm manager (see
+/// `--swarm`), else on the file store.
+pub fn group(args: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move {
+        let mut options = args.controller.options()?;
+        let resolver = Arc::new(DiscoveryResolver::new(infrakit_docker::discovery_from_env()));
+        let controller = match swarm_engine(args.controller.swarm).await? {
+            Some(engine) => {
+                use infrakit_manager::{swarm_leader as leader, SwarmStore};
+                tracing::info!(engine = %engine.address(), poll = ?options.poll_interval,
+                    "group controller in swarm mode: groups in the swarm's store, acting while this node leads");
+                options.shared_store = true;
+                let leadership = leader::SwarmLeadership::start(engine.clone(), leader::POLL).await;
+                GroupController::start(
+                    resolver,
+                    Box::new(SwarmStore::new(engine)),
+                    leadership,
+                    options,
+                )
+                .await?
+            }
+            None => {
+                let store = args.controller.open_store()?;
+                tracing::info!(store = %store.dir().display(), poll = ?options.poll_interval, "group controller");
+                let leadership = Arc::new(infrakit_controller::leader::Always::new());
+                GroupController::start(resolver, Box::new(store), leadership, options).await?
+            }
+        };
+        Ok(Plugins::new().group(controller))
+    })
+}
+
+/// `instance-file`: instances are files in `--dir`.
+pub fn instance_file(args: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move {
+        let dir = args
+            .dir
+            .clone()
+            .unwrap_or_else(infrakit_instance_file::default_dir);
+        let plugin = FileInstancePlugin::new(&dir)
+            .with_context(|| format!("cannot use instance directory {}", dir.display()))?
+            .with_sync(args.sync);
+        tracing::info!(dir = %dir.display(), "instance files");
+        Ok(Plugins::new().instance(plugin))
+    })
+}
+
+/// `instance-docker`: instances are containers on the engine at DOCKER_HOST.
+pub fn instance_docker(_: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move {
+        // No engine check here: the socket is already bound, and an engine that comes up later is
+        // found on the first call (each call says clearly when there is none).
+        let plugin = DockerInstancePlugin::from_env()?;
+        tracing::info!(engine = %plugin.engine().address(), "docker instances");
+        Ok(Plugins::new().instance(plugin))
+    })
+}
+
+pub fn flavor_vanilla(_: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move { Ok(Plugins::new().flavor(VanillaFlavor::new())) })
+}
+
+/// `flavor-combo`: its children are found through discovery, as the controller finds plugins.
+pub fn flavor_combo(_: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move {
+        let resolver = DiscoveryResolver::new(infrakit_docker::discovery_from_env());
+        Ok(Plugins::new().flavor(ComboFlavor::new(Arc::new(resolver))))
+    })
+}
+
+pub fn flavor_zookeeper(_: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move { Ok(Plugins::new().flavor(ZooKeeperFlavor::new())) })
+}
+
+/// `flavor-swarm`: two sub-types, `flavor-swarm/manager` and `flavor-swarm/worker`.
+pub fn flavor_swarm(_: &ServeArgs) -> Starting<'_> {
+    Box::pin(async move {
+        Ok(Plugins::new()
             .flavor_type("manager", Arc::new(SwarmFlavor::new(SwarmRole::Manager)))
-            .flavor_type("worker", Arc::new(SwarmFlavor::new(SwarmRole::Worker))),
+            .flavor_type("worker", Arc::new(SwarmFlavor::new(SwarmRole::Worker))))
     })
 }

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use infrakit_docker::swarm::bundle::{self, Bundle, BundlePlugin, NodeInfo, Progress, PLUGINS};
+use infrakit_docker::swarm::bundle::{self, Bundle, BundlePlugin, NodeInfo, Progress};
 use infrakit_docker::swarm::services::{PluginService, BUNDLE_LABEL, PLUGIN_LABEL};
 use infrakit_docker::Engine;
+
+use crate::registry;
 use serde::Serialize;
 
 use super::OutputFlags;
@@ -139,7 +141,8 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             if rollout.push {
                 push(&engine, &bundle, rollout.binary.as_deref()).await?;
             }
-            for plugin in PLUGINS {
+            for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+                let plugin = &plugin;
                 // Settings stay what the first install gave (the engine applies Env only then).
                 let current = existing.get(plugin.name);
                 let env = current
@@ -168,7 +171,8 @@ pub async fn deploy(
         push(engine, bundle, rollout.binary.as_deref()).await?;
     }
     let existing = services_by_plugin(engine, &bundle.name).await?;
-    for plugin in PLUGINS {
+    for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+        let plugin = &plugin;
         // The bundle's own settings first, the user's after (the later one wins).
         let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
         all.extend(env.get(plugin.name).cloned().unwrap_or_default());
@@ -210,7 +214,7 @@ fn parse_env(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
         let Some((plugin, setting)) = item.split_once(':') else {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         };
-        bundle::plugin(plugin)?;
+        registry::find(plugin)?;
         if !setting.contains('=') || setting.starts_with('=') {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         }
@@ -256,9 +260,15 @@ async fn push(engine: &Engine, bundle: &Bundle, binary: Option<&std::path::Path>
             binary.display()
         );
     }
-    for plugin in PLUGINS {
+    for entry in registry::PLUGINS {
+        let plugin = &entry.bundle();
         let remote = bundle.remote(plugin);
         let started = Instant::now();
+        // A plugin with a binary of its own finds it beside infrakit's.
+        let binary = match entry.start {
+            registry::Start::InProcess(_) => binary.clone(),
+            registry::Start::Binary(own) => binary.with_file_name(own),
+        };
         let context = infrakit_docker::create::context_from(plugin.manifest, &binary, &remote)?;
         engine.remove_plugin(&remote).await?;
         engine.create_plugin(&remote, context).await?;
