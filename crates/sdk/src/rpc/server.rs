@@ -408,20 +408,12 @@ impl Router {
                 "the handler of /{path} failed: {e}"
             )))
         });
-        // A poll answered early to make room closes its connection: that is the room.
-        let close = work.as_ref().is_some_and(WorkStarted::close_after_reply);
-        match result {
-            Ok(json) => {
-                let mut reply = Response::builder()
-                    .status(StatusCode::OK)
-                    .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE);
-                if close {
-                    reply = reply.header(hyper::header::CONNECTION, "close");
-                }
-                reply
-                    .body(Full::new(json))
-                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-            }
+        let mut reply = match result {
+            Ok(json) => Response::builder()
+                .status(StatusCode::OK)
+                .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(Full::new(json))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
             Err(e) => {
                 if e.kind == ErrorKind::Internal {
                     tracing::warn!(method = %path, "{}", e.message);
@@ -434,7 +426,16 @@ impl Router {
                     &e.message,
                 )
             }
+        };
+        // A poll answered early to make room, or refused over the budget, closes its connection:
+        // that is the room, and a refused poller comes back later rather than sit idle on it.
+        if work.as_ref().is_some_and(WorkStarted::close_after_reply) {
+            reply.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
         }
+        reply
     }
 
     async fn route(&self, path: &str, body: &[u8], poll: Option<WorkStarted>) -> Result<Bytes> {
