@@ -417,3 +417,144 @@ fn a_real_prometheus_scrapes_the_group_plugin() {
         "Prometheus's infrakit_group_target vs describe's Target"
     );
 }
+
+/// A pets group whose commit plan lists `n` logical IDs of 250 bytes each.
+fn pets_spec(n: usize) -> String {
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("{i:05}-{}", "p".repeat(244)))
+        .collect();
+    json!({"ID": "ev", "Properties": {
+        "Allocation": {"LogicalIDs": ids},
+        "Instance": {"Plugin": "instance-file", "Properties": {"Note": "pets"}},
+        "Flavor": {"Plugin": "flavor-vanilla"}
+    }})
+    .to_string()
+}
+
+/// Issue 22, items 2 and 3: a commit whose plan lists 200 pets of 250 bytes (50 KB) used to be
+/// one 50 KB event (and a 448 KiB spec, a 430 KB one per commit, kept 10,000 times). Every event
+/// is now small, says what was cut, and the stream is read in bounded pages, none missing.
+#[test]
+fn a_big_commit_makes_a_small_event_and_the_stream_is_read_in_bounded_pages() {
+    let w = World::new();
+    let Stack {
+        group,
+        files: _files,
+        vanilla: _vanilla,
+    } = stack(&w, &[]);
+    let pets = w.write("pets.json", &pets_spec(200));
+    w.ok(&["group", "commit", pets.to_str().unwrap()]);
+    wait_until("200 pets", Duration::from_secs(120), || {
+        let d = describe(&w);
+        d["Converged"] == true && d["Instances"].as_array().map(Vec::len) == Some(200)
+    });
+
+    let lines = events(&w);
+    let biggest = lines.iter().map(|e| e.to_string().len()).max().unwrap_or(0);
+    println!(
+        "{} events; the biggest is {biggest} bytes as JSON",
+        lines.len()
+    );
+    assert!(
+        biggest <= 2048,
+        "an event of {biggest} bytes: events must not carry whole plans or specs"
+    );
+    let commit = lines
+        .iter()
+        .find(|e| e["Kind"] == "commit")
+        .expect("the commit's event");
+    assert!(
+        commit["Message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("more bytes)")),
+        "the commit's event says it was cut: {commit}"
+    );
+    let seqs: Vec<u64> = lines.iter().filter_map(|e| e["Seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|p| p[1] == p[0] + 1) && seqs.first() == Some(&1),
+        "every event once, in order (paged): {seqs:?}"
+    );
+
+    // One reply is a page: bounded in bytes whatever is kept.
+    let page = request(
+        &group.socket,
+        "POST",
+        "/Group.Events",
+        br#"{"Cursor": 0, "TimeoutMs": 0}"#,
+    )
+    .expect("Events");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.len() <= 1024 * 1024 + 4096, "{}", page.body.len());
+}
+
+/// Issue 22, item 6: a `--since` longer than the clock is a clear error, not an overflow panic.
+#[test]
+fn a_since_longer_than_the_clock_is_a_clear_error() {
+    let w = World::new();
+    let _stack = stack(&w, &[]);
+    for huge in ["500000000000y", "18446744073709551615s"] {
+        let out = w.run(&["group", "events", "--since", huge, "--no-follow"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--since {huge}: not a usage error ({:?}): {stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains("--since") && stderr.contains("e.g. 10m"),
+            "--since {huge}: {stderr}"
+        );
+    }
+}
+
+/// Issue 22, item 5: label values never come from a request. A path with a quote or a backslash
+/// and hundreds of distinct unknown paths are all counted as method "other"; the page stays valid
+/// and does not grow with them.
+#[test]
+fn metric_labels_come_from_a_fixed_set_whatever_the_paths_asked() {
+    let w = World::new();
+    let Stack { files, .. } = stack(&w, &[]);
+    let socket = &files.socket;
+    for path in ["/foo\"bar", "/a\\b", "/Instance.Nosuch", "/Plugin.Nosuch"] {
+        let r = request(socket, "POST", path, b"{}").expect("POST");
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
+    let before = request(socket, "GET", "/metrics", b"")
+        .expect("metrics")
+        .body;
+    let long = "x".repeat(2000);
+    for i in 0..300 {
+        let r = request(socket, "POST", &format!("/u{i}-{long}"), b"{}").expect("POST");
+        assert_eq!(r.status, 404);
+    }
+    let after = request(socket, "GET", "/metrics", b"")
+        .expect("metrics")
+        .body;
+    println!(
+        "/metrics: {} bytes before 300 distinct unknown paths, {} after",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        !after.contains("foo") && !after.contains("a\\b") && !after.contains("xxxx"),
+        "a label value came from a request path:\n{}",
+        after.get(..2000).unwrap_or(&after)
+    );
+    assert!(
+        after.contains(r#"method="other""#),
+        "unknown methods are counted as other:\n{after}"
+    );
+    assert!(
+        after.len() < before.len() + 4096,
+        "/metrics grew from {} to {} bytes with unknown paths",
+        before.len(),
+        after.len()
+    );
+    // Still a valid page for a scraper.
+    let parsed = samples(&after);
+    assert!(
+        parsed.keys().any(|k| k.starts_with("infrakit_rpc_served")),
+        "{parsed:?}"
+    );
+}

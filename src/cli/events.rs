@@ -1,15 +1,38 @@
 //! `infrakit group events`: the group controller's event stream, followed (long polls of
 //! `Group.Events`) and printed for a person, or as JSON lines.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use infrakit_sdk::rpc::connections::is_long_polls_full;
 use infrakit_sdk::spi::group::{Event, GroupPlugin};
 
 use crate::output::{errln, outln};
 
 /// How long one long poll waits for an event.
 const WAIT: Duration = Duration::from_secs(25);
+
+/// How long a follower waits before asking again when the plugin already holds its limit of long
+/// polls (`MAX_LONG_POLLS`): followers beyond it take turns instead of hammering the plugin, and
+/// the cursor keeps their place, so nothing is missed while the ring keeps it.
+const BUSY_PAUSE: Duration = Duration::from_secs(2);
+
+/// `--since`: a duration (humantime: `10m`, `1h`, `2d`) that reaches no further back than 1970,
+/// so that "now minus it" is a time; anything longer is an error, not an overflow.
+pub fn parse_since(text: &str) -> std::result::Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 10m, 1h or 2d)"))?;
+    let reaches = SystemTime::now()
+        .checked_sub(d)
+        .is_some_and(|t| t >= UNIX_EPOCH);
+    if reaches {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{text} reaches back before 1970; events are kept in memory for far less              (write e.g. 10m, 1h or 2d)"
+        ))
+    }
+}
 
 /// One event as a line for a person: `01:02:03.456 web provision-finished instance-1a2b (fill) in 12 ms`.
 pub fn line(e: &Event) -> String {
@@ -41,12 +64,17 @@ pub async fn follow(
     follow: bool,
     json: bool,
 ) -> Result<()> {
-    let oldest = since.map(|s| SystemTime::now() - s);
+    let oldest = match since {
+        Some(s) => Some(SystemTime::now().checked_sub(s).ok_or_else(|| {
+            anyhow::anyhow!("--since {s:?} reaches back before the clock's start")
+        })?),
+        None => None,
+    };
     let mut cursor = 0;
     if oldest.is_none() {
-        // Only what happens from now on: skip what is kept.
+        // Only what happens from now on: skip what is kept (page by page).
         loop {
-            let batch = plugin.events(cursor, group, Duration::ZERO).await?;
+            let batch = poll(plugin, cursor, group, Duration::ZERO).await?;
             if batch.events.is_empty() && batch.next == cursor {
                 break;
             }
@@ -55,7 +83,7 @@ pub async fn follow(
     }
     loop {
         let wait = if follow { WAIT } else { Duration::ZERO };
-        let batch = plugin.events(cursor, group, wait).await?;
+        let batch = poll(plugin, cursor, group, wait).await?;
         if batch.lost > 0 {
             errln!("infrakit: {} event(s) were no longer kept by the group plugin (read faster, or use its metrics)", batch.lost);
         }
@@ -78,9 +106,45 @@ pub async fn follow(
     }
 }
 
+/// One `Group.Events` call (a page of at most `MAX_BATCH` events / `MAX_BATCH_BYTES`); when the
+/// plugin holds its limit of long polls, waits [`BUSY_PAUSE`] and asks again (saying so once).
+async fn poll(
+    plugin: &dyn GroupPlugin,
+    cursor: u64,
+    group: Option<&str>,
+    wait: Duration,
+) -> Result<infrakit_sdk::spi::group::EventBatch> {
+    let mut said = false;
+    loop {
+        match plugin.events(cursor, group, wait).await {
+            Err(e) if is_long_polls_full(&e) => {
+                if !said {
+                    errln!("infrakit: {e}; waiting for a turn");
+                    said = true;
+                }
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            answered => return Ok(answered?),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_longer_than_the_clock_is_an_error_not_a_panic() {
+        for huge in ["500000000000y", "18446744073709551615s", "600y"] {
+            let e = parse_since(huge).expect_err(huge);
+            assert!(
+                e.contains("before 1970") || e.contains("overflow"),
+                "{huge}: {e}"
+            );
+        }
+        assert_eq!(parse_since("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_since("ten").unwrap_err().contains("e.g. 10m"));
+    }
 
     #[test]
     fn a_line_for_a_person() {

@@ -87,7 +87,7 @@ pub enum GroupCommand {
     Events {
         id: Option<String>,
         /// Also show the events of this last stretch of time still kept (e.g. 10m, 1h).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = super::events::parse_since)]
         since: Option<Duration>,
         /// Print what is kept and exit instead of following.
         #[arg(long)]

@@ -3,6 +3,12 @@
 //! event. A reader hands back the sequence it saw last; one that fell behind the ring is told how
 //! many events it lost. Events are not persisted: after a restart the stream starts again (the
 //! group's state itself is in the store).
+//!
+//! Bounded three ways, because what goes into an event can be large (a commit's plan lists every
+//! logical ID it will provision, a plugin's error may echo what it was given): each text is cut to
+//! [`MAX_MESSAGE_BYTES`] / [`MAX_FIELD_BYTES`], the ring keeps at most [`CAPACITY`] events and
+//! [`MAX_RING_BYTES`], and one reply carries at most [`MAX_BATCH`] events and [`MAX_BATCH_BYTES`]
+//! (the reader pages on with the cursor).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -11,10 +17,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use infrakit_sdk::spi::group::{Event, EventBatch};
 use tokio::sync::Notify;
 
-/// Events kept (about 200 bytes each: a few MB at most).
+/// Events kept at most (most are about 200 bytes).
 pub const CAPACITY: usize = 10_000;
+/// Bytes of events kept at most (each counted as its texts plus [`EVENT_OVERHEAD`]): the oldest go
+/// first when a new one would pass it.
+pub const MAX_RING_BYTES: usize = 4 * 1024 * 1024;
 /// Events returned by one call at most.
 pub const MAX_BATCH: usize = 1_000;
+/// Bytes of events returned by one call at most (one event is always returned, whatever its size,
+/// so a reader always moves on).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// An event's message is cut to this many bytes (at a character boundary, saying how much was cut).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Each other text of an event (group, kind, instance, logical ID, cause) is cut to this.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// What one event costs beyond its texts (sequence number, the strings' headers): counted so that
+/// many tiny events also stay within [`MAX_RING_BYTES`].
+pub const EVENT_OVERHEAD: usize = 200;
 
 #[derive(Default)]
 pub struct EventLog {
@@ -25,8 +44,39 @@ pub struct EventLog {
 #[derive(Default)]
 struct Ring {
     events: VecDeque<Event>,
+    /// What the events kept weigh ([`weight`]).
+    bytes: usize,
     /// The sequence number of the last event added (0: none yet).
     last: u64,
+}
+
+/// What an event counts for against [`MAX_RING_BYTES`] and [`MAX_BATCH_BYTES`].
+fn weight(e: &Event) -> usize {
+    EVENT_OVERHEAD
+        + [
+            &e.time,
+            &e.group,
+            &e.kind,
+            &e.instance,
+            &e.logical_id,
+            &e.cause,
+            &e.message,
+        ]
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>()
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying how many were left out.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..end], text.len() - end)
 }
 
 /// What happened, to whom, and why.
@@ -41,7 +91,8 @@ pub struct What<'a> {
 impl EventLog {
     /// Adds an event and wakes the readers waiting for one.
     pub fn emit(&self, group: &str, what: What<'_>, message: impl Into<String>) {
-        let message = message.into();
+        let message = bounded(&message.into(), MAX_MESSAGE_BYTES);
+        let field = |s: &str| bounded(s, MAX_FIELD_BYTES);
         {
             let mut ring = match self.ring.lock() {
                 Ok(r) => r,
@@ -51,16 +102,22 @@ impl EventLog {
             let event = Event {
                 seq: ring.last,
                 time: rfc3339_millis(SystemTime::now()),
-                group: group.to_string(),
-                kind: what.kind.to_string(),
-                instance: what.instance.to_string(),
-                logical_id: what.logical_id.to_string(),
-                cause: what.cause.to_string(),
+                group: field(group),
+                kind: field(what.kind),
+                instance: field(what.instance),
+                logical_id: field(what.logical_id),
+                cause: field(what.cause),
                 message,
             };
-            if ring.events.len() == CAPACITY {
-                ring.events.pop_front();
+            let bytes = weight(&event);
+            while ring.events.len() == CAPACITY
+                || (!ring.events.is_empty() && ring.bytes + bytes > MAX_RING_BYTES)
+            {
+                if let Some(old) = ring.events.pop_front() {
+                    ring.bytes -= weight(&old);
+                }
             }
+            ring.bytes += bytes;
             ring.events.push_back(event);
         }
         self.added.notify_waiters();
@@ -98,14 +155,20 @@ impl EventLog {
         };
         let mut next = cursor.max(first.saturating_sub(1));
         let mut events = Vec::new();
-        for e in ring.events.iter().filter(|e| e.seq > cursor) {
-            if events.len() == MAX_BATCH {
-                break;
-            }
-            next = e.seq;
+        let mut bytes = 0;
+        // The ring is in sequence order: start at the first event after the cursor.
+        let start = ring.events.partition_point(|e| e.seq <= cursor);
+        for e in ring.events.range(start..) {
             if group.is_none_or(|g| g == e.group) {
+                let w = weight(e);
+                if events.len() == MAX_BATCH || (!events.is_empty() && bytes + w > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += w;
                 events.push(e.clone());
             }
+            next = e.seq;
         }
         EventBatch { events, next, lost }
     }
@@ -184,6 +247,51 @@ mod tests {
         // A cursor from another life of the controller starts over.
         let fresh = log.after(u64::MAX, None, Duration::ZERO).await;
         assert_eq!(fresh.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn big_events_are_cut_and_the_ring_and_each_page_stay_within_their_bytes() {
+        let log = EventLog::default();
+        let plan = "pet-".repeat(100_000);
+        for _ in 0..2_000 {
+            log.emit("g", kind("commit"), plan.clone());
+        }
+        let kept = {
+            let ring = log.ring.lock().expect("ring");
+            assert_eq!(ring.bytes, ring.events.iter().map(weight).sum::<usize>());
+            ring.bytes
+        };
+        assert!(kept <= MAX_RING_BYTES, "the ring holds {kept} bytes");
+        let mut cursor = 0;
+        let mut read = 0;
+        loop {
+            let page = log.after(cursor, None, Duration::ZERO).await;
+            let size = serde_json::to_vec(&page).expect("json").len();
+            assert!(size <= 2 * MAX_BATCH_BYTES, "a page of {size} bytes");
+            for e in &page.events {
+                assert!(e.message.len() <= MAX_MESSAGE_BYTES, "{}", e.message.len());
+                assert!(e.message.ends_with("more bytes)"), "says it was cut");
+            }
+            read += page.events.len();
+            if page.events.is_empty() {
+                break;
+            }
+            cursor = page.next;
+        }
+        assert_eq!(cursor, 2_000, "paging reaches the end");
+        assert!(read > 0);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_page_skips_others_events_without_counting_them() {
+        let log = EventLog::default();
+        for i in 0..(MAX_BATCH * 3) {
+            let g = if i % 3 == 0 { "a" } else { "b" };
+            log.emit(g, kind("x"), "m");
+        }
+        let page = log.after(0, Some("a"), Duration::ZERO).await;
+        assert_eq!(page.events.len(), MAX_BATCH, "a page of a's events is full");
+        assert!(page.events.iter().all(|e| e.group == "a"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use infrakit_group::core::Status;
-use infrakit_sdk::metrics::{latency_histogram, register, Labels};
+use infrakit_sdk::metrics::{label, latency_histogram, register, Labels};
 use infrakit_sdk::spi::flavor::Health;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,11 +39,11 @@ const UPDATE_STATES: [&str; 5] = [
 ];
 
 fn group(id: &str) -> Labels {
-    vec![("group".to_string(), id.to_string())]
+    vec![label("group", id)]
 }
 
 fn with(mut labels: Labels, name: &str, value: &str) -> Labels {
-    labels.push((name.to_string(), value.to_string()));
+    labels.push(label(name, value));
     labels
 }
 

@@ -5,6 +5,12 @@
 //!
 //! Encoding is prometheus-client's (the project's choice of crate: maintained by the Prometheus
 //! organisation, OpenMetrics-conformant text, no global macros).
+//!
+//! Label values: prometheus-client writes them as given, so every one is made with [`label`],
+//! which escapes `\`, `"` and newlines (one stray quote would make a scraper reject the whole
+//! page). And none comes straight from a request: a method a client names is counted under its
+//! own name only if the protocol has it, otherwise as [`OTHER`] (a client naming endless distinct
+//! paths must not grow the registry, or `/metrics`, without bound).
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -15,8 +21,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 
-/// Labels as name/value pairs (a `Family` key).
+/// Labels as name/value pairs (a `Family` key); build each pair with [`label`].
 pub type Labels = Vec<(String, String)>;
+
+/// The label value under which calls to methods the protocol does not have are counted.
+pub const OTHER: &str = "other";
+
+/// A label pair, its value escaped for the text format (`\` -> `\\`, `"` -> `\"`, newline ->
+/// `\n`), as the exposition format asks.
+pub fn label(name: &str, value: &str) -> (String, String) {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    (name.to_string(), escaped)
+}
 
 /// Latency buckets from 0.5 ms to about 33 s (doubling), for calls and actions alike.
 pub fn latency_histogram() -> Histogram {
@@ -100,12 +124,13 @@ fn outcome<T>(r: &crate::Result<T>) -> String {
     }
 }
 
-/// Records a call this process answered.
+/// Records a call this process answered; `method` is one the protocol has, or [`OTHER`] (the
+/// server maps what a client sent).
 pub fn served<T>(method: &str, took: Duration, result: &crate::Result<T>) {
     let rpc = rpc();
-    let m = vec![("method".to_string(), method.to_string())];
+    let m = vec![label("method", method)];
     let mut with_outcome = m.clone();
-    with_outcome.push(("outcome".to_string(), outcome(result)));
+    with_outcome.push(label("outcome", &outcome(result)));
     rpc.served.get_or_create(&with_outcome).inc();
     rpc.served_seconds
         .get_or_create(&m)
@@ -115,12 +140,9 @@ pub fn served<T>(method: &str, took: Duration, result: &crate::Result<T>) {
 /// Records a call this process made to `plugin`.
 pub fn made<T>(plugin: &str, method: &str, took: Duration, result: &crate::Result<T>) {
     let rpc = rpc();
-    let m = vec![
-        ("plugin".to_string(), plugin.to_string()),
-        ("method".to_string(), method.to_string()),
-    ];
+    let m = vec![label("plugin", plugin), label("method", method)];
     let mut with_outcome = m.clone();
-    with_outcome.push(("outcome".to_string(), outcome(result)));
+    with_outcome.push(label("outcome", &outcome(result)));
     rpc.made.get_or_create(&with_outcome).inc();
     rpc.made_seconds
         .get_or_create(&m)
@@ -207,5 +229,14 @@ mod tests {
             text.contains("infrakit_rpc_served_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("m", r#"a"b\c"#).1, r#"a\"b\\c"#);
+        assert_eq!(label("m", "x\ny").1, r"x\ny");
+        made::<()>("we\"ird\\", "Flavor.Healthy", Duration::ZERO, &Ok(()));
+        let text = render();
+        assert!(text.contains(r#"plugin="we\"ird\\""#), "{text}");
     }
 }

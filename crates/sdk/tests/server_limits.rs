@@ -1,7 +1,9 @@
 //! The server's connection limits, with short limits so each takes well under a second to hit:
 //! idle and half-sent connections are closed, a full server makes room for a new client, a
 //! half-closed request gets its reply, a slow body gets 408, and the SDK's pooled client rides over
-//! connections the server closed without failing a call or sending one twice.
+//! connections the server closed without failing a call or sending one twice. Long polls
+//! (`Instance.Changes`) have a budget of their own, end when their client hangs up, are answered
+//! early to make room at the cap, and a half-closed one still gets its answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use infrakit_sdk::rpc::client::{Endpoint, FlavorClient};
 use infrakit_sdk::rpc::server::{Limits, Plugins, Server};
+use infrakit_sdk::spi::changes::ChangeFeed;
 use infrakit_sdk::spi::flavor::{AllocationMethod, FlavorPlugin, Health, Index};
-use infrakit_sdk::spi::instance::{Description, Spec};
+use infrakit_sdk::spi::instance::{
+    Changes, Description, DestroyContext, InstanceId, InstancePlugin, Spec, Tags,
+};
 use infrakit_sdk::Result;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,10 +61,37 @@ impl FlavorPlugin for Counting {
     }
 }
 
+/// An instance plugin that only reports changes (from its [`ChangeFeed`]), for long polls.
+#[derive(Default, Clone)]
+struct Feed(Arc<ChangeFeed>);
+
+#[async_trait]
+impl InstancePlugin for Feed {
+    async fn validate(&self, _: &Value) -> Result<()> {
+        Ok(())
+    }
+    async fn provision(&self, _: Spec) -> Result<InstanceId> {
+        Ok(InstanceId::from("i-1"))
+    }
+    async fn label(&self, _: &str, _: Tags) -> Result<()> {
+        Ok(())
+    }
+    async fn destroy(&self, _: &str, _: DestroyContext) -> Result<()> {
+        Ok(())
+    }
+    async fn describe_instances(&self, _: &Tags, _: bool) -> Result<Vec<Description>> {
+        Ok(Vec::new())
+    }
+    async fn changes(&self, cursor: &str, timeout: Duration) -> Result<Changes> {
+        self.0.wait(cursor, timeout).await
+    }
+}
+
 struct Served {
     _tmp: tempfile::TempDir,
     socket: PathBuf,
     plugin: Counting,
+    feed: Feed,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
 }
@@ -69,10 +101,11 @@ impl Served {
         let tmp = tempfile::tempdir().expect("temp dir");
         let socket = tmp.path().join("limits.sock");
         let plugin = Counting::default();
+        let feed = Feed::default();
         let server = Server::bind(&socket).expect("bind").with_limits(limits);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve_until(
-            Plugins::new().flavor(plugin.clone()),
+            Plugins::new().flavor(plugin.clone()).instance(feed.clone()),
             async move {
                 let _ = stopped.await;
             },
@@ -81,6 +114,7 @@ impl Served {
             _tmp: tmp,
             socket,
             plugin,
+            feed,
             stop: Some(stop),
             task: Some(task),
         }
@@ -337,4 +371,139 @@ async fn the_pooled_client_reconnects_when_the_server_closed_its_connection_and_
         "each call reached the plugin exactly once"
     );
     s.shutdown().await;
+}
+
+/// The feed's current cursor, from a zero-wait `Instance.Changes` (a short call).
+async fn cursor(socket: &Path) -> String {
+    let mut s = connect(socket).await;
+    let body = br#"{"Cursor": "", "TimeoutMs": 0}"#;
+    s.write_all(head("/Instance.Changes", body.len(), true).as_bytes())
+        .await
+        .expect("head");
+    s.write_all(body).await.expect("body");
+    let (reply, _) = read_to_close(&mut s).await;
+    let json = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    v["Cursor"].as_str().expect("a cursor").to_string()
+}
+
+/// Sends an `Instance.Changes` long poll for `cursor` (keep-alive) and returns the connection.
+async fn long_poll(socket: &Path, cursor: &str, wait_ms: u64) -> UnixStream {
+    let mut s = connect(socket).await;
+    let body = json!({"Cursor": cursor, "TimeoutMs": wait_ms}).to_string();
+    s.write_all(head("/Instance.Changes", body.len(), false).as_bytes())
+        .await
+        .expect("head");
+    s.write_all(body.as_bytes()).await.expect("body");
+    s
+}
+
+/// True when nothing arrives on `s` within `within` (the poll is held).
+async fn silent(s: &mut UnixStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    timeout(within, s.read(&mut byte)).await.is_err()
+}
+
+#[tokio::test]
+async fn a_long_poll_over_the_budget_is_refused_at_once_and_its_connection_closed() {
+    let served = Served::start(limits(|l| l.max_long_polls = 1));
+    let cursor = cursor(&served.socket).await;
+    let mut held = long_poll(&served.socket, &cursor, 30_000).await;
+    assert!(silent(&mut held, Duration::from_millis(200)).await, "held");
+    let mut refused = long_poll(&served.socket, &cursor, 30_000).await;
+    let (reply, took) = read_to_close(&mut refused).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.contains("1 long polls are held already, this plugin's limit"),
+        "{reply}"
+    );
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    // A zero-wait call is a short call: answered whatever the budget.
+    assert_eq!(self::cursor(&served.socket).await, cursor);
+    drop(held);
+    served.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hangs_up_gives_its_place_back_at_once() {
+    let served = Served::start(limits(|l| l.max_long_polls = 1));
+    let cursor = cursor(&served.socket).await;
+    let mut held = long_poll(&served.socket, &cursor, 30_000).await;
+    assert!(silent(&mut held, Duration::from_millis(200)).await, "held");
+    drop(held);
+    // The place is free again long before the abandoned poll's 30 s are up.
+    let start = Instant::now();
+    loop {
+        let mut next = long_poll(&served.socket, &cursor, 30_000).await;
+        if silent(&mut next, Duration::from_millis(100)).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the abandoned poll still holds the only place"
+        );
+    }
+    println!("place free again {:?} after the hang-up", start.elapsed());
+    served.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_closed_long_poll_still_gets_its_answer() {
+    let served = Served::start(Limits::default());
+    let cursor = cursor(&served.socket).await;
+    let mut held = long_poll(&served.socket, &cursor, 30_000).await;
+    held.shutdown().await.expect("half-close");
+    assert!(silent(&mut held, Duration::from_millis(300)).await, "held");
+    served.feed.0.changed();
+    let (reply, _) = read_to_close(&mut held).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""Changed":true"#), "{reply}");
+    served.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_the_cap_the_oldest_long_poll_is_answered_early_to_make_room() {
+    // Two connections: one long poll, one call at work; a third client must still get in.
+    let served = Served::start(limits(|l| {
+        l.max_connections = 2;
+        l.admit_wait = STEP;
+    }));
+    let cursor = cursor(&served.socket).await;
+    let mut poll = long_poll(&served.socket, &cursor, 30_000).await;
+    assert!(silent(&mut poll, Duration::from_millis(200)).await, "held");
+    let slow = {
+        let client = served.client();
+        tokio::spawn(async move {
+            client
+                .healthy(&json!({"SleepMs": 3000}), &Description::default())
+                .await
+        })
+    };
+    let start = Instant::now();
+    while served.plugin.healthy_calls.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < STEP, "the slow call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    let mut third = connect(&served.socket).await;
+    third
+        .write_all(head("/Plugin.Activate", 0, true).as_bytes())
+        .await
+        .expect("head");
+    let (reply, _) = read_to_close(&mut third).await;
+    let took = start.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the new client waited {took:?}"
+    );
+    let (answered, _) = read_to_close(&mut poll).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert!(
+        answered.to_ascii_lowercase().contains("connection: close"),
+        "{answered}"
+    );
+    assert!(answered.contains(r#""Changed":false"#), "{answered}");
+    slow.await.expect("join").expect("the slow call completes");
+    served.shutdown().await;
 }

@@ -1,8 +1,11 @@
 //! What keeps one bad client from starving a plugin's other clients: a cap on connections (at the
 //! cap, the connection that has waited longest without a request being worked on is closed to make
-//! room: idle, half-sent heads and bodies still arriving alike, since nothing has been done for them),
-//! a deadline for a request's head, a deadline for an idle keep-alive connection, and HTTP/1
-//! half-close (a client that shuts down its write side after its request still gets the reply).
+//! room: idle, half-sent heads and bodies still arriving alike, since nothing has been done for them;
+//! after those, the oldest long poll is answered at once), a separate budget for long polls
+//! (`Instance.Changes`, `Group.Events`: they wait for news, so they must never hold every place a
+//! short call needs), a long poll ended the moment its client hangs up, a deadline for a request's
+//! head, a deadline for an idle keep-alive connection, and HTTP/1 half-close (a client that shuts
+//! down its write side after its request still gets the reply).
 //!
 //! Not here: what a request may contain. The router (`server.rs`) enforces the body size limit and
 //! the body deadline from [`Limits`]. The limits and what a client sees when it hits one are listed
@@ -12,6 +15,13 @@
 //! it waits for a request head, idle keep-alive included, so it cannot give a half-sent head 10 s
 //! and an idle pooled connection 60 s. Here a connection's clock is "idle since" until the first byte
 //! of a request arrives, then "head since" until hyper hands the request over.
+//!
+//! Why our own hang-up watch for long polls: the server allows half-close, so hyper deliberately
+//! does not read a connection while its call is being worked on, and never sees a client that went
+//! away. A held poll would then keep its place (and a descriptor) for up to `MAX_CHANGES_WAIT`.
+//! The watch waits for the socket to become readable while a poll is held: end-of-file plus the
+//! peer's write side gone too (`EPOLLHUP`: the client closed its socket, not just half-closed it)
+//! ends the poll and the connection at once.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,9 +39,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// How long a client may take to send a request's head (request line and headers), counted from
@@ -50,6 +60,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once. A plugin's real clients hold a handful (the controller pools up to
 /// 16 per plugin); the cap is there so file descriptors run out for nobody.
 pub const MAX_CONNECTIONS: usize = 512;
+
+/// Long polls (`Instance.Changes`, `Group.Events`) held at once; lowered to half the connection cap
+/// so that polls alone never fill it. A poll beyond it is answered at once `503` with
+/// [`LONG_POLLS_FULL`] in its message, and the caller polls again a little later. A plugin's real
+/// pollers are few: the controller holds one per instance plugin, each `group events --follow` one.
+pub const MAX_LONG_POLLS: usize = 256;
+
+/// Part of the message of a long poll refused because [`MAX_LONG_POLLS`] are held: a follower
+/// recognises it and retries (see [`is_long_polls_full`]).
+pub const LONG_POLLS_FULL: &str = "long polls are held already, this plugin's limit";
+
+/// True for the error of a long poll refused because the server held its limit of them: poll
+/// again after a pause, the plugin is there.
+pub fn is_long_polls_full(e: &crate::Error) -> bool {
+    e.kind == crate::ErrorKind::Unavailable && e.message.contains(LONG_POLLS_FULL)
+}
 
 /// How long a new connection waits for room when every connection is in a call (none can be closed
 /// to make room); after that it is closed unanswered.
@@ -76,6 +102,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// See [`ADMIT_WAIT`].
     pub admit_wait: Duration,
+    /// See [`MAX_LONG_POLLS`].
+    pub max_long_polls: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +114,7 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             admit_wait: ADMIT_WAIT,
+            max_long_polls: MAX_LONG_POLLS,
         }
     }
 }
@@ -100,6 +129,12 @@ impl Limits {
             .unwrap_or(usize::MAX);
         self.max_connections.min(fits).max(1)
     }
+
+    /// The long-poll budget actually used under a cap of `max_connections`: `max_long_polls`, at
+    /// most half the cap, never below 1.
+    pub fn effective_max_long_polls(&self, max_connections: usize) -> usize {
+        self.max_long_polls.min(max_connections / 2).max(1)
+    }
 }
 
 /// What one connection is doing, as far as the limits care.
@@ -112,6 +147,9 @@ struct State {
     head_since: Option<Instant>,
     /// Asked to close to make room; not chosen again.
     evicting: bool,
+    /// The current long poll was cut short (to make room, or its client hung up) or refused: its
+    /// reply closes the connection.
+    cut: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +162,9 @@ enum Phase {
     Reading(Instant),
     /// The handler is at work: the connection is closed by nothing here until the reply is out.
     Working,
+    /// A long poll is held (since then): it only waits for news, so to make room it is answered at
+    /// once (and its connection closed), and it ends when its client hangs up.
+    Polling(Instant),
 }
 
 /// One admitted connection's state, shared by its IO, its service and its watchdog.
@@ -133,6 +174,10 @@ struct Slot {
     head_started: Notify,
     /// Asks the connection to close to make room for a new one.
     evict: Notify,
+    /// Wakes the connection's loop when a long poll starts (it then watches for a hang-up).
+    poll_started: Notify,
+    /// Ends the long poll being held, if one is.
+    cut: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Slot {
@@ -143,9 +188,12 @@ impl Slot {
                 idle_since: Instant::now(),
                 head_since: None,
                 evicting: false,
+                cut: false,
             }),
             head_started: Notify::new(),
             evict: Notify::new(),
+            poll_started: Notify::new(),
+            cut: Mutex::new(None),
         }
     }
 
@@ -208,19 +256,46 @@ impl Slot {
         match s.phase {
             Phase::Waiting => Some(s.head_since.unwrap_or(s.idle_since)),
             Phase::Reading(t) => Some(t),
-            Phase::Working => None,
+            Phase::Working | Phase::Polling(_) => None,
         }
+    }
+
+    /// Since when a long poll is held, if one is and it has not been cut yet.
+    fn polling_since(&self) -> Option<Instant> {
+        match self.lock().phase {
+            Phase::Polling(t) if self.cut_sender().is_some() => Some(t),
+            _ => None,
+        }
+    }
+
+    fn is_polling(&self) -> bool {
+        matches!(self.lock().phase, Phase::Polling(_))
+    }
+
+    fn cut_sender(&self) -> MutexGuard<'_, Option<oneshot::Sender<()>>> {
+        self.cut.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the held long poll now (its handler answers what it has at once); false when none is.
+    fn cut_poll(&self) -> bool {
+        let Some(cut) = self.cut_sender().take() else {
+            return false;
+        };
+        self.lock().cut = true;
+        let _ = cut.send(());
+        true
     }
 
     fn mark_evicting(&self) {
         self.lock().evicting = true;
     }
 
-    /// An eviction request arrived: close unless the handler began working since it was chosen.
+    /// An eviction request arrived: close unless the handler began working (or polling) since it
+    /// was chosen.
     fn accept_eviction(&self) -> bool {
         let mut s = self.lock();
         s.evicting = false;
-        s.phase != Phase::Working
+        matches!(s.phase, Phase::Waiting | Phase::Reading(_))
     }
 }
 
@@ -229,20 +304,68 @@ struct RequestGuard(Arc<Slot>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        // A poll still held ends with its request (dropping the sender wakes its handler).
+        self.0.cut_sender().take();
         let mut s = self.0.lock();
         s.phase = Phase::Waiting;
         s.idle_since = Instant::now();
+        s.cut = false;
     }
 }
 
 /// Put in each request's extensions: the handler calls [`WorkStarted::begin`] once it has the whole
-/// body and starts doing what was asked, after which the connection is never closed to make room.
+/// body and starts doing what was asked, after which the connection is never closed to make room;
+/// or [`WorkStarted::begin_poll`] for a long poll.
 #[derive(Clone)]
-pub(crate) struct WorkStarted(Arc<Slot>);
+pub(crate) struct WorkStarted {
+    slot: Arc<Slot>,
+    polls: Arc<Semaphore>,
+    max_polls: usize,
+}
 
 impl WorkStarted {
     pub fn begin(self) {
-        self.0.lock().phase = Phase::Working;
+        self.slot.lock().phase = Phase::Working;
+    }
+
+    /// Starts a long poll of `method`, under the long-poll budget; an `Unavailable` error naming
+    /// [`LONG_POLLS_FULL`] when the budget is spent, whose reply then closes the connection (a
+    /// refused poller comes back later; its connection must not sit idle meanwhile).
+    pub fn begin_poll(self, method: &str) -> crate::Result<LongPoll> {
+        let Ok(permit) = self.polls.clone().try_acquire_owned() else {
+            self.slot.lock().cut = true;
+            return Err(crate::Error::unavailable(format!(
+                "/{method}: {} {LONG_POLLS_FULL}; poll again in a few seconds",
+                self.max_polls
+            )));
+        };
+        let (tx, rx) = oneshot::channel();
+        *self.slot.cut_sender() = Some(tx);
+        self.slot.lock().phase = Phase::Polling(Instant::now());
+        self.slot.poll_started.notify_one();
+        Ok(LongPoll {
+            cut: rx,
+            _permit: permit,
+        })
+    }
+
+    /// This request's long poll was cut short or refused: its reply closes the connection.
+    pub fn close_after_reply(&self) -> bool {
+        self.slot.lock().cut
+    }
+}
+
+/// A long poll's place under [`MAX_LONG_POLLS`], held until its handler ends.
+pub(crate) struct LongPoll {
+    cut: oneshot::Receiver<()>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl LongPoll {
+    /// Completes when the poll must be answered now: its place is needed, its client hung up, or
+    /// its request is gone.
+    pub async fn cut(&mut self) {
+        let _ = (&mut self.cut).await;
     }
 }
 
@@ -250,6 +373,9 @@ impl WorkStarted {
 pub(crate) struct Connections {
     limits: Limits,
     permits: Arc<Semaphore>,
+    /// The long-poll budget ([`Limits::effective_max_long_polls`]).
+    polls: Arc<Semaphore>,
+    max_polls: usize,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
 }
@@ -270,9 +396,12 @@ impl Drop for Admission {
 
 impl Connections {
     pub fn new(limits: Limits, max_connections: usize) -> Arc<Connections> {
+        let max_polls = limits.effective_max_long_polls(max_connections);
         Arc::new(Connections {
+            max_polls,
             limits,
             permits: Arc::new(Semaphore::new(max_connections)),
+            polls: Arc::new(Semaphore::new(max_polls)),
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         })
@@ -320,20 +449,27 @@ impl Connections {
         }
     }
 
-    /// Asks the connection that has waited longest without completing a request to close; false
-    /// when there is none (every connection is in a call or already asked).
+    /// Asks the connection that has waited longest without completing a request to close, or
+    /// else cuts the oldest long poll (answered at once, its connection then closed); false when
+    /// there is neither (every connection is in a call or already asked).
     fn evict_longest_waiting(&self) -> bool {
-        let victim = self
-            .slots()
-            .values()
-            .filter_map(|s| s.waiting_since().map(|t| (t, s.clone())))
-            .min_by_key(|(t, _)| *t)
-            .map(|(_, s)| s);
-        match victim {
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        let oldest = |since: fn(&Slot) -> Option<Instant>| {
+            slots
+                .iter()
+                .filter_map(|s| since(s).map(|t| (t, s.clone())))
+                .min_by_key(|(t, _)| *t)
+                .map(|(_, s)| s)
+        };
+        if let Some(slot) = oldest(Slot::waiting_since) {
+            slot.mark_evicting();
+            slot.evict.notify_one();
+            return true;
+        }
+        match oldest(Slot::polling_since) {
             Some(slot) => {
-                slot.mark_evicting();
-                slot.evict.notify_one();
-                true
+                tracing::debug!("answering the oldest long poll now to admit a new connection");
+                slot.cut_poll()
             }
             None => false,
         }
@@ -351,12 +487,18 @@ pub(crate) async fn serve_connection<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let limits = admission.connections.limits;
+    let polls = admission.connections.polls.clone();
+    let max_polls = admission.connections.max_polls;
     let slot = admission.slot.clone();
     let service = {
         let slot = slot.clone();
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let request = slot.begin_request();
-            req.extensions_mut().insert(WorkStarted(slot.clone()));
+            req.extensions_mut().insert(WorkStarted {
+                slot: slot.clone(),
+                polls: polls.clone(),
+                max_polls,
+            });
             let reply = handler(req);
             async move {
                 let reply = reply.await;
@@ -365,8 +507,9 @@ pub(crate) async fn serve_connection<H, F>(
             }
         })
     };
+    let stream = Arc::new(stream);
     let io = TokioIo::new(Watched {
-        inner: stream,
+        inner: stream.clone(),
         slot: slot.clone(),
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -380,6 +523,7 @@ pub(crate) async fn serve_connection<H, F>(
     tokio::pin!(conn);
     loop {
         let deadline = slot.deadline(&limits);
+        let polling = slot.is_polling();
         tokio::select! {
             ended = &mut conn => {
                 if let Err(e) = ended {
@@ -394,6 +538,13 @@ pub(crate) async fn serve_connection<H, F>(
                 }
             }
             _ = slot.head_started.notified() => {}
+            _ = slot.poll_started.notified() => {}
+            _ = hung_up(&stream), if polling => {
+                if slot.cut_poll() {
+                    tracing::debug!("a long poll's client hung up: ending the poll and its connection");
+                    break;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if let Some(why) = slot.expired(&limits) {
                     tracing::debug!("closing connection: {why}");
@@ -405,53 +556,115 @@ pub(crate) async fn serve_connection<H, F>(
     // The socket closes here, before `admission` (declared earlier) lets the next one in.
 }
 
-/// The connection's socket, telling its slot when request bytes arrive.
+/// Completes when the peer closed its socket (not merely shut down its write side, which a
+/// half-closing client does and still waits for its reply). Bytes sent ahead (a pipelined request)
+/// are left for hyper and end the watch: that client is there.
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        let Ok(ready) = stream.ready(Interest::READABLE).await else {
+            return;
+        };
+        if !ready.is_read_closed() {
+            // Readable may be left over from the request's last read: look without taking. When
+            // nothing is there, `try_io` clears the readiness and the next wait is for real.
+            let mut byte = [0u8; 1];
+            let peeked = stream.try_io(Interest::READABLE, || {
+                rustix::net::recv(
+                    stream,
+                    &mut byte[..],
+                    rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+                )
+                .map(|(n, _)| n)
+                .map_err(io::Error::from)
+            });
+            match peeked {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => {}
+                Ok(_) => return std::future::pending().await,
+                Err(_) => return,
+            }
+        }
+        // End of file: hung up, or half-closed? A closed peer also shows as write-closed (HUP).
+        match stream.ready(Interest::WRITABLE).await {
+            Ok(w) if !w.is_write_closed() => return std::future::pending().await,
+            _ => return,
+        }
+    }
+}
+
+/// The connection's socket, telling its slot when request bytes arrive. Shared (`Arc`) with the
+/// connection's loop, which watches it for a hang-up while a long poll is held, so reads and
+/// writes go through the `&UnixStream` readiness API.
 struct Watched {
-    inner: UnixStream,
+    inner: Arc<UnixStream>,
     slot: Arc<Slot>,
 }
 
 impl AsyncRead for Watched {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.slot.on_read();
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            match self.inner.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        self.slot.on_read();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
-        polled
     }
 }
 
 impl AsyncWrite for Watched {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shut = rustix::net::shutdown(&*self.inner, rustix::net::Shutdown::Write);
+        Poll::Ready(match shut {
+            Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            other => other.map_err(io::Error::from),
+        })
     }
 }

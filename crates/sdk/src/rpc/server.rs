@@ -8,7 +8,9 @@
 //! Every connection is bounded (see [`Limits`] and `connections.rs`): a cap on connections, deadlines
 //! for a request's head, its body and an idle keep-alive connection, and a body size limit. A
 //! request's handler runs to the end even if its client goes away, so a call that started is never
-//! left half done by a dropped connection.
+//! left half done by a dropped connection. Long polls (`Instance.Changes`, `Group.Events`) are the
+//! exception, having nothing to leave half done: they have a budget of their own, end when their
+//! client hangs up, and are answered early when their connection is needed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,7 +29,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use super::connections::Limits;
-use super::connections::{serve_connection, Connections, WorkStarted};
+use super::connections::{serve_connection, Connections, LongPoll, WorkStarted};
 use super::messages::*;
 use super::open_files;
 use super::{CONTENT_TYPE, MAX_CHANGES_WAIT, MAX_REQUEST_BYTES};
@@ -184,12 +186,12 @@ async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let max_connections = limits.effective_max_connections(open_files::soft_limit());
     let router = Arc::new(Router {
         plugins,
         body_read_timeout: limits.body_read_timeout,
         stopping,
     });
-    let max_connections = limits.effective_max_connections(open_files::soft_limit());
     if max_connections < limits.max_connections {
         tracing::warn!(
             "serving at most {max_connections} connections, not {}: the open-file limit \
@@ -199,7 +201,8 @@ async fn run(
     }
     let connections = Connections::new(limits, max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tracing::info!(socket = %socket.path.display(), implements = ?router.plugins.implements(), max_connections, "serving");
+    let max_long_polls = limits.effective_max_long_polls(max_connections);
+    tracing::info!(socket = %socket.path.display(), implements = ?router.plugins.implements(), max_connections, max_long_polls, "serving");
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -379,9 +382,15 @@ impl Router {
             }
         };
         tracing::debug!(method = %path, bytes = body.len(), "call");
-        if let Some(work) = work {
-            work.begin();
-        }
+        // A long poll starts (or is refused) once its request says how long it may wait.
+        let poll_work = match &work {
+            Some(work) if is_long_poll(&path) => Some(work.clone()),
+            Some(work) => {
+                work.clone().begin();
+                None
+            }
+            None => None,
+        };
         // On a task of its own so that it finishes even if the client goes away meanwhile: a
         // provision cut off halfway would leave what it made behind, unrecorded.
         let call = {
@@ -389,8 +398,8 @@ impl Router {
             let path = path.clone();
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let result = router.route(&path, &body).await;
-                crate::metrics::served(&path, started.elapsed(), &result);
+                let result = router.route(&path, &body, poll_work).await;
+                crate::metrics::served(&metric_method(&path), started.elapsed(), &result);
                 result
             })
         };
@@ -399,7 +408,7 @@ impl Router {
                 "the handler of /{path} failed: {e}"
             )))
         });
-        match result {
+        let mut reply = match result {
             Ok(json) => Response::builder()
                 .status(StatusCode::OK)
                 .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
@@ -417,10 +426,19 @@ impl Router {
                     &e.message,
                 )
             }
+        };
+        // A poll answered early to make room, or refused over the budget, closes its connection:
+        // that is the room, and a refused poller comes back later rather than sit idle on it.
+        if work.as_ref().is_some_and(WorkStarted::close_after_reply) {
+            reply.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
         }
+        reply
     }
 
-    async fn route(&self, path: &str, body: &[u8]) -> Result<Bytes> {
+    async fn route(&self, path: &str, body: &[u8], poll: Option<WorkStarted>) -> Result<Bytes> {
         let (iface, method) = path.split_once('.').unwrap_or((path, ""));
         match iface {
             "Plugin" if method == "Activate" => reply(&ActivateResponse {
@@ -433,6 +451,7 @@ impl Router {
                     path,
                     body,
                     self.stopping.clone(),
+                    poll,
                 )
                 .await
             }
@@ -440,7 +459,7 @@ impl Router {
                 dispatch_flavor(&self.plugins.flavor, method, path, body).await
             }
             "Group" if !self.plugins.group.is_empty() => {
-                dispatch_group(&self.plugins.group, method, path, body).await
+                dispatch_group(&self.plugins.group, method, path, body, poll).await
             }
             "Instance" | "Flavor" | "Group" => Err(Error::not_found(format!(
                 "this plugin does not implement {iface} (it implements: {})",
@@ -448,6 +467,55 @@ impl Router {
             ))),
             _ => Err(unknown_method(path, &[])),
         }
+    }
+}
+
+/// The `method` label of a call: `Interface.Method` when the protocol has that method, whatever
+/// this plugin implements (a fixed set), else [`crate::metrics::OTHER`].
+fn metric_method(path: &str) -> String {
+    let (iface, method) = path.split_once('.').unwrap_or((path, ""));
+    let known = match iface {
+        "Plugin" => method == "Activate",
+        "Instance" => INSTANCE_METHODS.contains(&method),
+        "Flavor" => FLAVOR_METHODS.contains(&method),
+        "Group" => GROUP_METHODS.contains(&method),
+        _ => false,
+    };
+    if known {
+        path.to_string()
+    } else {
+        crate::metrics::OTHER.to_string()
+    }
+}
+
+/// The calls that wait for news rather than do something: a budget of their own, and ended early
+/// when their client hangs up or their connection is needed.
+fn is_long_poll(path: &str) -> bool {
+    matches!(path, "Instance.Changes" | "Group.Events")
+}
+
+/// Starts the long poll of a request that may wait `timeout` (none for a call that may not wait:
+/// it is answered at once, like any short call, and needs no place among the long polls).
+fn start_poll(
+    work: Option<WorkStarted>,
+    timeout: Duration,
+    path: &str,
+) -> Result<Option<LongPoll>> {
+    match work {
+        Some(work) if timeout.is_zero() => {
+            work.begin();
+            Ok(None)
+        }
+        Some(work) => work.begin_poll(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Completes when `poll` is cut short (never without one).
+async fn cut(poll: &mut Option<LongPoll>) {
+    match poll {
+        Some(p) => p.cut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -566,6 +634,7 @@ async fn dispatch_instance(
     path: &str,
     body: &[u8],
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    work: Option<WorkStarted>,
 ) -> Result<Bytes> {
     const WHAT: &str = "instance plugin";
     match method {
@@ -614,11 +683,18 @@ async fn dispatch_instance(
             let r: ChangesRequest = parse(path, body)?;
             let timeout = Duration::from_millis(r.timeout_ms).min(MAX_CHANGES_WAIT);
             let plugin = pick(map, &r.r#type, WHAT)?;
-            tokio::select! {
-                changes = plugin.changes(&r.cursor, timeout) => reply(&changes?),
-                _ = stopping.wait_for(|s| *s) => Err(Error::unavailable(
+            let mut poll = start_poll(work, timeout, path)?;
+            let answered = tokio::select! {
+                changes = plugin.changes(&r.cursor, timeout) => Some(changes?),
+                _ = cut(&mut poll) => None,
+                _ = stopping.wait_for(|s| *s) => return Err(Error::unavailable(
                     "the plugin is shutting down; ask its successor (the cursor will not be known there: Resync)",
                 )),
+            };
+            match answered {
+                Some(changes) => reply(&changes),
+                // Cut short: answered with what there is now, as a poll that timed out would be.
+                None => reply(&plugin.changes(&r.cursor, Duration::ZERO).await?),
             }
         }
         _ => Err(unknown_method(path, INSTANCE_METHODS)),
@@ -684,6 +760,7 @@ async fn dispatch_group(
     method: &str,
     path: &str,
     body: &[u8],
+    work: Option<WorkStarted>,
 ) -> Result<Bytes> {
     const WHAT: &str = "group plugin";
     match method {
@@ -740,10 +817,16 @@ async fn dispatch_group(
             let r: EventsRequest = parse(path, body)?;
             let timeout = Duration::from_millis(r.timeout_ms).min(MAX_CHANGES_WAIT);
             let group = (!r.id.is_empty()).then_some(r.id.as_str());
-            let batch = pick(map, &r.r#type, WHAT)?
-                .events(r.cursor, group, timeout)
-                .await?;
-            reply(&batch)
+            let plugin = pick(map, &r.r#type, WHAT)?;
+            let mut poll = start_poll(work, timeout, path)?;
+            let answered = tokio::select! {
+                batch = plugin.events(r.cursor, group, timeout) => Some(batch?),
+                _ = cut(&mut poll) => None,
+            };
+            match answered {
+                Some(batch) => reply(&batch),
+                None => reply(&plugin.events(r.cursor, group, Duration::ZERO).await?),
+            }
         }
         "UpdateCommand" => {
             let r: UpdateCommandRequest = parse(path, body)?;
