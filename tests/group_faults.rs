@@ -17,6 +17,8 @@ struct Stack {
     _vanilla: Plugin,
     group: Option<Plugin>,
     starts: u32,
+    /// How long the group controller trusts a Healthy verdict.
+    health_interval: &'static str,
 }
 
 impl Stack {
@@ -30,6 +32,7 @@ impl Stack {
             _vanilla: vanilla,
             group: None,
             starts: 0,
+            health_interval: "1s",
         };
         s.start_files();
         s
@@ -86,7 +89,7 @@ impl Stack {
                 "--poll-interval",
                 "1s",
                 "--health-interval",
-                "1s",
+                self.health_interval,
             ])
             .env("INFRAKIT_LOG", "info")
             // Warnings go to stderr: both in the one file.
@@ -248,6 +251,9 @@ fn a_record_renamed_while_running_is_neither_overwritten_nor_orphaned() {
 
     // After a restart, b is managed again (its record back under its own name) and says so.
     s.kill_group();
+    // b's task may have saved its record again meanwhile (b.json, and c.json a stale copy): the
+    // case that orphaned b is the one where only c.json holds it.
+    let _ = std::fs::remove_file(s.store().join("b.json"));
     s.start_group();
     let ls = s.w.ok(&["group", "ls"]);
     assert!(ls.contains('b'), "{ls}");
@@ -279,25 +285,29 @@ fn an_outage_of_the_instance_plugin_mid_commit_is_one_failure() {
     const SIZE: usize = 300;
     let mut s = Stack::new();
     s.start_group();
-    s.committed("big", &cattle(SIZE as u64));
+    // Instances count as available only after a minute: none made before the outage becomes
+    // available during the test, which would reset the backoff and hide what the outage did.
+    let mut spec = cattle(SIZE as u64);
+    spec["Policies"] = json!({"Update": {"MinReadySeconds": 60, "HealthyDeadlineSeconds": 600}});
+    s.committed("big", &spec);
     s.wait_until("provisions under way", Duration::from_secs(60), || {
         !s.members("big").is_empty()
     });
     s.kill_files();
+    // Down long enough for the provisions queued to fail (in the report: down for a second).
     s.wait_until("provisions fail", Duration::from_secs(60), || {
-        s.log()
-            .contains("provisioning an instance of group 'big' failed")
+        count(&s.log(), "provisioning an instance of group 'big' failed") >= 50
     });
     let before = s.members("big").len();
     let back = Instant::now();
     s.start_files();
     s.wait_until(
-        "the group converges once instance-file is back",
-        Duration::from_secs(90),
-        || s.members("big").len() == SIZE && s.describe("big")["Converged"] == json!(true),
+        "every instance made once instance-file is back",
+        Duration::from_secs(30),
+        || s.members("big").len() == SIZE,
     );
     eprintln!(
-        "outage mid-commit of {SIZE}: {before} made before the outage; converged {:.1} s after \
+        "outage mid-commit of {SIZE}: {before} made before the outage; all made {:.1} s after \
          instance-file was back",
         back.elapsed().as_secs_f64()
     );
@@ -414,6 +424,9 @@ fn metric(socket: &Path, needle: &str) -> f64 {
 fn groups_sharing_an_instance_plugin_share_its_describes() {
     const GROUPS: usize = 100;
     let mut s = Stack::new();
+    // Verdicts trusted for a minute: the flavor's checks (a describe of the instances to judge,
+    // per group) stay out of the count.
+    s.health_interval = "60s";
     s.start_group();
     let files = s.w.socket("instance-file");
     let group = s.w.socket("group");
