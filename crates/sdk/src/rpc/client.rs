@@ -709,3 +709,59 @@ impl GroupPlugin for GroupClient {
             .map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{"Deep": [[...1...]]}`, `depth` levels in all.
+    fn nested(depth: usize) -> String {
+        format!(
+            "{{\"Deep\": {}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn one_description_too_deep_to_read_costs_only_its_properties() {
+        let reply = format!(
+            r#"{{"Descriptions": [
+                {{"ID": "a", "Tags": {{"infrakit.group": "g"}}}},
+                {{"ID": "deep", "LogicalID": "l", "Tags": {{"infrakit.group": "g"}}, "Properties": {}}},
+                {{"ID": "fine", "Tags": {{"infrakit.group": "g"}}, "Properties": {}}},
+                {{"Tags": {{"no": "id"}}, "Properties": {}}}
+            ]}}"#,
+            nested(127),
+            nested(100),
+            nested(127)
+        );
+        // Read whole, the reply is too deep (this is what stopped a group's healing).
+        assert!(serde_json::from_str::<DescribeInstancesResponse>(&reply).is_err());
+        let list = read_descriptions("p", "/Instance.DescribeInstances", reply.as_bytes())
+            .expect("the readable part");
+        let ids: Vec<&str> = list.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["a", "deep", "fine"],
+            "the one without an ID is left out"
+        );
+        let deep = &list[1];
+        assert_eq!(deep.logical_id.as_deref(), Some("l"));
+        assert_eq!(
+            deep.tags.get("infrakit.group").map(String::as_str),
+            Some("g")
+        );
+        assert!(deep.properties.is_none());
+        let why = deep.tags.get(crate::spi::tags::UNREADABLE).expect("marked");
+        assert!(why.contains("recursion limit"), "{why}");
+        assert!(
+            list[2].properties.is_some(),
+            "a deep but readable one is whole"
+        );
+        assert!(!list[0].tags.contains_key(crate::spi::tags::UNREADABLE));
+        // A reply that is not a list at all is still an error.
+        let e = read_descriptions("p", "/I", b"{\"Descriptions\": 3}").expect_err("bad");
+        assert!(e.to_string().contains("does not parse"), "{e}");
+    }
+}
