@@ -33,7 +33,7 @@ use crate::record::GroupRecord;
 use crate::store::GroupStore;
 use crate::sync;
 use crate::tags;
-use crate::worker::{self, group_tags, observe_instance, Ctx, Group, Options};
+use crate::worker::{self, observe_instance, Ctx, Group, Options};
 
 pub struct GroupController {
     ctx: Arc<Ctx>,
@@ -62,6 +62,7 @@ impl GroupController {
             resync_wanted: tokio::sync::Notify::new(),
             events: crate::events::EventLog::default(),
             watchers: Mutex::new(Default::default()),
+            observations: worker::Observations::default(),
         });
         // The same path a shared store's controller takes to keep in step: every stored group
         // started (what the previous process had in flight waited for as after a restart),
@@ -152,8 +153,19 @@ impl GroupController {
             .resolver
             .instance(&valid.properties.instance.plugin)
             .await?;
-        let described = instance
-            .describe_instances(&group_tags(id), false)
+        // A plan is made on what is there now (a describe started after this commit asked), shared
+        // with the passes and other commits that want the plugin's instances meanwhile.
+        let now = std::time::Instant::now();
+        let described = self
+            .ctx
+            .observations
+            .instances(
+                &valid.properties.instance.plugin,
+                instance.as_ref(),
+                id,
+                now,
+                std::time::Duration::ZERO,
+            )
             .await
             .map_err(|e| e.context(format!("cannot list the instances of group '{id}'")))?;
         let (health, destroying) = match self.ctx.groups().get(id) {
@@ -178,6 +190,7 @@ impl GroupController {
                 .collect(),
             pending: Vec::new(),
             destroying,
+            recovered_ms: None,
         })
     }
 
@@ -461,6 +474,25 @@ impl GroupPlugin for GroupController {
                 e.clone()
             } else {
                 format!("{message}; {e}")
+            };
+        }
+        if !s.unreadable.is_empty() {
+            let shown: Vec<&str> = s.unreadable.iter().take(3).map(|i| i.as_str()).collect();
+            let more = s.unreadable.len().saturating_sub(shown.len());
+            let note = format!(
+                "the description of {}{} cannot be read (see the events): counted without its \
+                 properties",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+            message = if message.is_empty() {
+                note
+            } else {
+                format!("{message}; {note}")
             };
         }
         if !view.observed {

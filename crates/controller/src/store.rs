@@ -190,6 +190,19 @@ impl FileStore {
         let (record, warning) = GroupRecord::decode(&bytes)
             .map_err(|e| unusable(named.clone(), None, format!("not a group record: {e}")))?;
         if record.id() != stem {
+            // A record renamed by hand (b.json moved to c.json) whose group has no file of its
+            // own is moved back under its own name and managed: left where it was, its group
+            // would go unmanaged and a commit of group `c` could not be told from it.
+            if let Some(own) = restore_misnamed(&self.files.dir, path, record.id()) {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the file holds group '{}': moved back to {}, where its record belongs; \
+                     managing it",
+                    record.id(),
+                    own.display()
+                );
+                return Ok(record);
+            }
             // A copy under another name would be a second controller for the same group; an ID
             // that is not a file name ("../x") would make `free` delete outside the store.
             return Err(unusable(
@@ -229,6 +242,12 @@ impl Files {
         if stored != expected {
             return Err(conflict(id, stored, expected));
         }
+        if expected == 0 {
+            // Nothing of this group was loaded or written by this controller, so a file under its
+            // name was put there by hand meanwhile (another group's record renamed to it, say):
+            // replacing it would silently drop that group.
+            refuse_unknown_file(id, &target)?;
+        }
         let tmp = self.dir.join(format!(".{id}.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
@@ -255,10 +274,22 @@ impl Files {
     }
 }
 
-/// Reads a whole file, refusing one larger than `limit` instead of growing without bound.
+/// Reads a whole regular file, refusing one larger than `limit` instead of growing without bound.
+///
+/// Opened without blocking and checked to be a regular file before anything is read: a FIFO
+/// named `x.json` would otherwise block the open (and with it the load, every `group ls`, and the
+/// shutdown) until something writes to it.
 fn read_limited(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
-    let f = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{NOT_REGULAR} ({})", kind_of(&meta.file_type())));
+    }
     let mut bytes = Vec::new();
     f.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -267,6 +298,69 @@ fn read_limited(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String>
         return Err(format!("it is larger than {limit} bytes"));
     }
     Ok(bytes)
+}
+
+/// What [`read_limited`] says of a FIFO, socket or device.
+const NOT_REGULAR: &str = "it is not a regular file";
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Moves a record found under another name (`path`) to its own (`<id>.json`) when no file has
+/// that name; never replaces one. Returns the new path, or `None` when it was not moved.
+fn restore_misnamed(dir: &Path, path: &Path, id: &str) -> Option<PathBuf> {
+    check_group_id(id).ok()?;
+    let own = dir.join(format!("{id}.json"));
+    // A hard link fails if the name exists: no window in which a record of the group written
+    // meanwhile could be replaced (a plain rename would replace it).
+    std::fs::hard_link(path, &own).ok()?;
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(file = %path.display(), "cannot remove the old name after linking it to {}: {e}", own.display());
+    }
+    let _ = File::open(dir).and_then(|d| d.sync_all());
+    Some(own)
+}
+
+/// Refuses to create a record at `target` when a file is already there (see [`Files::put`]).
+fn refuse_unknown_file(id: &str, target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::internal(format!(
+            "cannot check {} before creating group '{id}': {e}",
+            target.display()
+        ))),
+        Ok(_) => {
+            let holds = match read_limited(target, MAX_RECORD_BYTES)
+                .and_then(|bytes| GroupRecord::decode(&bytes))
+            {
+                Ok((record, _)) if record.id() != id => format!(
+                    "it holds group '{}', renamed by hand? Rename it back to {}.json",
+                    record.id().escape_debug(),
+                    record.id().escape_debug()
+                ),
+                Ok(_) => "it holds this group, copied in by hand?".to_string(),
+                Err(e) => e,
+            };
+            Err(Error::conflict(format!(
+                "not creating group '{id}': the store already has {}, which this controller \
+                 neither loaded nor wrote ({holds}); move it out of the store (or restart the \
+                 group plugin to load it), then commit again",
+                target.display()
+            )))
+        }
+    }
 }
 
 #[async_trait]
@@ -282,17 +376,23 @@ impl GroupStore for FileStore {
                 self.files.dir.display()
             ))
         })?;
+        // Listed before anything is read: a record moved back under its own name while loading
+        // (see `restore_misnamed`) must not be read twice.
+        let mut names: Vec<(PathBuf, String)> = entries
+            .flatten()
+            .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+            .filter(|(_, name)| !name.starts_with('.') && name.ends_with(".json"))
+            .collect();
+        names.sort_by(|a, b| a.1.cmp(&b.1));
         let mut loaded = Loaded::default();
         let mut revisions = self.revisions();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
+        for (path, name) in names {
             let revision = revisions.next();
             match self.read(&path, &name) {
+                Err(u) if u.error.starts_with(NOT_REGULAR) => {
+                    // Not something a controller writes, nor something `free` should delete.
+                    tracing::warn!(file = %u.source, "skipped: {}", u.error);
+                }
                 Ok(record) => {
                     revisions.by_id.insert(record.id().to_string(), revision);
                     loaded.groups.push(Stored { record, revision });
@@ -445,5 +545,67 @@ mod tests {
             .expect("evil");
         block_on(store.delete("evil", evil.revision)).expect("delete");
         assert!(block_on(store.delete("../victim", 0)).is_err());
+    }
+
+    #[test]
+    fn a_fifo_or_directory_named_like_a_record_is_skipped_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let store = FileStore::open(&path).expect("open");
+        block_on(store.put(&record("a", 1), 0)).expect("put");
+        let fifo = std::ffi::CString::new(path.join("x.json").as_os_str().as_encoded_bytes())
+            .expect("path");
+        // SAFETY: a NUL-terminated path, and a mode.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        std::fs::create_dir(path.join("d.json")).expect("mkdir");
+        // Before: the load blocked in open() on the FIFO, for as long as nothing wrote to it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let loader = std::thread::spawn(move || {
+            let _ = tx.send(block_on(store.load()).map(|l| (l.groups.len(), l.unusable.len())));
+        });
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the load finished")
+            .expect("load");
+        loader.join().expect("loader");
+        assert_eq!(loaded, (1, 0), "a managed, x.json and d.json skipped");
+    }
+
+    #[test]
+    fn a_create_never_replaces_a_file_put_there_by_hand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let store = FileStore::open(&path).expect("open");
+        let b = block_on(store.put(&record("b", 1), 0)).expect("put b");
+        // b's record renamed by hand while the controller runs, then a new group c committed.
+        std::fs::rename(path.join("b.json"), path.join("c.json")).expect("rename");
+        let e = block_on(store.put(&record("c", 2), 0)).expect_err("c.json holds b");
+        assert_eq!(e.kind, infrakit_sdk::ErrorKind::Conflict);
+        assert!(e.to_string().contains("holds group 'b'"), "{e}");
+        let kept = GroupRecord::decode(&std::fs::read(path.join("c.json")).expect("read"))
+            .expect("record");
+        assert_eq!(kept.0.id(), "b", "b's record is intact");
+        // b itself still saves (to its own name again).
+        block_on(store.put(&record("b", 3), b)).expect("b saved");
+    }
+
+    #[test]
+    fn a_renamed_record_is_moved_back_and_managed_unless_its_group_has_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let store = FileStore::open(&path).expect("open");
+        block_on(store.put(&record("b", 1), 0)).expect("put b");
+        block_on(store.put(&record("d", 1), 0)).expect("put d");
+        std::fs::rename(path.join("b.json"), path.join("c.json")).expect("rename");
+        std::fs::copy(path.join("d.json"), path.join("e.json")).expect("copy");
+        drop(store);
+        let store = FileStore::open(&path).expect("reopen");
+        let loaded = block_on(store.load()).expect("load");
+        let ids: Vec<&str> = loaded.groups.iter().map(|g| g.record.id()).collect();
+        assert_eq!(ids, ["b", "d"]);
+        assert!(path.join("b.json").exists() && !path.join("c.json").exists());
+        // A copy of a group that has its own file is still not a second record of it.
+        assert_eq!(loaded.unusable.len(), 1);
+        assert!(loaded.unusable[0].error.contains("holds group 'd'"));
     }
 }

@@ -83,6 +83,7 @@ fn group(g: usize, now: u64) -> Group {
         instances,
         pending,
         destroying,
+        recovered_ms: None,
     };
     // Steady state: memory already knows every instance (first seen, health streaks).
     let memory = decide(&desired, &observed, &Memory::default(), now - 120_000).memory;

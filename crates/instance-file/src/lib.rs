@@ -412,8 +412,24 @@ impl InstancePlugin for FileInstancePlugin {
     }
 }
 
-/// Any JSON object (or nothing) is fine: a file keeps whatever it is given.
+/// How deep properties may be nested (an object holding an object is 2). A describe answers an
+/// instance's properties inside its record and the reply (six levels more), and JSON readers stop
+/// at 128 levels (serde_json's default, the controller's among them): properties the controller
+/// could not read back are refused here, with room to spare, rather than accepted and then
+/// unreadable in every describe.
+pub const MAX_PROPERTIES_DEPTH: usize = 64;
+
+/// Any JSON object (or nothing) is fine, up to [`MAX_PROPERTIES_DEPTH`] levels deep: a file keeps
+/// whatever it is given.
 fn validate_properties(properties: &Value) -> Result<()> {
+    let depth = depth_of(properties);
+    if depth > MAX_PROPERTIES_DEPTH {
+        return Err(Error::invalid(format!(
+            "instance-file properties are nested {depth} levels deep, more than the \
+             {MAX_PROPERTIES_DEPTH} allowed (deeper could not be read back by every JSON reader): \
+             flatten them"
+        )));
+    }
     let kind = match properties {
         Value::Null | Value::Object(_) => return Ok(()),
         Value::Array(_) => "an array",
@@ -425,6 +441,22 @@ fn validate_properties(properties: &Value) -> Result<()> {
         "instance-file properties must be a JSON object (or absent), not {kind}: \
          write e.g. {{\"Note\": \"v1\"}}"
     )))
+}
+
+/// How many arrays and objects deep `v` is nested (a scalar is 0), without recursing.
+fn depth_of(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, above)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(above + 1);
+        stack.extend(children.map(|c| (c, above + 1)));
+    }
+    deepest
 }
 
 /// Recovers from a poisoned lock: the cache and the write token stay consistent even if a holder
@@ -1357,6 +1389,27 @@ mod tests {
             .unwrap();
         assert_eq!(found.len(), 16);
         assert!(found.iter().all(|d| d.tags.contains_key("i")));
+    }
+
+    #[tokio::test]
+    async fn properties_nested_deeper_than_the_limit_are_refused() {
+        let (_tmp, plugin) = plugin();
+        let nested = |depth: usize| {
+            let mut v = json!(1);
+            for _ in 1..depth {
+                v = json!([v]);
+            }
+            json!({ "Deep": v })
+        };
+        assert_eq!(depth_of(&nested(64)), 64);
+        assert_eq!(depth_of(&json!({"a": 1, "b": {"c": [[]]}})), 4);
+        plugin.validate(&nested(64)).await.expect("64 levels");
+        let e = plugin.validate(&nested(65)).await.expect_err("65 levels");
+        assert!(e.to_string().contains("more than the 64"), "{e}");
+        let mut too_deep = spec(&[("t", "deep")]);
+        too_deep.properties = Some(nested(100));
+        assert!(plugin.provision(too_deep).await.is_err());
+        assert!(ids(&plugin, &[("t", "deep")]).await.is_empty());
     }
 
     #[tokio::test]

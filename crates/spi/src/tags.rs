@@ -9,5 +9,10 @@ pub const CONFIG_HASH: &str = "infrakit.config.hash";
 /// The logical ID (pets): at most one instance carries each.
 pub const LOGICAL_ID: &str = "infrakit.logical_id";
 
+/// Set by the SDK's client, never stored: the description of this instance could not be read
+/// whole (its properties were nested too deep to parse, say), so it carries only its ID, logical
+/// ID and tags; the value says why. The controller reports it and counts the instance as usual.
+pub const UNREADABLE: &str = "infrakit.unreadable";
+
 /// Every tag the controller owns; a flavor's Prepare cannot change them.
 pub const CONTROLLER_TAGS: [&str; 3] = [GROUP, CONFIG_HASH, LOGICAL_ID];

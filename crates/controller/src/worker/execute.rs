@@ -163,6 +163,7 @@ async fn provision(group: Arc<Group>, ctx: Arc<Ctx>, job: ProvisionJob) {
     {
         let mut s = group.state();
         s.unanswered = s.unanswered.saturating_sub(1);
+        s.changed_at = Instant::now();
         match result {
             Ok(id) => {
                 tracing::info!(group = %group.id, instance = %id, logical_id = ?job.logical_id, "provisioned");
@@ -271,6 +272,7 @@ async fn destroy(
     let logical_id = target.logical_id.clone().unwrap_or_default();
     {
         let mut s = group.state();
+        s.changed_at = Instant::now();
         s.destroying.remove(id);
         s.health.remove(id);
         match result {

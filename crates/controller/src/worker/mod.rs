@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: what the controller and the tasks share, and the one way a record changes;
 //! - [`task`]: the loop and one pass (observe, decide, write ahead, act);
+//! - [`describe`]: the instance plugins' observations, one at a time per plugin, shared by groups;
 //! - [`observe`]: the flavor's verdicts for the pass;
 //! - [`execute`]: provisions and destroys through the plugins.
 //!
@@ -12,6 +13,7 @@
 //! The rules applied between decisions (health trust, provision visibility, convergence) are the
 //! core's (`infrakit_group::core::rules`); this module only does IO.
 
+mod describe;
 mod execute;
 mod observe;
 mod report;
@@ -19,7 +21,8 @@ mod state;
 mod task;
 mod watch;
 
+pub(crate) use describe::{max_age, Observations};
 pub(crate) use execute::destroy_now;
 pub use state::Options;
-pub(crate) use state::{group_tags, now_ms, observe_instance, write_locked, Ctx, Group};
+pub(crate) use state::{now_ms, observe_instance, write_locked, Ctx, Group};
 pub(crate) use task::run;

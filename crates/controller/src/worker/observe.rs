@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use infrakit_group::core::rules;
 use infrakit_sdk::spi::flavor::{FlavorPlugin, Health};
 use infrakit_sdk::spi::instance::{Description, InstanceId, InstancePlugin};
+use infrakit_sdk::spi::tags::UNREADABLE;
 use infrakit_sdk::{ErrorKind, Result};
 
 use super::state::{aged, group_tags, Ctx, Group};
@@ -61,6 +62,7 @@ pub(crate) async fn check_health(
                 let answer = instance
                     .describe_instances_by_id(&tags, true, asked)
                     .await?;
+                note_unreadable(group, ctx, &answer);
                 let lists_all = answer.len() > asked.len();
                 let mut answer: HashMap<InstanceId, Description> =
                     answer.into_iter().map(|d| (d.id.clone(), d)).collect();
@@ -88,6 +90,7 @@ pub(crate) async fn check_health(
     let now = Instant::now();
     let live: HashSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
     s.health.retain(|id, _| live.contains(id.as_str()));
+    s.unreadable.retain(|id| live.contains(id.as_str()));
     for (id, h) in fresh {
         if s.all_proven && !s.record.memory.instances.contains_key(&id) {
             s.all_proven = false;
@@ -100,6 +103,30 @@ pub(crate) async fn check_health(
         .iter()
         .map(|d| s.health.get(&d.id).map(|(h, _)| *h).unwrap_or_default())
         .collect())
+}
+
+/// Reports the instances whose description the client could not read whole (tag
+/// [`UNREADABLE`]): they still count, by ID and tags, and are judged without their properties;
+/// each is said once in the events and the log, and `DescribeGroup` lists them while they last.
+fn note_unreadable(group: &Group, ctx: &Ctx, answer: &[Description]) {
+    let mut s = group.state();
+    for d in answer {
+        let Some(why) = d.tags.get(UNREADABLE) else {
+            continue;
+        };
+        if s.unreadable.insert(d.id.clone()) {
+            tracing::warn!(group = %group.id, instance = %d.id, "instance {}: {why}", d.id);
+            ctx.events.emit(
+                &group.id,
+                crate::events::What {
+                    kind: "instance-unreadable",
+                    instance: &d.id,
+                    ..Default::default()
+                },
+                format!("{why}; counted by its ID and tags, judged without its properties"),
+            );
+        }
+    }
 }
 
 /// Instances judged in one `healthy_many` call: their descriptions carry backend state, and the

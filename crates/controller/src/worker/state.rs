@@ -76,6 +76,8 @@ pub(crate) struct Ctx {
     pub watchers: Mutex<BTreeSet<String>>,
     /// What the controller decided and saw happen (`Group.Events`).
     pub events: crate::events::EventLog,
+    /// The instance plugins' observations, shared by the groups using each (`worker::describe`).
+    pub observations: super::describe::Observations,
 }
 
 impl Ctx {
@@ -123,6 +125,7 @@ pub(crate) async fn write_locked(
     s.valid = valid;
     s.revision = revision;
     s.generation += 1;
+    s.changed_at = Instant::now();
     drop(s);
     group.wake.notify_one();
     Ok(())
@@ -199,6 +202,16 @@ pub(crate) struct GroupState {
     pub stopped: bool,
     pub(crate) next_token: u64,
     pub backoff: Backoff,
+    /// When something this group did last changed its instances (an action answered) or its
+    /// record changed: an observation shared with other groups must have started after it.
+    pub(crate) changed_at: Instant,
+    /// The last observation failed because the instance plugin did not answer.
+    pub(crate) unreachable: bool,
+    /// When the instance plugin last answered again after not answering, or said it restarted
+    /// (`Observed::recovered_ms`).
+    pub(crate) recovered_ms: Option<u64>,
+    /// Instances whose description could not be read, as last reported (`DescribeGroup` says so).
+    pub(crate) unreadable: BTreeSet<InstanceId>,
 }
 
 pub(crate) struct Group {
@@ -225,6 +238,10 @@ impl Group {
                 stopped: false,
                 next_token: 1,
                 backoff: Backoff::default(),
+                changed_at: Instant::now(),
+                unreachable: false,
+                recovered_ms: None,
+                unreadable: BTreeSet::new(),
             }),
             wake: Notify::new(),
         })

@@ -13,7 +13,7 @@ use infrakit_sdk::spi::instance::{Description, InstanceId};
 
 use super::execute::execute;
 use super::observe::check_health;
-use super::state::{group_tags, millis, now_ms, observe_instance, Ctx, Group, View};
+use super::state::{millis, now_ms, observe_instance, Ctx, Group, View};
 use crate::leader::Role;
 use crate::record::Blocks;
 use crate::tags;
@@ -112,6 +112,7 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
             .collect(),
         pending: Vec::new(),
         destroying: Default::default(),
+        recovered_ms: None,
     };
     let decision = decide(
         &valid.desired(s.record.deleting),
@@ -145,6 +146,7 @@ async fn look(
         .instance(&blocks.instance.plugin)
         .await
         .map_err(|e| {
+            group.state().unreachable = true;
             format!(
                 "instance plugin '{}': {e}; retrying",
                 blocks.instance.plugin
@@ -155,16 +157,31 @@ async fn look(
         .flavor(&blocks.flavor.plugin)
         .await
         .map_err(|e| format!("flavor plugin '{}': {e}; retrying", blocks.flavor.plugin))?;
-    let described = instance
-        .describe_instances(&group_tags(&group.id), false)
+    let fresh_after = group.state().changed_at;
+    let described = ctx
+        .observations
+        .instances(
+            &blocks.instance.plugin,
+            instance.as_ref(),
+            &group.id,
+            fresh_after,
+            super::max_age(ctx.options.poll_interval),
+        )
         .await
         .map_err(|e| {
+            group.state().unreachable = true;
             format!(
                 "cannot list the instances of group '{}' through '{}': {e}; retrying",
                 group.id, blocks.instance.plugin
             )
         })?;
-    let described = Arc::new(described);
+    {
+        // Answering again after an outage: what failed with it is not held against the group.
+        let mut s = group.state();
+        if std::mem::take(&mut s.unreachable) {
+            s.recovered_ms = Some(now_ms());
+        }
+    }
     let health = check_health(
         group,
         ctx,
@@ -175,6 +192,7 @@ async fn look(
     )
     .await
     .map_err(|e| {
+        group.state().unreachable = true;
         format!(
             "cannot describe the instances of group '{}' to check through '{}': {e}; retrying",
             group.id, blocks.instance.plugin
@@ -332,6 +350,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
                 .collect(),
             pending: s.pending.values().map(|p| p.provision.clone()).collect(),
             destroying: s.destroying.clone(),
+            recovered_ms: s.recovered_ms,
         };
         decision = decide(&valid.desired(deleting), &observed, &s.record.memory, now);
         if s.view.standby.is_some() {

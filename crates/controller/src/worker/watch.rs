@@ -83,9 +83,16 @@ async fn watch(ctx: Arc<Ctx>, plugin: String) {
             Ok(changes) => {
                 backoff = FIRST_BACKOFF;
                 unsupported_said = false;
+                // A resync for a cursor the plugin gave out: it restarted, so the provisions in
+                // flight then failed with it (not for a reason of their own).
+                let restarted = changes.resync && !cursor.is_empty();
                 cursor = changes.cursor;
                 if changes.changed || changes.resync {
+                    ctx.observations.changed(&plugin);
                     for group in users(&ctx, &plugin) {
+                        if restarted {
+                            group.state().recovered_ms = Some(super::state::now_ms());
+                        }
                         group.wake.notify_one();
                     }
                 }

@@ -31,12 +31,24 @@ pub fn decide(desired: &Desired, observed: &Observed, memory: &Memory, now_ms: u
 
     // Bookkeeping first: what finished, failed, became available since last time.
     let ghost_ms = policy.ghost_ms();
-    let events = observe::record(&mut mem, observed, now, min_ready, ghost_ms);
+    let mut events = observe::record(&mut mem, observed, now, min_ready, ghost_ms);
+    if let Some(back) = observed.recovered_ms {
+        // Provisions that were running when the instance plugin stopped answering failed with it:
+        // neither the slot's nor the update's failures, and the backoff of the outage is dropped.
+        events.failed_provisions.retain(|p| p.started_ms > back);
+        backoff::forget_outage(&mut mem, back);
+    }
     for (_, lid) in &events.newly_ready {
         backoff::record_success(&mut mem, pets, lid.as_deref());
     }
     for p in &events.failed_provisions {
-        backoff::record_failure(&mut mem, pets, p.logical_id.as_deref(), now);
+        backoff::record_provision_failure(
+            &mut mem,
+            pets,
+            p.logical_id.as_deref(),
+            p.started_ms,
+            now,
+        );
     }
     let owed_expiry = policy.healthy_deadline_ms().unwrap_or(OWED_EXPIRY_MS);
     for lid in remediate::settle_owed(&mut mem, pets, &events.newly_ready, now, owed_expiry) {

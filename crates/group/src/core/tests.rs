@@ -705,6 +705,56 @@ fn a_new_commit_is_not_held_back_by_the_old_configurations_backoff() {
 }
 
 #[test]
+fn concurrent_failures_of_one_outage_count_once() {
+    let mut w = World::new(cattle(300, "v1"));
+    assert_eq!(count(&w.step(), Cause::Fill), 300);
+    // The instance plugin goes away: every provision in flight fails, noticed over three passes,
+    // each of which retries at once what failed (one failure waits no time).
+    for _ in 0..3 {
+        w.tick(S);
+        w.observed.pending.drain(0..100);
+        assert_eq!(count(&w.step(), Cause::Fill), 100, "retried at once");
+    }
+    assert_eq!(
+        w.memory.backoff["group"].failures, 1,
+        "one outage, one failure"
+    );
+    // A round of retries that fails counts again: the backoff grows per round.
+    w.tick(S);
+    w.fail_provisions();
+    w.step();
+    assert_eq!(w.memory.backoff["group"].failures, 2);
+}
+
+#[test]
+fn a_plugin_that_answers_again_resumes_the_work_at_once() {
+    let mut w = World::new(cattle(10, "v1"));
+    for _ in 0..5 {
+        let mut a = w.step();
+        while a.is_empty() {
+            w.now = w.last.as_ref().and_then(|d| d.wake_at_ms).expect("wake");
+            a = w.step();
+        }
+        w.tick(S);
+        w.fail_provisions();
+    }
+    assert!(w.step().is_empty(), "backing off");
+    assert!(w.memory.backoff["group"].failures >= 4);
+    // The plugin answers again: what failed until then was the outage.
+    w.tick(S);
+    w.observed.recovered_ms = Some(w.now);
+    w.tick(1);
+    assert_eq!(count(&w.step(), Cause::Fill), 10, "provisioned at once");
+    assert!(w.memory.backoff.is_empty(), "{:?}", w.memory.backoff);
+    // Provisions started before the plugin came back and failed later are not failures either.
+    w.observed.recovered_ms = Some(w.now + 1);
+    w.tick(2);
+    w.fail_provisions();
+    assert_eq!(count(&w.step(), Cause::Fill), 10);
+    assert!(w.memory.backoff.is_empty(), "{:?}", w.memory.backoff);
+}
+
+#[test]
 fn failing_slot_backs_off_exponentially() {
     let mut w = World::new(pets(&["a"], "v1"));
     let mut waits = Vec::new();

@@ -93,6 +93,11 @@ pub struct Observed {
     pub pending: Vec<PendingProvision>,
     /// Instances whose drain and destroy are in flight (they may still be listed in `instances`).
     pub destroying: BTreeSet<InstanceId>,
+    /// When the instance plugin last answered again after an outage (it could not be reached, or
+    /// said it restarted: `Resync`), if it did. Provisions started before then that failed are not
+    /// counted as failures (of the slot's backoff or of an update), and the backoff recorded until
+    /// then is dropped: the plugin is back, so the work resumes at once.
+    pub recovered_ms: Option<u64>,
 }
 
 /// One thing for the executor to do.

@@ -316,6 +316,7 @@ impl Sim {
                 .collect(),
             pending: g.exec.pending.clone(),
             destroying: g.exec.destroying.clone(),
+            recovered_ms: None,
         }
     }
 

@@ -151,7 +151,44 @@ impl RpcClient {
         result
     }
 
+    /// [`RpcClient::call`], with the reply read by `read` (given the plugin's name, the path and
+    /// the reply's bytes) instead of as one value.
+    async fn call_with<Req: Serialize, Resp>(
+        &self,
+        method: &str,
+        req: &Req,
+        read: impl FnOnce(&str, &str, &[u8]) -> Result<Resp>,
+    ) -> Result<Resp> {
+        self.ensure_compatible().await?;
+        let body = serde_json::to_vec(req)
+            .map_err(|e| Error::internal(format!("cannot encode the request: {e}")))?;
+        let path = format!("{}.{method}", self.interface.rpc_prefix);
+        let started = std::time::Instant::now();
+        let result = match self.post_checked(&path, Bytes::from(body)).await {
+            Ok(reply) => read(&self.endpoint.full_name(), &path, &reply),
+            Err(e) => Err(e),
+        };
+        crate::metrics::made(
+            &self.endpoint.full_name(),
+            &path,
+            started.elapsed(),
+            &result,
+        );
+        result
+    }
+
     async fn post<Resp: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<Resp> {
+        let reply = self.post_checked(path, body).await?;
+        let name = self.endpoint.full_name();
+        serde_json::from_slice(&reply).map_err(|e| {
+            Error::internal(format!(
+                "plugin '{name}' sent a reply to {path} that does not parse: {e}"
+            ))
+        })
+    }
+
+    /// Posts and returns the reply's bytes when the plugin answered 200, else its error.
+    async fn post_checked(&self, path: &str, body: Bytes) -> Result<Bytes> {
         let (status, reply) = self.transport.post(path, body).await?;
         let name = self.endpoint.full_name();
         if status != 200 {
@@ -164,16 +201,95 @@ impl RpcClient {
             };
             return Err(Error::new(ErrorKind::from_status(status), message));
         }
-        serde_json::from_slice(&reply).map_err(|e| {
-            Error::internal(format!(
-                "plugin '{name}' sent a reply to {path} that does not parse: {e}"
-            ))
-        })
+        Ok(reply)
     }
 
     fn sub_type(&self) -> String {
         self.endpoint.sub_type.clone()
     }
+}
+
+/// Reads a `DescribeInstances` reply. One description that cannot be read must not cost the
+/// whole list: a controller that cannot list a group decides nothing for it, so one hand-written
+/// instance nested deeper than the JSON reader's 128 levels stopped the healing of every other.
+///
+/// The reply is read whole first (the usual case costs what it always did). Only when that fails
+/// is it read again description by description: a description that cannot be read whole is kept
+/// with its ID, logical ID and tags (its properties set aside, and tag [`UNREADABLE`] saying why),
+/// so it still counts as the instance it is; one without even those is left out. Both are logged.
+///
+/// [`UNREADABLE`]: crate::spi::tags::UNREADABLE
+fn read_descriptions(plugin: &str, path: &str, reply: &[u8]) -> Result<Vec<Description>> {
+    let whole = match serde_json::from_slice::<DescribeInstancesResponse>(reply) {
+        Ok(r) => return Ok(r.descriptions),
+        Err(e) => e,
+    };
+    let does_not_parse = |e: &dyn std::fmt::Display| {
+        Error::internal(format!(
+            "plugin '{plugin}' sent a reply to {path} that does not parse: {e}"
+        ))
+    };
+    /// The list with each description kept as text. Skipping over a value to keep its text has
+    /// no depth limit (serde_json walks it without recursing).
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        #[serde(rename = "Descriptions", default)]
+        descriptions: Option<Vec<Box<serde_json::value::RawValue>>>,
+    }
+    /// What identifies an instance; everything else (its properties) is skipped unread.
+    #[derive(serde::Deserialize)]
+    struct Bare {
+        #[serde(rename = "ID")]
+        id: InstanceId,
+        #[serde(rename = "LogicalID", default)]
+        logical_id: Option<String>,
+        #[serde(rename = "Tags", default)]
+        tags: Option<Tags>,
+    }
+    let listed: Listed = serde_json::from_slice(reply).map_err(|_| does_not_parse(&whole))?;
+    let items = listed.descriptions.unwrap_or_default();
+    Ok(crate::spi::shared_tags::interning(|| {
+        items
+            .iter()
+            .filter_map(|item| {
+                let e = match serde_json::from_str::<Description>(item.get()) {
+                    Ok(d) => return Some(d),
+                    Err(e) => e,
+                };
+                match serde_json::from_str::<Bare>(item.get()) {
+                    Ok(bare) => {
+                        tracing::warn!(
+                            plugin,
+                            instance = %bare.id,
+                            "the description of instance {} cannot be read ({e}): counted by its ID \
+                             and tags, its properties set aside",
+                            bare.id
+                        );
+                        let mut tags = bare.tags.unwrap_or_default();
+                        tags.insert(
+                            crate::spi::tags::UNREADABLE.to_string(),
+                            format!("its description cannot be read: {e}"),
+                        );
+                        Some(Description {
+                            id: bare.id,
+                            logical_id: bare.logical_id,
+                            tags: tags.into(),
+                            properties: None,
+                        })
+                    }
+                    Err(bare) => {
+                        let text = item.get();
+                        let start: String = text.chars().take(120).collect();
+                        tracing::warn!(
+                            plugin,
+                            "a description cannot be read and is left out ({e}; {bare}): {start}..."
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
+    }))
 }
 
 /// A remote instance plugin.
@@ -263,8 +379,9 @@ impl InstancePlugin for InstanceClient {
             ids: None,
             r#type: self.0.sub_type(),
         };
-        let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
-        Ok(r.descriptions)
+        self.0
+            .call_with("DescribeInstances", &req, read_descriptions)
+            .await
     }
 
     /// Sends the IDs; a plugin that does not know them answers every instance (see the trait).
@@ -280,8 +397,9 @@ impl InstancePlugin for InstanceClient {
             ids: Some(ids.to_vec()),
             r#type: self.0.sub_type(),
         };
-        let r: DescribeInstancesResponse = self.0.call("DescribeInstances", &req).await?;
-        Ok(r.descriptions)
+        self.0
+            .call_with("DescribeInstances", &req, read_descriptions)
+            .await
     }
 
     /// A plugin that does not know `Instance.Changes` (InfraKit v0.5's, or ours before it) answers
@@ -589,5 +707,61 @@ impl GroupPlugin for GroupClient {
             .call::<_, OkResponse>("SetSize", &req)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{"Deep": [[...1...]]}`, `depth` levels in all.
+    fn nested(depth: usize) -> String {
+        format!(
+            "{{\"Deep\": {}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn one_description_too_deep_to_read_costs_only_its_properties() {
+        let reply = format!(
+            r#"{{"Descriptions": [
+                {{"ID": "a", "Tags": {{"infrakit.group": "g"}}}},
+                {{"ID": "deep", "LogicalID": "l", "Tags": {{"infrakit.group": "g"}}, "Properties": {}}},
+                {{"ID": "fine", "Tags": {{"infrakit.group": "g"}}, "Properties": {}}},
+                {{"Tags": {{"no": "id"}}, "Properties": {}}}
+            ]}}"#,
+            nested(127),
+            nested(100),
+            nested(127)
+        );
+        // Read whole, the reply is too deep (this is what stopped a group's healing).
+        assert!(serde_json::from_str::<DescribeInstancesResponse>(&reply).is_err());
+        let list = read_descriptions("p", "/Instance.DescribeInstances", reply.as_bytes())
+            .expect("the readable part");
+        let ids: Vec<&str> = list.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["a", "deep", "fine"],
+            "the one without an ID is left out"
+        );
+        let deep = &list[1];
+        assert_eq!(deep.logical_id.as_deref(), Some("l"));
+        assert_eq!(
+            deep.tags.get("infrakit.group").map(String::as_str),
+            Some("g")
+        );
+        assert!(deep.properties.is_none());
+        let why = deep.tags.get(crate::spi::tags::UNREADABLE).expect("marked");
+        assert!(why.contains("recursion limit"), "{why}");
+        assert!(
+            list[2].properties.is_some(),
+            "a deep but readable one is whole"
+        );
+        assert!(!list[0].tags.contains_key(crate::spi::tags::UNREADABLE));
+        // A reply that is not a list at all is still an error.
+        let e = read_descriptions("p", "/I", b"{\"Descriptions\": 3}").expect_err("bad");
+        assert!(e.to_string().contains("does not parse"), "{e}");
     }
 }
