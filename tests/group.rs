@@ -408,6 +408,18 @@ fn bad_group_files_are_refused_and_running_groups_untouched() {
             "Alocation",
         ),
         ("bad JSON", "{\"ID\": \"ok\", \"Properties\": {".to_string(), "not a valid group spec"),
+        (
+            "a LogicalID with a zero-width space (prints as its twin)",
+            json!({"ID": "pets", "Properties": {"Allocation": {"LogicalIDs": ["n1", "n1\u{200B}"]},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "LogicalIDs[1]: 'n1\\u{200b}' holds U+200B",
+        ),
+        (
+            "a LogicalID with a right-to-left override (prints reversed)",
+            json!({"ID": "pets", "Properties": {"Allocation": {"LogicalIDs": ["\u{202E}gnp.exe"]},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "holds U+202E",
+        ),
     ];
     for (what, text, needle) in cases {
         let f = s.w.write("bad.json", &text);
