@@ -377,4 +377,61 @@ fn bootstrap_pretends_and_refuses_bad_files() {
         &["bootstrap", "/nonexistent/groups.json", "--registry", "r/x"],
         "does not exist",
     );
+
+    // A manager's logical ID is the address the swarm dials: one host's own, reachable.
+    for (addr, why) in [
+        ("255.255.255.255", "the broadcast address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("127.0.0.1", "a loopback address"),
+        ("224.0.0.1", "a multicast address"),
+    ] {
+        let f = w.write(
+            "unreachable.json",
+            &json!([{"Plugin": "group", "Properties": {"ID": "m", "Properties": {
+                "Allocation": {"LogicalIDs": [addr, "10.0.0.2", "10.0.0.3"]},
+                "Instance": {"Plugin": "instance-docker", "Properties": {"Image": "x"}},
+                "Flavor": {"Plugin": "flavor-swarm/manager"}}}}])
+            .to_string(),
+        );
+        let out = run(&[
+            "bootstrap",
+            f.to_str().unwrap(),
+            "--registry",
+            "r/x",
+            "--pretend",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("logical ID '{addr}' is {why}"))
+                && err.contains("unicast"),
+            "{addr}: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("advertise-addr"),
+            "{addr}: nothing planned"
+        );
+    }
+    // --env is checked as `swarm deploy --env` checks it, --pretend or not.
+    for bad in ["nocolon", "group:=v", "group:NOVALUE", "nope:A=b"] {
+        let out = run(&[
+            "bootstrap",
+            example,
+            "--registry",
+            "r/x",
+            "--env",
+            bad,
+            "--pretend",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let deploy = run(&["swarm", "deploy", "--registry", "r/x", "--env", bad]);
+        let deploy_err = String::from_utf8_lossy(&deploy.stderr);
+        assert!(!out.status.success(), "--env {bad} accepted: {err}");
+        assert_eq!(
+            err.trim(),
+            deploy_err.trim(),
+            "--env {bad}: bootstrap and swarm deploy say the same"
+        );
+        assert!(err.contains(&format!("--env {bad}")), "{err}");
+    }
 }

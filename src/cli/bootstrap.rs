@@ -30,7 +30,7 @@ use infrakit_sdk::spi::tags;
 use serde::Deserialize;
 
 use super::input::read_json;
-use super::swarm::{deploy, RolloutFlags};
+use super::swarm::{deploy, parse_env, RolloutFlags};
 use crate::output::outln;
 
 #[derive(Args, Debug)]
@@ -158,6 +158,8 @@ fn plan(file: &str) -> Result<Vec<Planned>> {
 pub async fn run(args: BootstrapArgs) -> Result<()> {
     let started = Instant::now();
     let groups = plan(&args.file)?;
+    // Checked as `swarm deploy --env` checks it, and before --pretend prints a plan it would refuse.
+    parse_env(&args.env)?;
     let managers = groups
         .iter()
         .find(|g| g.role == Some(Role::Manager))

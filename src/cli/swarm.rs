@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use infrakit_docker::swarm::bundle::{self, Bundle, BundlePlugin, NodeInfo, Progress, PLUGINS};
 use infrakit_docker::swarm::services::{PluginService, BUNDLE_LABEL, PLUGIN_LABEL};
@@ -203,14 +203,15 @@ async fn preflight(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-/// `PLUGIN:NAME=VALUE` settings, by plugin.
-fn parse_env(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+/// `PLUGIN:NAME=VALUE` settings, by plugin: the one check of `--env` (`swarm deploy` and
+/// `bootstrap`, which checks before doing or pretending anything).
+pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in items {
         let Some((plugin, setting)) = item.split_once(':') else {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         };
-        bundle::plugin(plugin)?;
+        bundle::plugin(plugin).map_err(|e| anyhow!("--env {item}: {e}"))?;
         if !setting.contains('=') || setting.starts_with('=') {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         }

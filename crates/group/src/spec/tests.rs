@@ -180,7 +180,13 @@ fn logical_ids_that_print_as_something_else_are_refused_naming_the_code_point() 
         );
     }
     // What people write stays accepted: addresses, host names, letters of any script.
-    let fine = pets(json!(["10.0.0.1", "fe80::1", "db-1.example.com", "ñandú", "節點-1"]));
+    let fine = pets(json!([
+        "10.0.0.1",
+        "fe80::1",
+        "db-1.example.com",
+        "ñandú",
+        "節點-1"
+    ]));
     assert!(parse(&spec(fine), Origin::Commit).is_ok());
     // A record stored by an earlier version still loads (the controller must not lose it).
     assert!(parse(&spec(pets(json!(["n1", "n1\u{200B}"]))), Origin::Stored).is_ok());
