@@ -275,6 +275,27 @@ fn plugin_ls_and_not_found() {
     );
     let rows: Value = serde_json::from_str(&ls(&["plugin", "ls", "--json"])).unwrap();
     assert_eq!(rows[1]["Source"], json!("dir"));
+    // Each name is found once here, so each is the one commands pick.
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["Picked"] == json!(true)),
+        "{rows}"
+    );
+    assert!(table.contains("PICKED"), "{table}");
+    // A plugin from the plugins directory answers without a word about where it was found.
+    let out = w
+        .cmd(&["instance", "--name", "instance-file", "describe", "-q"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let err = w.fails(&["instance", "--name", "nowhere", "describe"]);
     assert!(

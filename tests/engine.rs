@@ -251,6 +251,78 @@ fn managed_plugins_lifecycle() {
     wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
     let first_ids = instance_ids(&instances);
 
+    // None of the user's own runs: the CLI says, in one line, which plugin answered.
+    let out = cli.run(&["group", "-n", "e2e-group", "ls", "-q"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines()
+            .filter(|l| l
+                .contains("plugin 'e2e-group' answers from the Docker engine's managed plugins")
+                && l.contains("no-plugins"))
+            .count(),
+        1,
+        "{said}"
+    );
+    // One of the user's own by the same name: it answers, silently, and `plugin ls` marks it as
+    // the one picked, above the engine's.
+    let mine = tmp.path().join("mine");
+    let mut own = Command::new(common::BIN)
+        .args([
+            "plugin",
+            "serve",
+            "flavor-vanilla",
+            "--name",
+            "e2e-flavor-vanilla",
+        ])
+        .env("INFRAKIT_PLUGINS_DIR", &mine)
+        .env("INFRAKIT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("serve flavor-vanilla");
+    let mine_cli = Cli {
+        plugins_dir: mine.clone(),
+    };
+    let empty = tmp.path().join("empty.json");
+    std::fs::write(&empty, "{}").expect("write");
+    let empty = empty.display().to_string();
+    wait_until(
+        "the hand-run flavor answers",
+        Duration::from_secs(20),
+        || {
+            let o = mine_cli.run(&["flavor", "-n", "e2e-flavor-vanilla", "validate", &empty]);
+            (!o.status.success() || !o.stderr.is_empty()).then(|| text(&o))
+        },
+    );
+    let rows: Value =
+        serde_json::from_str(&mine_cli.ok(&["plugin", "ls", "--json"])).expect("plugin ls JSON");
+    let vanilla: Vec<(Value, Value)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["Name"] == json!("e2e-flavor-vanilla"))
+        .map(|r| (r["Source"].clone(), r["Picked"].clone()))
+        .collect();
+    assert_eq!(
+        vanilla,
+        vec![(json!("dir"), json!(true)), (json!("engine"), json!(false))],
+        "{rows}"
+    );
+    let table = mine_cli.ok(&["plugin", "ls"]);
+    let picked: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("e2e-flavor-vanilla "))
+        .collect();
+    assert!(
+        picked.len() == 2
+            && picked[0].contains('*')
+            && picked[0].contains("dir")
+            && !picked[1].contains('*'),
+        "{table}"
+    );
+    let _ = own.kill();
+    let _ = own.wait();
+
     // Kill the group plugin's process: the engine restarts it; the group is still managed.
     let gid = plugin_id(&group);
     let pid = plugin_pid(&gid).expect("the group plugin's process");
