@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::engine::{
-    self, busybox, docker, docker_ok, ensure_busybox, in_ci, text, unique, wait_until, STATIC_BIN,
+    self, busybox, docker, docker_ok, ensure_busybox, text, unique, wait_until, STATIC_BIN,
 };
 use common::{Plugin, World};
 use infrakit_plugins::instance_docker::DockerInstancePlugin;
@@ -531,10 +531,10 @@ impl Drop for ManagedPlugin {
 fn managed_instance_docker_provisions() {
     let Ok(_lock) = prerequisites() else { return };
     if !std::path::Path::new(STATIC_BIN).is_file() {
-        if in_ci() {
-            panic!("no static binary at {STATIC_BIN} (make static; make test builds it)");
-        }
-        eprintln!("\n*** SKIPPING the managed instance-docker test: no {STATIC_BIN}; run make static ***\n");
+        common::skip::skip(
+            "managed instance-docker test",
+            &format!("no static binary at {STATIC_BIN} (make static; make test builds it)"),
+        );
         return;
     }
     let mut clean = Cleanup::new();

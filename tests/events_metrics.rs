@@ -351,11 +351,10 @@ fn a_real_prometheus_scrapes_the_group_plugin() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
     else {
-        assert!(
-            !common::engine::in_ci(),
-            "CI must run the Prometheus test: scripts/setup-debian.sh installs Debian's prometheus"
+        common::skip::skip(
+            "Prometheus scrape test",
+            "no prometheus binary (apt-get install prometheus; scripts/setup-debian.sh installs it in CI)",
         );
-        eprintln!("\n*** SKIPPING the Prometheus scrape test: no prometheus binary (apt-get install prometheus) ***\n");
         return;
     };
     let w = World::new();
