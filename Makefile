@@ -146,6 +146,9 @@ clean:
 	rm -rf rootfs plugins/*/rootfs target/plugins
 
 ## The quick start: controller + built-in plugins in one process, commits examples/cattle.json.
+## A group stored by an earlier run with another spec (changed since, or stopped mid-update) is
+## resumed as it is, saying what differs; UP_FLAGS=--force commits FILE over it.
 FILE ?= examples/cattle.json
+UP_FLAGS ?=
 up: setup
-	$(CARGO) run --release --locked --bin infrakit -- up $(FILE)
+	$(CARGO) run --release --locked --bin infrakit -- up $(FILE) $(UP_FLAGS)
