@@ -603,3 +603,51 @@ fn upgrade_through_a_registry_keeps_id_settings_and_instances() {
     std::fs::remove_file(instances.join(format!("{}.json", before[0]))).expect("rm instance");
     wait_converged(&cli, "up-group", "up", &instances, 3);
 }
+
+/// `Engine::registry_has`, what `swarm deploy`/`upgrade` without `--push` ask for every plugin
+/// before making anything (tests/swarm_deploy.rs checks the command on the lab): through the real
+/// engine against Debian's docker-registry on loopback. A plugin reference that is not there is
+/// `false`, one that is `true`, a registry that cannot be asked an error naming why.
+#[test]
+fn the_engine_tells_whether_a_plugin_reference_is_in_its_registry() {
+    let Ok(_lock) = engine::prerequisites("plugin registry lookup test", || None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut registry = Registry::start(tmp.path());
+    let there = format!("{}/infrakit-selftest/standin:1", registry.addr);
+    let absent = format!("{}/infrakit-selftest/standin:2", registry.addr);
+    let nothing = format!("{}/infrakit-selftest/nothing:1", registry.addr);
+    let engine = infrakit_docker::Engine::new("/var/run/docker.sock");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let has = |r: &str| rt.block_on(engine.registry_has(r));
+
+    // A tiny stand-in plugin (only its reference matters), pushed and removed locally.
+    let context = tmp.path().join("standin");
+    std::fs::create_dir_all(context.join("rootfs/bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", context.join("rootfs/bin/busybox"))
+        .expect("copy /bin/busybox (Debian's busybox-static)");
+    std::fs::write(
+        context.join("config.json"),
+        r#"{"description": "infrakit selftest stand-in", "documentation": "-",
+            "entrypoint": ["/bin/busybox", "sleep", "1000"],
+            "interface": {"types": ["docker.dummy/1.0"], "socket": "x.sock"},
+            "network": {"type": "host"}}"#,
+    )
+    .expect("write config.json");
+    docker_ok(&["plugin", "create", &there, &context.display().to_string()]);
+    let pushed = docker(&["plugin", "push", &there]);
+    let _ = docker(&["plugin", "rm", "-f", &there]);
+    assert!(pushed.status.success(), "push: {}", text(&pushed));
+
+    assert!(has(&there).expect("asked"));
+    assert!(!has(&absent).expect("asked"), "another tag");
+    assert!(!has(&nothing).expect("asked"), "another repository");
+    let _ = registry.child.kill();
+    let _ = registry.child.wait();
+    let e = has(&there).expect_err("the registry is gone");
+    assert!(
+        e.message.contains(&there) && e.message.contains("connection refused"),
+        "{e}"
+    );
+}

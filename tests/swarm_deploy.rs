@@ -195,6 +195,43 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
         .find(|n| n.name != leader.name && n.name != follower.name)
         .expect("a third manager");
 
+    // Without --push, plugins the registry lacks are named before anything is made, in seconds.
+    let t = Instant::now();
+    let out = infrakit(
+        &follower.host,
+        &[
+            "swarm",
+            "deploy",
+            "--bundle",
+            BUNDLE,
+            "--registry",
+            &registry,
+            "--version",
+            "t0-never-pushed",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(
+        err.contains("plugins are not in the registry")
+            && err.contains(&format!("{registry}/group:t0-never-pushed"))
+            && err.contains("--push"),
+        "{err}"
+    );
+    let services = docker_on(
+        &follower.host,
+        &[
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={BUNDLE}-"),
+        ],
+    )
+    .unwrap_or_default();
+    assert!(services.is_empty(), "nothing made: {services}");
+
     // Deploy through a follower's engine (any manager will do).
     let t = Instant::now();
     let out = ok(

@@ -138,6 +138,8 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             let bundle = Bundle::new(&args.bundle, &registry, &version)?;
             if rollout.push {
                 push(&engine, &bundle, rollout.binary.as_deref()).await?;
+            } else {
+                in_registry(&engine, &bundle).await?;
             }
             for plugin in PLUGINS {
                 // Settings stay what the first install gave (the engine applies Env only then).
@@ -166,6 +168,8 @@ pub async fn deploy(
     preflight(engine).await?;
     if rollout.push {
         push(engine, bundle, rollout.binary.as_deref()).await?;
+    } else {
+        in_registry(engine, bundle).await?;
     }
     let existing = services_by_plugin(engine, &bundle.name).await?;
     for plugin in PLUGINS {
@@ -175,6 +179,44 @@ pub async fn deploy(
         apply(engine, bundle, plugin, existing.get(plugin.name), all).await?;
     }
     wait_for(engine, &bundle.name, rollout, "deployed").await
+}
+
+/// Every plugin of the bundle must be in the registry before any service is made: otherwise each
+/// node's task fails to pull, and the deploy only times out minutes later with a guess at why.
+/// The engine resolves each reference (as the nodes will); all missing ones are named at once.
+async fn in_registry(engine: &Engine, bundle: &Bundle) -> Result<()> {
+    let mut missing = Vec::new();
+    for plugin in PLUGINS {
+        let remote = bundle.remote(plugin);
+        match engine.registry_has(&remote).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(remote),
+            Err(e) => {
+                let hint = bundle::advice(&e.message)
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                bail!(
+                    "cannot tell whether {remote} is in its registry: {}{hint}",
+                    e.message
+                );
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} of the bundle's {} plugins are not in the registry {} (the engine at {} looked them \
+             up): {}. Push them first: add --push (it builds them from a static infrakit binary), \
+             or make plugins push REPO={} VERSION={}",
+            missing.len(),
+            PLUGINS.len(),
+            bundle.registry,
+            engine.address(),
+            missing.join(", "),
+            bundle.registry,
+            bundle.version
+        );
+    }
+    Ok(())
 }
 
 /// The engine must be a manager of a swarm with experimental features on.
