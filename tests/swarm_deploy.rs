@@ -219,18 +219,16 @@ fn the_bundle_deploys_upgrades_and_goes_across_the_swarm() {
             && err.contains("--push"),
         "{err}"
     );
-    let services = docker_on(
-        &follower.host,
-        &[
-            "service",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("name={BUNDLE}-"),
-        ],
-    )
-    .unwrap_or_default();
-    assert!(services.is_empty(), "nothing made: {services}");
+    // (`docker service ls` hides plugin services; `swarm ls` lists them.)
+    let ls = ok(
+        infrakit(
+            &follower.host,
+            &["swarm", "--bundle", BUNDLE, "ls", "--json"],
+        ),
+        "swarm ls",
+    );
+    let rows: Vec<Value> = serde_json::from_str(&ls).expect("ls --json");
+    assert!(rows.is_empty(), "nothing made: {ls}");
 
     // Deploy through a follower's engine (any manager will do).
     let t = Instant::now();
