@@ -644,4 +644,40 @@ fn a_seed_grows_into_a_swarm_that_manages_itself() {
         fewest >= 2,
         "quorum lost during the update: {fewest} Reachable managers"
     );
+
+    // 6. bootstrap --down: the bundle removed through a manager (no controller makes nodes
+    // again), every node of both groups gone; the network and the registry (not bootstrap's)
+    // stay.
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_infrakit"))
+        .args(["bootstrap", "--down", file.to_str().expect("utf-8")])
+        .args(["--bundle", BUNDLE])
+        .args(["--seed-engine", &format!("{SOCKETS}/{{ip}}/docker.sock")])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bootstrap --down");
+    let printed = text(&out);
+    assert!(out.status.success(), "bootstrap --down failed:\n{printed}");
+    assert!(
+        printed.contains(&format!("removing bundle '{BUNDLE}' through")),
+        "{printed}"
+    );
+    for group in [MANAGERS, WORKERS] {
+        let left = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=infrakit.group={group}"),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+            "{group}'s nodes left: {printed}"
+        );
+    }
+    assert!(docker(&["network", "inspect", NETWORK]).status.success());
+    println!(
+        "bootstrap --down: bundle and nodes removed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -496,7 +496,7 @@ async fn ls(engine: &Engine, bundle: &str, format: Format) -> Result<()> {
     }
 }
 
-async fn remove(engine: &Engine, bundle: &str) -> Result<()> {
+pub async fn remove(engine: &Engine, bundle: &str) -> Result<()> {
     let services = services_by_plugin(engine, bundle).await?;
     if services.is_empty() {
         outln!("no bundle '{bundle}' on this swarm: nothing to remove");
