@@ -275,6 +275,27 @@ fn plugin_ls_and_not_found() {
     );
     let rows: Value = serde_json::from_str(&ls(&["plugin", "ls", "--json"])).unwrap();
     assert_eq!(rows[1]["Source"], json!("dir"));
+    // Each name is found once here, so each is the one commands pick.
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["Picked"] == json!(true)),
+        "{rows}"
+    );
+    assert!(table.contains("PICKED"), "{table}");
+    // A plugin from the plugins directory answers without a word about where it was found.
+    let out = w
+        .cmd(&["instance", "--name", "instance-file", "describe", "-q"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let err = w.fails(&["instance", "--name", "nowhere", "describe"]);
     assert!(
@@ -377,4 +398,142 @@ fn bootstrap_pretends_and_refuses_bad_files() {
         &["bootstrap", "/nonexistent/groups.json", "--registry", "r/x"],
         "does not exist",
     );
+
+    // A manager's logical ID is the address the swarm dials: one host's own, reachable.
+    for (addr, why) in [
+        ("255.255.255.255", "the broadcast address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("127.0.0.1", "a loopback address"),
+        ("224.0.0.1", "a multicast address"),
+    ] {
+        let f = w.write(
+            "unreachable.json",
+            &json!([{"Plugin": "group", "Properties": {"ID": "m", "Properties": {
+                "Allocation": {"LogicalIDs": [addr, "10.0.0.2", "10.0.0.3"]},
+                "Instance": {"Plugin": "instance-docker", "Properties": {"Image": "x"}},
+                "Flavor": {"Plugin": "flavor-swarm/manager"}}}}])
+            .to_string(),
+        );
+        let out = run(&[
+            "bootstrap",
+            f.to_str().unwrap(),
+            "--registry",
+            "r/x",
+            "--pretend",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("logical ID '{addr}' is {why}"))
+                && err.contains("unicast"),
+            "{addr}: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("advertise-addr"),
+            "{addr}: nothing planned"
+        );
+    }
+    // --env is checked as `swarm deploy --env` checks it, --pretend or not.
+    for bad in ["nocolon", "group:=v", "group:NOVALUE", "nope:A=b"] {
+        let out = run(&[
+            "bootstrap",
+            example,
+            "--registry",
+            "r/x",
+            "--env",
+            bad,
+            "--pretend",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let deploy = run(&["swarm", "deploy", "--registry", "r/x", "--env", bad]);
+        let deploy_err = String::from_utf8_lossy(&deploy.stderr);
+        assert!(!out.status.success(), "--env {bad} accepted: {err}");
+        assert_eq!(
+            err.trim(),
+            deploy_err.trim(),
+            "--env {bad}: bootstrap and swarm deploy say the same"
+        );
+        assert!(err.contains(&format!("--env {bad}")), "{err}");
+    }
+}
+
+/// Run only by `a_skip_is_listed_at_the_end_of_make_test_and_fails_under_ci`, as its own process.
+#[test]
+#[ignore = "a skipping test on purpose, run by a_skip_is_listed_at_the_end_of_make_test_and_fails_under_ci"]
+fn skip_demo() {
+    common::skip::skip("demo part", "nothing to demo with");
+}
+
+/// Run only by `a_skip_is_listed_at_the_end_of_make_test_and_fails_under_ci`, as its own process.
+#[test]
+#[ignore = "a skipping test on purpose, run by a_skip_is_listed_at_the_end_of_make_test_and_fails_under_ci"]
+fn swarm_opt_out_demo() {
+    assert!(common::skip::swarm_opted_out("demo swarm part"));
+}
+
+/// A test that cannot run is not a silent "ok": it lands in the skip log that `make test` prints at
+/// the end (scripts/test-skips.sh), and under CI=true it fails, as does the summary.
+#[test]
+fn a_skip_is_listed_at_the_end_of_make_test_and_fails_under_ci() {
+    let w = World::new();
+    let log = w.path("skips.log");
+    let this = std::env::current_exe().expect("this test binary");
+    let demo = |name: &str, ci: bool| {
+        let mut c = std::process::Command::new(&this);
+        c.args(["--exact", name, "--ignored", "--test-threads", "1"])
+            .env("INFRAKIT_SKIP_LOG", &log)
+            .env("INFRAKIT_SKIP_SWARM", "1")
+            .env_remove("CI");
+        if ci {
+            c.env("CI", "true");
+        }
+        c.output().expect("run the demo test")
+    };
+    let summary = |ci: bool| {
+        let mut c = std::process::Command::new("bash");
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/test-skips.sh"
+        ))
+        .arg(&log)
+        .env_remove("CI");
+        if ci {
+            c.env("CI", "true");
+        }
+        c.output().expect("run scripts/test-skips.sh")
+    };
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let empty = summary(false);
+    assert!(empty.status.success() && said(&empty).contains("nothing skipped"));
+
+    // Outside CI: the test passes, and says why it did not run, in the log.
+    assert!(demo("skip_demo", false).status.success());
+    assert!(demo("swarm_opt_out_demo", false).status.success());
+    let lines = std::fs::read_to_string(&log).expect("the skip log");
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        vec![
+            "skip_demo: the demo part did not run: nothing to demo with",
+            "swarm_opt_out_demo: the demo swarm part did not run: INFRAKIT_SKIP_SWARM=1 (opted out)",
+        ]
+    );
+    let listed = summary(false);
+    assert!(listed.status.success());
+    assert!(
+        said(&listed).contains("2 test part(s) did NOT run")
+            && said(&listed).contains("  - skip_demo: the demo part did not run"),
+        "{}",
+        said(&listed)
+    );
+    // Under CI: the summary of those skips fails, and so does each test itself.
+    assert!(!summary(true).status.success());
+    for name in ["skip_demo", "swarm_opt_out_demo"] {
+        let out = demo(name, true);
+        assert!(
+            !out.status.success() && said(&out).contains("must run in CI"),
+            "{name} under CI=true: {}",
+            said(&out)
+        );
+    }
 }

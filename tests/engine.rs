@@ -251,6 +251,78 @@ fn managed_plugins_lifecycle() {
     wait_converged(&cli, "e2e-group", "e2e", &instances, 3);
     let first_ids = instance_ids(&instances);
 
+    // None of the user's own runs: the CLI says, in one line, which plugin answered.
+    let out = cli.run(&["group", "-n", "e2e-group", "ls", "-q"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines()
+            .filter(|l| l
+                .contains("plugin 'e2e-group' answers from the Docker engine's managed plugins")
+                && l.contains("no-plugins"))
+            .count(),
+        1,
+        "{said}"
+    );
+    // One of the user's own by the same name: it answers, silently, and `plugin ls` marks it as
+    // the one picked, above the engine's.
+    let mine = tmp.path().join("mine");
+    let mut own = Command::new(common::BIN)
+        .args([
+            "plugin",
+            "serve",
+            "flavor-vanilla",
+            "--name",
+            "e2e-flavor-vanilla",
+        ])
+        .env("INFRAKIT_PLUGINS_DIR", &mine)
+        .env("INFRAKIT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("serve flavor-vanilla");
+    let mine_cli = Cli {
+        plugins_dir: mine.clone(),
+    };
+    let empty = tmp.path().join("empty.json");
+    std::fs::write(&empty, "{}").expect("write");
+    let empty = empty.display().to_string();
+    wait_until(
+        "the hand-run flavor answers",
+        Duration::from_secs(20),
+        || {
+            let o = mine_cli.run(&["flavor", "-n", "e2e-flavor-vanilla", "validate", &empty]);
+            (!o.status.success() || !o.stderr.is_empty()).then(|| text(&o))
+        },
+    );
+    let rows: Value =
+        serde_json::from_str(&mine_cli.ok(&["plugin", "ls", "--json"])).expect("plugin ls JSON");
+    let vanilla: Vec<(Value, Value)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["Name"] == json!("e2e-flavor-vanilla"))
+        .map(|r| (r["Source"].clone(), r["Picked"].clone()))
+        .collect();
+    assert_eq!(
+        vanilla,
+        vec![(json!("dir"), json!(true)), (json!("engine"), json!(false))],
+        "{rows}"
+    );
+    let table = mine_cli.ok(&["plugin", "ls"]);
+    let picked: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("e2e-flavor-vanilla "))
+        .collect();
+    assert!(
+        picked.len() == 2
+            && picked[0].contains('*')
+            && picked[0].contains("dir")
+            && !picked[1].contains('*'),
+        "{table}"
+    );
+    let _ = own.kill();
+    let _ = own.wait();
+
     // Kill the group plugin's process: the engine restarts it; the group is still managed.
     let gid = plugin_id(&group);
     let pid = plugin_pid(&gid).expect("the group plugin's process");
@@ -530,4 +602,52 @@ fn upgrade_through_a_registry_keeps_id_settings_and_instances() {
     // Still managed: a lost instance comes back.
     std::fs::remove_file(instances.join(format!("{}.json", before[0]))).expect("rm instance");
     wait_converged(&cli, "up-group", "up", &instances, 3);
+}
+
+/// `Engine::registry_has`, what `swarm deploy`/`upgrade` without `--push` ask for every plugin
+/// before making anything (tests/swarm_deploy.rs checks the command on the lab): through the real
+/// engine against Debian's docker-registry on loopback. A plugin reference that is not there is
+/// `false`, one that is `true`, a registry that cannot be asked an error naming why.
+#[test]
+fn the_engine_tells_whether_a_plugin_reference_is_in_its_registry() {
+    let Ok(_lock) = engine::prerequisites("plugin registry lookup test", || None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut registry = Registry::start(tmp.path());
+    let there = format!("{}/infrakit-selftest/standin:1", registry.addr);
+    let absent = format!("{}/infrakit-selftest/standin:2", registry.addr);
+    let nothing = format!("{}/infrakit-selftest/nothing:1", registry.addr);
+    let engine = infrakit_docker::Engine::new("/var/run/docker.sock");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let has = |r: &str| rt.block_on(engine.registry_has(r));
+
+    // A tiny stand-in plugin (only its reference matters), pushed and removed locally.
+    let context = tmp.path().join("standin");
+    std::fs::create_dir_all(context.join("rootfs/bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", context.join("rootfs/bin/busybox"))
+        .expect("copy /bin/busybox (Debian's busybox-static)");
+    std::fs::write(
+        context.join("config.json"),
+        r#"{"description": "infrakit selftest stand-in", "documentation": "-",
+            "entrypoint": ["/bin/busybox", "sleep", "1000"],
+            "interface": {"types": ["docker.dummy/1.0"], "socket": "x.sock"},
+            "network": {"type": "host"}}"#,
+    )
+    .expect("write config.json");
+    docker_ok(&["plugin", "create", &there, &context.display().to_string()]);
+    let pushed = docker(&["plugin", "push", &there]);
+    let _ = docker(&["plugin", "rm", "-f", &there]);
+    assert!(pushed.status.success(), "push: {}", text(&pushed));
+
+    assert!(has(&there).expect("asked"));
+    assert!(!has(&absent).expect("asked"), "another tag");
+    assert!(!has(&nothing).expect("asked"), "another repository");
+    let _ = registry.child.kill();
+    let _ = registry.child.wait();
+    let e = has(&there).expect_err("the registry is gone");
+    assert!(
+        e.message.contains(&there) && e.message.contains("connection refused"),
+        "{e}"
+    );
 }

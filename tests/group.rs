@@ -408,6 +408,18 @@ fn bad_group_files_are_refused_and_running_groups_untouched() {
             "Alocation",
         ),
         ("bad JSON", "{\"ID\": \"ok\", \"Properties\": {".to_string(), "not a valid group spec"),
+        (
+            "a LogicalID with a zero-width space (prints as its twin)",
+            json!({"ID": "pets", "Properties": {"Allocation": {"LogicalIDs": ["n1", "n1\u{200B}"]},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "LogicalIDs[1]: 'n1\\u{200b}' holds U+200B",
+        ),
+        (
+            "a LogicalID with a right-to-left override (prints reversed)",
+            json!({"ID": "pets", "Properties": {"Allocation": {"LogicalIDs": ["\u{202E}gnp.exe"]},
+                "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "flavor-vanilla"}}}).to_string(),
+            "holds U+202E",
+        ),
     ];
     for (what, text, needle) in cases {
         let f = s.w.write("bad.json", &text);
@@ -738,4 +750,111 @@ fn up_prints_each_change_as_it_happens_and_says_when_the_group_is_gone() {
     let err = err.lock().unwrap().clone();
     let keeping = err.iter().filter(|l| l.contains("keeping group")).count();
     assert_eq!(keeping, 1, "said once, before the destroy: {err:?}");
+}
+
+/// `up` (`make up`) stopped by Ctrl-C half way through an update, then run again with the same
+/// file: it resumes the stored group, saying what differs and that --force would undo it, instead
+/// of re-committing the file and rolling the update back without a word; --force says what it
+/// abandons.
+#[test]
+fn up_again_resumes_a_stored_group_mid_update_and_force_says_what_it_undoes() {
+    let w = World::new();
+    // MinReadySeconds keeps the update going for minutes: it is surely half way when stopped.
+    let spec = |note: &str| {
+        json!({"ID": "cattle", "Properties": {
+            "Allocation": {"Size": 3},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Note": note}},
+            "Flavor": {"Plugin": "flavor-vanilla"},
+            "Policies": {"Update": {"MaxSurge": 1, "MaxUnavailable": 0, "MinReadySeconds": 600, "HealthyDeadlineSeconds": 0}}
+        }})
+        .to_string()
+    };
+    let v1 = w.write("v1.json", &spec("v1"));
+    let v2 = w.write("v2.json", &spec("v2"));
+    let v1 = v1.to_str().unwrap();
+    let stored = w.path("store").join("cattle.json");
+    // The Note of the spec the store holds for the group (the record keeps older versions too).
+    let stored_note = || -> String {
+        std::fs::read_to_string(&stored)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|r| {
+                r["Spec"]["Properties"]["Instance"]["Properties"]["Note"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    let up = |extra: &[&str]| {
+        let mut args = vec!["up", v1, "--poll-interval", "200ms"];
+        args.extend_from_slice(extra);
+        let mut child = w
+            .cmd(&args)
+            .env("HOME", w.path("home"))
+            .env("INFRAKIT_INSTANCE_FILE_DIR", w.path("instances"))
+            .env("INFRAKIT_GROUP_STORE", w.path("store"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = collect_lines(child.stderr.take().unwrap());
+        (
+            common::Plugin {
+                child,
+                socket: w.socket("group"),
+            },
+            err,
+        )
+    };
+    let said = |err: &Arc<std::sync::Mutex<Vec<String>>>, what: &str| {
+        wait_until(what, Duration::from_secs(30), || {
+            err.lock().unwrap().iter().any(|l| l.contains(what))
+        });
+        err.lock().unwrap().join("\n")
+    };
+    let update_state = || {
+        let d: Value =
+            serde_json::from_str(&w.ok(&["group", "describe", "cattle", "--json"])).unwrap();
+        d["Update"]["State"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // The first run; from another terminal, a commit of v2; Ctrl-C while it rolls.
+    let (mut first, err) = up(&[]);
+    said(&err, "keeping group 'cattle' converged");
+    w.ok(&["group", "commit", v2.to_str().unwrap()]);
+    wait_until("the update under way", Duration::from_secs(30), || {
+        update_state() == "updating"
+    });
+    first.signal(2);
+    first
+        .wait_exit(Duration::from_secs(10))
+        .expect("up stops on Ctrl-C");
+    assert_eq!(stored_note(), "v2");
+
+    // Again with v1's file: the stored v2 group is resumed, its update still going, and it says so.
+    let (mut again, err) = up(&[]);
+    let text = said(&err, "resuming the stored group");
+    assert!(
+        text.contains("other Instance/Flavor properties")
+            && text.contains("update is in progress")
+            && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(update_state(), "updating", "not rolled back");
+    assert_eq!(stored_note(), "v2", "the file was not committed");
+    again.signal(2);
+    again.wait_exit(Duration::from_secs(10)).expect("up stops");
+
+    // --force commits the file, saying what it abandons.
+    let (mut forced, err) = up(&["--force"]);
+    let text = said(&err, "--force: committing");
+    assert!(text.contains("abandons its update in progress"), "{text}");
+    wait_until("v1 stored", Duration::from_secs(30), || {
+        stored_note() == "v1"
+    });
+    forced.signal(2);
+    forced.wait_exit(Duration::from_secs(10)).expect("up stops");
 }

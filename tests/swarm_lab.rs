@@ -295,6 +295,9 @@ fn managed_plugin_in_a_node() -> Vec<String> {
 
 #[test]
 fn a_swarm_lab_comes_up_healthy_and_goes_without_a_trace() {
+    if common::skip::swarm_opted_out("swarm lab test") {
+        return;
+    }
     let waited = Instant::now();
     let Ok(_lock) = prerequisites("swarm lab test", lab_missing) else {
         return;

@@ -29,8 +29,10 @@ use infrakit_sdk::spi::instance::{InstancePlugin, Spec, Tags};
 use infrakit_sdk::spi::tags;
 use serde::Deserialize;
 
+mod down;
+
 use super::input::read_json;
-use super::swarm::{deploy, RolloutFlags};
+use super::swarm::{deploy, parse_env, RolloutFlags};
 use crate::output::outln;
 
 #[derive(Args, Debug)]
@@ -43,15 +45,23 @@ instances are made with instance-docker, here on the engine at $DOCKER_HOST (def
 /var/run/docker.sock), and on the swarm through the socket --infrastructure names.\n\n\
 Example (examples/swarm/bootstrap.json; see the README's \"Bootstrap a swarm\"):\n  \
 infrakit bootstrap examples/swarm/bootstrap.json --registry 10.98.0.1:5000/infrakit --push --pretend\n  \
-infrakit bootstrap examples/swarm/bootstrap.json --registry 10.98.0.1:5000/infrakit --push"
+infrakit bootstrap examples/swarm/bootstrap.json --registry 10.98.0.1:5000/infrakit --push\n\n\
+--down removes what it made: the bundle (through a manager that answers, which stops the group \
+controllers) and every container instance-docker made for the file's groups on $DOCKER_HOST's \
+engine; other containers, images, networks and the registry are left alone:\n  \
+infrakit bootstrap --down examples/swarm/bootstrap.json"
 )]
 pub struct BootstrapArgs {
     /// The groups to create (the multi-group file).
     pub file: String,
     /// Where the nodes pull the plugins from (and where --push puts them): registry host and
     /// path, e.g. 10.98.0.1:5000/infrakit.
-    #[arg(long, value_name = "REGISTRY")]
-    pub registry: String,
+    #[arg(long, value_name = "REGISTRY", required_unless_present = "down")]
+    pub registry: Option<String>,
+    /// Remove what bootstrap made for FILE instead: the bundle, then every node of its groups
+    /// (with --pretend: say what would go).
+    #[arg(long)]
+    pub down: bool,
     /// The plugins' tag.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub version: String,
@@ -158,6 +168,8 @@ fn plan(file: &str) -> Result<Vec<Planned>> {
 pub async fn run(args: BootstrapArgs) -> Result<()> {
     let started = Instant::now();
     let groups = plan(&args.file)?;
+    // Checked as `swarm deploy --env` checks it, and before --pretend prints a plan it would refuse.
+    parse_env(&args.env)?;
     let managers = groups
         .iter()
         .find(|g| g.role == Some(Role::Manager))
@@ -169,6 +181,13 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
         );
     };
     let seed = ids.first().cloned().context("no logical ID")?;
+    if args.down {
+        return down::down(&groups, ids, &args.seed_engine, &args.bundle, args.pretend).await;
+    }
+    let registry = args
+        .registry
+        .clone()
+        .context("--registry is needed to bootstrap (where the nodes pull the plugins from)")?;
     let flavor = SwarmFlavor::new(Role::Manager);
     let flavor_props = managers
         .valid
@@ -194,7 +213,7 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
         );
     }
     let seed_socket = args.seed_engine.replace("{ip}", &seed);
-    let bundle = Bundle::new(&args.bundle, &args.registry, &args.version)?;
+    let bundle = Bundle::new(&args.bundle, &registry, &args.version)?;
     let mut env = vec![format!(
         "instance-docker:DOCKER_HOST={}",
         args.infrastructure
@@ -212,7 +231,7 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
         outln!(
             "  3. deploy bundle '{}' from {} (version {}{}) with {}",
             bundle.name,
-            args.registry,
+            registry,
             args.version,
             if args.rollout.push {
                 ", pushed first"

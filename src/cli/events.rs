@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use infrakit_sdk::rpc::connections::is_long_polls_full;
+use infrakit_sdk::spi::error::ErrorKind;
 use infrakit_sdk::spi::group::{Event, GroupPlugin};
 
 use crate::output::{errln, outln};
@@ -70,6 +71,10 @@ pub async fn follow(
         })?),
         None => None,
     };
+    if let Some(id) = group {
+        known(plugin, id).await?;
+    }
+    let mut printed = 0u64;
     let mut cursor = 0;
     if oldest.is_none() {
         // Only what happens from now on: skip what is kept (page by page).
@@ -92,6 +97,7 @@ pub async fn follow(
             let recent =
                 oldest.is_none_or(|o| humantime::parse_rfc3339(&e.time).map_or(true, |t| t >= o));
             if recent {
+                printed += 1;
                 if json {
                     outln!("{}", serde_json::to_string(e)?);
                 } else {
@@ -101,6 +107,9 @@ pub async fn follow(
         }
         cursor = batch.next;
         if done {
+            if printed == 0 {
+                errln!("infrakit: {}", nothing_to_show(group, since));
+            }
             return Ok(());
         }
     }
@@ -126,6 +135,44 @@ async fn poll(
             }
             answered => return Ok(answered?),
         }
+    }
+}
+
+/// Refuses a group the plugin neither manages nor has kept events of (a typo would otherwise follow
+/// silently forever); a destroyed group's kept events are still shown, with a word that it is gone.
+async fn known(plugin: &dyn GroupPlugin, id: &str) -> Result<()> {
+    // Group.Size: the cheapest call that names one group (no instances, no spec).
+    match plugin.size(id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            let kept = plugin.events(0, Some(id), Duration::ZERO).await?;
+            if kept.events.is_empty() {
+                bail!(
+                    "no group '{id}': the group plugin neither manages it nor keeps events of it \
+                     (`infrakit group ls` lists the groups)"
+                );
+            }
+            errln!(
+                "infrakit: group '{id}' is not managed (any more); showing the events still kept"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `--no-follow` says on stderr when it printed no event, so an empty answer is not a puzzle.
+fn nothing_to_show(group: Option<&str>, since: Option<Duration>) -> String {
+    let of = group.map_or(String::new(), |g| format!(" of group '{g}'"));
+    match since {
+        Some(s) => format!(
+            "no events{of} kept from the last {}",
+            humantime::format_duration(s)
+        ),
+        None => format!(
+            "no events{of} to show: without --since, --no-follow shows only what happens from now \
+             on (add e.g. --since 10m for the events kept)"
+        ),
     }
 }
 

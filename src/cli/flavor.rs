@@ -128,9 +128,7 @@ impl FlavorCommand {
 }
 
 pub async fn run(args: FlavorArgs) -> Result<()> {
-    let endpoint = infrakit_docker::discovery_from_env()
-        .find(&args.name)
-        .await?;
+    let endpoint = super::plugin::find(&args.name).await?;
     let client = FlavorClient::new(endpoint);
     let format = args.out.format();
     match args.command {

@@ -116,9 +116,7 @@ impl GroupCommand {
 }
 
 pub async fn client(name: &str) -> Result<GroupClient> {
-    Ok(GroupClient::new(
-        infrakit_docker::discovery_from_env().find(name).await?,
-    ))
+    Ok(GroupClient::new(super::plugin::find(name).await?))
 }
 
 fn unreachable_local() -> Result<()> {

@@ -68,9 +68,7 @@ impl InstanceCommand {
 }
 
 pub async fn run(args: InstanceArgs) -> Result<()> {
-    let endpoint = infrakit_docker::discovery_from_env()
-        .find(&args.name)
-        .await?;
+    let endpoint = super::plugin::find(&args.name).await?;
     let client = InstanceClient::new(endpoint);
     let format = args.out.format();
     match args.command {

@@ -24,7 +24,9 @@ use crate::output::Format;
     long_about = "infrakit runs and talks to InfraKit plugins: instance plugins make instances, flavor plugins \
                   give them meaning, and a group controller keeps groups of them as their spec says.\n\n\
                   Plugins are found by name in the plugins directory ($INFRAKIT_PLUGINS_DIR, default \
-                  ~/.infrakit/plugins), then in Docker's legacy plugin locations.",
+                  ~/.infrakit/plugins), then among the Docker engine's enabled managed plugins, then in \
+                  Docker's legacy plugin locations; a command says on stderr when the plugin that \
+                  answers is not from the plugins directory.",
     propagate_version = true
 )]
 pub struct Cli {

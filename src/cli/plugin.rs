@@ -4,17 +4,21 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
+use infrakit_sdk::discovery::default_socket;
 use infrakit_sdk::rpc::client::{Endpoint, RpcClient};
 use infrakit_sdk::spi::INSTANCE;
 use serde::Serialize;
 
 use super::serve::ServeArgs;
 use super::OutputFlags;
-use crate::output::{self, outln, Format};
+use crate::output::{self, errln, outln, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
-    /// List the plugins discovery finds: name, interfaces/versions, where found, socket.
+    /// List the plugins discovery finds: name, interfaces/versions, where found, socket. A name
+    /// found in several places is listed once per place; `*` (JSON: "Picked") marks the one every
+    /// command uses: the plugins directory first, then the engine's managed plugins, then the
+    /// legacy locations.
     Ls {
         #[command(flatten)]
         out: OutputFlags,
@@ -45,6 +49,8 @@ pub enum PluginCommand {
 #[serde(rename_all = "PascalCase")]
 struct Row {
     name: String,
+    /// The one commands use for this name (the first source that has it).
+    picked: bool,
     implements: Vec<String>,
     source: String,
     socket: String,
@@ -122,16 +128,40 @@ async fn create(name: &str, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Finds plugin `name` as every command does, and says on stderr (one line) when the one that
+/// will answer is not in the plugins directory: with none of their own running, a person would
+/// otherwise talk to an engine's managed plugin of the same name without knowing it.
+pub async fn find(name: &str) -> Result<Endpoint> {
+    let (endpoint, source) = infrakit_docker::discovery_from_env().locate(name).await?;
+    if source != "dir" {
+        let from = match source.as_str() {
+            "engine" => "the Docker engine's managed plugins",
+            "legacy" => "Docker's legacy plugin locations",
+            other => other,
+        };
+        errln!(
+            "infrakit: plugin '{}' answers from {from} ({}): none in the plugins directory ({})",
+            endpoint.name,
+            endpoint.socket.display(),
+            default_socket(&endpoint.name).display()
+        );
+    }
+    Ok(endpoint)
+}
+
 fn unreachable_serve() -> Result<()> {
     anyhow::bail!("internal: serve is dispatched before the async runtime starts")
 }
 
 async fn ls(format: Format) -> Result<()> {
-    let found = infrakit_docker::discovery_from_env().list().await?;
+    let found = infrakit_docker::discovery_from_env().list_all().await?;
+    let found_names: Vec<String> = found.iter().map(|f| f.name.clone()).collect();
     // Ask every plugin at once what it implements; one that does not answer is shown, not hidden.
     let tasks: Vec<_> = found
         .into_iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| (i == 0 || found_names[i - 1] != f.name, f))
+        .map(|(picked, f)| {
             tokio::spawn(async move {
                 let client = RpcClient::with_timeout(
                     Endpoint::new(&f.name, &f.socket),
@@ -144,6 +174,7 @@ async fn ls(format: Format) -> Result<()> {
                 };
                 Row {
                     name: f.name,
+                    picked,
                     implements,
                     source: f.source,
                     socket: f.socket.display().to_string(),
@@ -158,14 +189,15 @@ async fn ls(format: Format) -> Result<()> {
     }
     match format {
         Format::Json => output::json(&rows),
-        Format::Quiet => output::lines(rows.into_iter().map(|r| r.name)),
+        Format::Quiet => output::lines(rows.into_iter().filter(|r| r.picked).map(|r| r.name)),
         Format::Table => output::table(
-            &["NAME", "INTERFACES", "FOUND IN", "SOCKET"],
+            &["NAME", "PICKED", "INTERFACES", "FOUND IN", "SOCKET"],
             &rows
                 .iter()
                 .map(|r| {
                     vec![
                         r.name.clone(),
+                        if r.picked { "*" } else { "" }.to_string(),
                         match &r.error {
                             Some(e) => format!("(not answering: {e})"),
                             None => r.implements.join(","),

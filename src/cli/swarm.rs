@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use infrakit_docker::swarm::bundle::{self, Bundle, BundlePlugin, NodeInfo, Progress};
 use infrakit_docker::swarm::services::{PluginService, BUNDLE_LABEL, PLUGIN_LABEL};
@@ -140,6 +140,8 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             let bundle = Bundle::new(&args.bundle, &registry, &version)?;
             if rollout.push {
                 push(&engine, &bundle, rollout.binary.as_deref()).await?;
+            } else {
+                in_registry(&engine, &bundle).await?;
             }
             for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
                 let plugin = &plugin;
@@ -169,6 +171,8 @@ pub async fn deploy(
     preflight(engine).await?;
     if rollout.push {
         push(engine, bundle, rollout.binary.as_deref()).await?;
+    } else {
+        in_registry(engine, bundle).await?;
     }
     let existing = services_by_plugin(engine, &bundle.name).await?;
     for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
@@ -179,6 +183,44 @@ pub async fn deploy(
         apply(engine, bundle, plugin, existing.get(plugin.name), all).await?;
     }
     wait_for(engine, &bundle.name, rollout, "deployed").await
+}
+
+/// Every plugin of the bundle must be in the registry before any service is made: otherwise each
+/// node's task fails to pull, and the deploy only times out minutes later with a guess at why.
+/// The engine resolves each reference (as the nodes will); all missing ones are named at once.
+async fn in_registry(engine: &Engine, bundle: &Bundle) -> Result<()> {
+    let mut missing = Vec::new();
+    for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+        let remote = bundle.remote(&plugin);
+        match engine.registry_has(&remote).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(remote),
+            Err(e) => {
+                let hint = bundle::advice(&e.message)
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                bail!(
+                    "cannot tell whether {remote} is in its registry: {}{hint}",
+                    e.message
+                );
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} of the bundle's {} plugins are not in the registry {} (the engine at {} looked them \
+             up): {}. Push them first: add --push (it builds them from a static infrakit binary), \
+             or make plugins push REPO={} VERSION={}",
+            missing.len(),
+            registry::PLUGINS.len(),
+            bundle.registry,
+            engine.address(),
+            missing.join(", "),
+            bundle.registry,
+            bundle.version
+        );
+    }
+    Ok(())
 }
 
 /// The engine must be a manager of a swarm with experimental features on.
@@ -207,14 +249,15 @@ async fn preflight(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-/// `PLUGIN:NAME=VALUE` settings, by plugin.
-fn parse_env(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+/// `PLUGIN:NAME=VALUE` settings, by plugin: the one check of `--env` (`swarm deploy` and
+/// `bootstrap`, which checks before doing or pretending anything).
+pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in items {
         let Some((plugin, setting)) = item.split_once(':') else {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         };
-        registry::find(plugin)?;
+        registry::find(plugin).map_err(|e| anyhow!("--env {item}: {e}"))?;
         if !setting.contains('=') || setting.starts_with('=') {
             bail!("--env {item}: write PLUGIN:NAME=VALUE, e.g. group:INFRAKIT_LOG=debug");
         }
@@ -463,7 +506,7 @@ async fn ls(engine: &Engine, bundle: &str, format: Format) -> Result<()> {
     }
 }
 
-async fn remove(engine: &Engine, bundle: &str) -> Result<()> {
+pub async fn remove(engine: &Engine, bundle: &str) -> Result<()> {
     let services = services_by_plugin(engine, bundle).await?;
     if services.is_empty() {
         outln!("no bundle '{bundle}' on this swarm: nothing to remove");

@@ -18,6 +18,7 @@ use clap::Args;
 use infrakit_controller::{FileStore, GroupController};
 use infrakit_flavor_combo::ComboFlavor;
 use infrakit_flavor_vanilla::VanillaFlavor;
+use infrakit_group::core::Allocation;
 use infrakit_instance_file::FileInstancePlugin;
 use infrakit_sdk::resolve::{DiscoveryResolver, LocalResolver, PluginResolver};
 use infrakit_sdk::rpc::server::{Plugins, Server};
@@ -56,6 +57,11 @@ pub struct UpArgs {
     /// instances stay), instead of keeping it converged.
     #[arg(long)]
     pub until_converged: bool,
+    /// Commit FILE even when the store already holds the group with another spec (a changed
+    /// group, or an update that stopped half way with the last `up`): without it, `up` resumes the
+    /// stored group and says what differs.
+    #[arg(long)]
+    pub force: bool,
     /// Give up if the group is not ready after this long (0: wait forever).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub timeout: Duration,
@@ -182,8 +188,10 @@ async fn up(args: UpArgs) -> Result<()> {
         });
     }
     let outcome = async {
-        let result = controller.commit_group(spec, false).await?;
-        outln!("{}", result.details);
+        if commit_or_resume(controller.as_ref(), &spec, &args, &store_dir).await? {
+            let result = controller.commit_group(spec, false).await?;
+            outln!("{}", result.details);
+        }
         follow(controller.as_ref(), &id, &args, stop_tx.subscribe()).await
     }
     .await;
@@ -192,6 +200,106 @@ async fn up(args: UpArgs) -> Result<()> {
         r??;
     }
     outcome
+}
+
+/// Whether to commit the file: yes when the store does not hold its group, or holds it with the
+/// same spec (nothing to change). A stored group with another spec (committed since, scaled, or
+/// half way through an update when the last `up` was stopped) is resumed as it is unless `--force`:
+/// committing the file would silently undo that. Either way, what differs is said on stderr.
+async fn commit_or_resume(
+    group: &dyn GroupPlugin,
+    file_spec: &GroupSpec,
+    args: &UpArgs,
+    store_dir: &std::path::Path,
+) -> Result<bool> {
+    let id = &file_spec.id;
+    let Some(stored) = group
+        .inspect_groups()
+        .await?
+        .into_iter()
+        .find(|s| &s.id == id)
+    else {
+        return Ok(true);
+    };
+    let differs = differences(&stored, file_spec, &args.file);
+    if differs.is_empty() {
+        return Ok(true);
+    }
+    let update = first_observation(group, id)
+        .await
+        .filter(update_in_progress)
+        .and_then(|d| update_line(&d));
+    let what = differs.join("; ");
+    if args.force {
+        errln!(
+            "infrakit up: --force: committing {} over the stored group '{id}' ({what}){}",
+            args.file,
+            update.map_or(String::new(), |u| format!(
+                "; this abandons its update in progress ({u})"
+            ))
+        );
+        return Ok(true);
+    }
+    errln!(
+        "infrakit up: group '{id}' is stored in {} with another spec than {} ({what}){}; resuming \
+         the stored group as it is, not committing the file. To commit the file instead (undoing \
+         that), run again with --force (make up UP_FLAGS=--force)",
+        store_dir.display(),
+        args.file,
+        update.map_or(String::new(), |u| format!(
+            ", and its update is in progress ({u})"
+        ))
+    );
+    Ok(false)
+}
+
+/// The group's description once the controller's first pass has looked at it (the update state
+/// is known only then); None if that takes longer than a few seconds.
+async fn first_observation(group: &dyn GroupPlugin, id: &str) -> Option<GroupDescription> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match group.describe_group(id).await {
+            Ok(d) if d.target.is_some() => return Some(d),
+            _ if Instant::now() > deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn update_in_progress(d: &GroupDescription) -> bool {
+    let state = d
+        .update
+        .as_ref()
+        .and_then(|u| u.get("State"))
+        .and_then(|s| s.as_str());
+    matches!(state, Some("updating" | "paused" | "rolling_back"))
+}
+
+/// What a commit of `file` would change in the `stored` group, for a person (empty: nothing).
+fn differences(stored: &GroupSpec, file: &GroupSpec, file_name: &str) -> Vec<String> {
+    use infrakit_group::spec::{parse, Origin};
+    let (Ok(s), Ok(f)) = (parse(stored, Origin::Stored), parse(file, Origin::Commit)) else {
+        // An invalid file is refused by the commit itself, with the reason.
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if s.hash != f.hash {
+        out.push(format!(
+            "other Instance/Flavor properties: committing {file_name} replaces every instance"
+        ));
+    }
+    if s.allocation != f.allocation {
+        out.push(match (&s.allocation, &f.allocation) {
+            (Allocation::Size(a), Allocation::Size(b)) => {
+                format!("size {a} stored, {b} in {file_name}")
+            }
+            _ => format!("other allocation (Size/LogicalIDs) than {file_name}"),
+        });
+    }
+    if s.policy != f.policy {
+        out.push("other Policies".into());
+    }
+    out
 }
 
 /// Prints a line whenever the group changes, until Ctrl-C, or (--until-converged) until it is

@@ -93,10 +93,7 @@ pub fn static_bin_missing() -> Option<String> {
 /// loudly why they skip; under CI=true a missing prerequisite is a failure instead.
 pub fn prerequisites(what: &str, more: impl FnOnce() -> Option<String>) -> Result<File, ()> {
     if let Some(why) = engine_missing().or_else(more) {
-        if in_ci() {
-            panic!("the {what} must run in CI (CI=true) but cannot: {why}");
-        }
-        eprintln!("\n*** SKIPPING the {what}: {why} ***\n");
+        super::skip::skip(what, &why);
         return Err(());
     }
     let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));

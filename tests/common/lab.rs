@@ -117,9 +117,12 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> 
 /// the engine tests' machine-wide lock (held while the returned file lives). Skips loudly, or
 /// fails under CI=true when the lab cannot run.
 pub fn prerequisites(what: &str, opt_in: Option<&str>) -> Option<std::fs::File> {
+    if super::skip::swarm_opted_out(what) {
+        return None;
+    }
     if let Some(var) = opt_in {
         if std::env::var(var).as_deref() != Ok("1") {
-            eprintln!("\n*** SKIPPING the {what}: set {var}=1 to run them ***\n");
+            super::skip::record(what, &format!("set {var}=1 to run them"));
             return None;
         }
     }

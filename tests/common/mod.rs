@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod lab;
+pub mod skip;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -337,6 +337,24 @@ fn quorum_after_removal(all: &[SwarmNode], node: &SwarmNode) -> std::result::Res
     Ok(())
 }
 
+/// Why `addr` cannot be a node's advertised address, if it cannot: the other nodes dial it, so it
+/// must name one host that they can reach.
+fn not_unicast(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() || addr.octets()[0] == 0 {
+        Some("the unspecified address ('this host' on 0.0.0.0/8)")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if addr.is_loopback() {
+        Some("a loopback address (127.0.0.0/8: every host's own)")
+    } else if addr.is_multicast() {
+        Some("a multicast address (224.0.0.0/4)")
+    } else if addr.octets()[0] >= 240 {
+        Some("a reserved address (240.0.0.0/4)")
+    } else {
+        None
+    }
+}
+
 impl SwarmFlavor {
     async fn entry(
         &self,
@@ -511,11 +529,22 @@ impl FlavorPlugin for SwarmFlavor {
                     ids.len() - 1
                 )));
             }
-            if let Some(bad) = ids.iter().find(|l| l.parse::<Ipv4Addr>().is_err()) {
-                return Err(Error::invalid(format!(
-                    "flavor-swarm/manager: logical ID '{bad}' is not an IPv4 address; a manager's \
-                     logical ID is the address it advertises to the swarm"
-                )));
+            for l in ids {
+                let Ok(addr) = l.parse::<Ipv4Addr>() else {
+                    return Err(Error::invalid(format!(
+                        "flavor-swarm/manager: logical ID '{}' is not an IPv4 address; a manager's \
+                         logical ID is the address it advertises to the swarm",
+                        l.escape_debug()
+                    )));
+                };
+                if let Some(why) = not_unicast(addr) {
+                    return Err(Error::invalid(format!(
+                        "flavor-swarm/manager: logical ID '{addr}' is {why}, which no other node \
+                         can reach; a manager's logical ID is the address it advertises to the \
+                         swarm (`docker swarm init --advertise-addr`): give each manager's own \
+                         unicast address"
+                    )));
+                }
             }
         }
         Ok(())
@@ -724,6 +753,21 @@ mod tests {
         assert!(even.expect_err("even").message.contains("even number"));
         let name = f.validate(&Value::Null, &alloc(&["m1"])).await;
         assert!(name.expect_err("not an IP").message.contains("IPv4"));
+        for (addr, why) in [
+            ("255.255.255.255", "broadcast"),
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("240.0.0.9", "reserved"),
+        ] {
+            let err = f
+                .validate(&Value::Null, &alloc(&["10.0.0.1", "10.0.0.2", addr]))
+                .await
+                .expect_err(addr)
+                .message;
+            assert!(err.contains(addr) && err.contains(why), "{addr}: {err}");
+        }
         let size = f
             .validate(
                 &Value::Null,

@@ -277,6 +277,11 @@ fn allocation(id: &str, a: &AllocationSpec, origin: Origin) -> Result<Allocation
             let mut seen = BTreeSet::new();
             for (i, l) in pets.iter().enumerate() {
                 check_logical_id(l).map_err(|e| format!("Allocation.LogicalIDs[{i}]: {e}"))?;
+                // Only new commits: a record stored by an earlier version must still load.
+                if origin == Origin::Commit {
+                    check_prints_as_itself(l)
+                        .map_err(|e| format!("Allocation.LogicalIDs[{i}]: {e}"))?;
+                }
                 if !seen.insert(l) {
                     return Err(format!("Allocation.LogicalIDs lists '{l}' twice"));
                 }
@@ -305,6 +310,34 @@ pub fn check_logical_id(l: &str) -> Result<(), String> {
         return Err(format!("'{}' holds a control character", l.escape_debug()));
     }
     Ok(())
+}
+
+/// Refuses an ID that does not print as what it is: `n1` and `n1<U+200B>` would be two pets that
+/// `describe` shows as the same `n1`, and `<U+202E>gnp.exe` prints as `exe.png`. Refused are the
+/// Unicode format characters (Cf: zero-width spaces and joiners U+200B..U+200D, the word joiner
+/// U+2060, the byte-order mark U+FEFF, the bidi embeddings, overrides and isolates U+202A..U+202E
+/// and U+2066..U+2069, soft hyphens, tag characters), control characters (Cc) and the line and
+/// paragraph separators (Zl, Zp). The error names the code point, since the terminal cannot.
+pub fn check_prints_as_itself(id: &str) -> Result<(), String> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    let hidden = id.chars().find(|c| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::Control
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    });
+    match hidden {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "'{}' holds U+{:04X}, an invisible or direction-changing character: \
+             an ID must print as what it is (remove the character)",
+            id.escape_debug(),
+            c as u32
+        )),
+    }
 }
 
 /// The config hash: over the canonical JSON of the Instance and Flavor blocks only.

@@ -311,6 +311,36 @@ impl Discovery {
         )))
     }
 
+    /// Every plugin every source knows, hidden ones too: sorted by name, and for one name in the
+    /// order the sources are asked, so the first of each name is the one [`Discovery::find`] picks
+    /// (`infrakit plugin ls` marks it).
+    pub async fn list_all(&self) -> Result<Vec<Found>> {
+        let mut all: Vec<(usize, Found)> = Vec::new();
+        for (rank, s) in self.sources.iter().enumerate() {
+            let found = match s.list().await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("plugin source {}: {}", s.label(), e.message);
+                    continue;
+                }
+            };
+            all.extend(found.into_iter().map(|(name, socket)| {
+                let source = s.label().to_string();
+                (
+                    rank,
+                    Found {
+                        name,
+                        socket,
+                        source,
+                    },
+                )
+            }));
+        }
+        // Stable: within one source, the source's own order stays.
+        all.sort_by(|(ra, a), (rb, b)| a.name.cmp(&b.name).then(ra.cmp(rb)));
+        Ok(all.into_iter().map(|(_, f)| f).collect())
+    }
+
     /// Every plugin every source knows; a name found in an earlier source hides later ones.
     pub async fn list(&self) -> Result<Vec<Found>> {
         let mut seen: BTreeMap<String, Found> = BTreeMap::new();
@@ -337,6 +367,41 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn list_all_shows_hidden_plugins_after_the_one_find_picks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::create_dir_all(&second).unwrap();
+        let _a = std::os::unix::net::UnixListener::bind(second.join("group.sock")).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(first.join("group.sock")).unwrap();
+        let _c = std::os::unix::net::UnixListener::bind(second.join("alpha.sock")).unwrap();
+        let d = Discovery::new(vec![
+            Arc::new(PluginsDir::new(&first)),
+            Arc::new(PluginsDir::new(&second)),
+        ]);
+        let all: Vec<(String, PathBuf)> = d
+            .list_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.socket))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                ("alpha".to_string(), second.join("alpha.sock")),
+                ("group".to_string(), first.join("group.sock")),
+                ("group".to_string(), second.join("group.sock")),
+            ]
+        );
+        assert_eq!(
+            d.find("group").await.unwrap().socket,
+            first.join("group.sock")
+        );
+        assert_eq!(d.list().await.unwrap().len(), 2);
+    }
 
     #[tokio::test]
     async fn dir_then_legacy_spec_and_clear_error() {

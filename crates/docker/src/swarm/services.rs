@@ -412,6 +412,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the registry holds `remote` (`GET /distribution/{remote}/json`: the engine resolves
+    /// the reference with its own registry settings and asks the registry for the manifest, as a
+    /// node does when it installs the plugin). `Ok(false)` when the registry answers that it has
+    /// no such manifest (404); an error when the registry cannot be asked at all (not reachable,
+    /// HTTP where HTTPS is expected, credentials wanted, ...), carrying the engine's reason.
+    pub async fn registry_has(&self, remote: &str) -> Result<bool> {
+        let reply = self
+            .request_with_auth(
+                Method::GET,
+                &format!("/distribution/{}/json", percent_encode(remote)),
+            )
+            .await?;
+        if reply.status == 404 {
+            return Ok(false);
+        }
+        reply.ok(&format!("looking {remote} up in its registry"))?;
+        Ok(true)
+    }
+
     /// `DELETE /plugins/{name}?force=true` (nothing when it is not installed).
     pub async fn remove_plugin(&self, name: &str) -> Result<()> {
         let reply = self

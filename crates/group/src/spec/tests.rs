@@ -154,6 +154,45 @@ fn limits_keep_a_spec_from_hurting_the_controller() {
 }
 
 #[test]
+fn logical_ids_that_print_as_something_else_are_refused_naming_the_code_point() {
+    let pets = |ids: Value| {
+        let mut p = cattle();
+        p["Allocation"] = json!({ "LogicalIDs": ids });
+        p
+    };
+    for (hidden, code) in [
+        ("n1\u{200B}", "U+200B"),
+        ("n\u{200C}1", "U+200C"),
+        ("n\u{200D}1", "U+200D"),
+        ("\u{2060}n1", "U+2060"),
+        ("\u{FEFF}n1", "U+FEFF"),
+        ("\u{202E}gnp.exe", "U+202E"),
+        ("\u{202A}x", "U+202A"),
+        ("\u{2066}x\u{2069}", "U+2066"),
+        ("soft\u{AD}hyphen", "U+00AD"),
+        ("line\u{2028}break", "U+2028"),
+        ("tag\u{E0041}", "U+E0041"),
+    ] {
+        let err = refused(pets(json!(["n1", hidden])));
+        assert!(
+            err.contains("LogicalIDs[1]") && err.contains(code) && err.contains("invisible"),
+            "{hidden:?}: {err}"
+        );
+    }
+    // What people write stays accepted: addresses, host names, letters of any script.
+    let fine = pets(json!([
+        "10.0.0.1",
+        "fe80::1",
+        "db-1.example.com",
+        "ñandú",
+        "節點-1"
+    ]));
+    assert!(parse(&spec(fine), Origin::Commit).is_ok());
+    // A record stored by an earlier version still loads (the controller must not lose it).
+    assert!(parse(&spec(pets(json!(["n1", "n1\u{200B}"]))), Origin::Stored).is_ok());
+}
+
+#[test]
 fn ids_are_checked_before_anything_else() {
     for id in ["../victim", "", ".hidden", "a/b", "x\u{0}"] {
         let s = GroupSpec {
