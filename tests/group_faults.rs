@@ -356,6 +356,14 @@ fn an_unreadable_instance_is_set_aside_and_the_group_still_heals() {
                 && s.describe("g")["Converged"] == json!(true)
         },
     );
+    let events =
+        s.w.ok(&["group", "events", "g", "--since", "1h", "--no-follow"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("instance-unreadable") && l.contains("deep")),
+        "an event says which instance could not be read:\n{events}"
+    );
     let log = s.log();
     assert!(
         log.lines()
