@@ -140,6 +140,67 @@ fn deleted_instance_files_are_replaced_long_before_the_poll() {
     assert!(took < BOUND, "took {took:?}");
 }
 
+/// With change notifications answering, an idle group keeps its observation instead of describing
+/// its plugin every poll (issue: 1,000 files described twice a second while nothing changed); a
+/// deletion still reaches it at once.
+#[test]
+fn an_idle_group_of_a_followed_plugin_does_not_describe_it_every_poll() {
+    let w = World::new();
+    let dir = w.path("instances");
+    let _files = serve_files(&w);
+    let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
+    let store = w.path("store");
+    let _group = w.serve(
+        "group",
+        &[
+            "group",
+            "--store",
+            store.to_str().expect("utf-8"),
+            "--poll-interval",
+            "100ms",
+            // Verdicts trusted for a minute: the flavor's own checks stay out of the count.
+            "--health-interval",
+            "60s",
+        ],
+    );
+    commit(&w, "idle", file_group(5));
+    w.ok(&["group", "watch", "idle", "--timeout", "30s"]);
+    let files_socket = w.socket("instance-file");
+    let group_socket = w.socket("group");
+    let describes = || {
+        common::metric(
+            &files_socket,
+            "infrakit_rpc_served_total{method=\"Instance.DescribeInstances\"",
+        )
+    };
+    let passes = || common::metric(&group_socket, "infrakit_group_pass_duration_seconds_count");
+    // The watcher follows the plugin once its first long poll answered; wait until a run of
+    // passes goes by without a describe (at a 100 ms poll, 30 passes are 3 s).
+    let (before_passes, before) = (passes(), describes());
+    let quiet = wait_until(
+        "30 passes without a DescribeInstances",
+        Duration::from_secs(30),
+        || {
+            let (p, d) = (passes(), describes());
+            (p, d)
+        },
+        |(p, d)| *p >= before_passes + 30.0 && *d <= before + 1.0,
+    );
+    println!(
+        "{} passes, {} DescribeInstances while idle",
+        quiet.0 - before_passes,
+        quiet.1 - before
+    );
+    // A change still gets through at once.
+    let victims: Vec<PathBuf> = files(&dir).into_iter().take(2).collect();
+    let took = delete_and_wait(&dir, &victims, 5, BOUND);
+    assert!(
+        describes() > quiet.1,
+        "the deletion was observed by a describe"
+    );
+    println!("2 deleted instance files replaced in {took:?}");
+}
+
 #[test]
 fn a_restarted_instance_plugin_loses_no_change() {
     let w = World::new();

@@ -417,14 +417,7 @@ fn instance_file_refuses_properties_nested_too_deep() {
 
 // ---- many groups on one instance plugin ----
 
-fn metric(socket: &Path, needle: &str) -> f64 {
-    let r = common::request(socket, "GET", "/metrics", b"").expect("GET /metrics");
-    r.body
-        .lines()
-        .filter(|l| l.starts_with(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::metric;
 
 /// Every group described every instance of the plugin on every pass: 2,000 groups of one instance
 /// made ~185,000 DescribeInstances. Groups sharing a plugin share its observation.

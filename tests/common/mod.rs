@@ -171,6 +171,18 @@ impl Reply {
 }
 
 /// POSTs `body` to `path` on a fresh connection, by hand (no client library in between).
+/// The sum of the samples on a plugin's `/metrics` page whose lines start with `needle` (a metric
+/// name and the start of its labels, e.g. `infrakit_rpc_served_total{method="Instance.DescribeInstances"`).
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn metric(socket: &Path, needle: &str) -> f64 {
+    let r = request(socket, "GET", "/metrics", b"").expect("GET /metrics");
+    r.body
+        .lines()
+        .filter(|l| l.starts_with(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn post(socket: &Path, path: &str, body: &[u8]) -> std::io::Result<Reply> {
     request(socket, "POST", path, body)
 }

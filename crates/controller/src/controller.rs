@@ -167,7 +167,8 @@ impl GroupController {
                 std::time::Duration::ZERO,
             )
             .await
-            .map_err(|e| e.context(format!("cannot list the instances of group '{id}'")))?;
+            .map_err(|e| e.context(format!("cannot list the instances of group '{id}'")))?
+            .0;
         let (health, destroying) = match self.ctx.groups().get(id) {
             Some(g) => {
                 let s = g.state();

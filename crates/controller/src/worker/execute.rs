@@ -277,6 +277,7 @@ async fn destroy(
         s.health.remove(id);
         match result {
             Ok(()) => {
+                s.destroyed.insert(id.clone(), Instant::now());
                 tracing::info!(group = %group.id, instance = %id, %reason, "destroyed");
                 crate::metrics::metrics().action(&group.id, "destroy", true, started.elapsed());
                 ctx.events.emit(

@@ -194,6 +194,10 @@ pub(crate) struct GroupState {
     /// answered ones to find an unanswered one made a converge of N provisions cost N²).
     pub(crate) unanswered: usize,
     pub destroying: BTreeSet<InstanceId>,
+    /// Destroys answered, with when: an observation that began before an instance's destroy
+    /// answered may still list it, and must not count it (it would be destroyed twice, or counted
+    /// as present). Dropped once an observation that began after the answer has been used.
+    pub(crate) destroyed: HashMap<InstanceId, Instant>,
     pub(crate) health: HashMap<InstanceId, (Health, Instant)>,
     /// Every instance in the core's memory has counted as available (as of the last decision):
     /// spares [`GroupState::proven`] a lookup per instance on each pass of a settled group.
@@ -232,6 +236,7 @@ impl Group {
                 pending: BTreeMap::new(),
                 unanswered: 0,
                 destroying: BTreeSet::new(),
+                destroyed: HashMap::new(),
                 health: HashMap::new(),
                 all_proven: false,
                 view: View::default(),

@@ -97,7 +97,7 @@ async fn observe_only(group: &Arc<Group>, ctx: &Arc<Ctx>) {
         }
     };
     // A view it cannot complete is not shown: the previous one stays.
-    let Ok((described, health, leading)) = look(group, ctx, &blocks, &valid).await else {
+    let Ok((described, health, leading, _)) = look(group, ctx, &blocks, &valid).await else {
         return;
     };
     let mut s = group.state();
@@ -158,7 +158,7 @@ async fn look(
         .await
         .map_err(|e| format!("flavor plugin '{}': {e}; retrying", blocks.flavor.plugin))?;
     let fresh_after = group.state().changed_at;
-    let described = ctx
+    let (described, began) = ctx
         .observations
         .instances(
             &blocks.instance.plugin,
@@ -211,12 +211,18 @@ async fn look(
     } else {
         HashSet::new()
     };
-    Ok((described, Arc::new(health), leading))
+    Ok((described, Arc::new(health), leading, began))
 }
 
 /// The observation: the members, the flavor's verdicts (in the members' order), and the members it
 /// says lead.
-type Seen = (Arc<Vec<Description>>, Arc<Vec<Health>>, HashSet<InstanceId>);
+/// And when the describe behind it began.
+type Seen = (
+    Arc<Vec<Description>>,
+    Arc<Vec<Health>>,
+    HashSet<InstanceId>,
+    std::time::Instant,
+);
 
 /// Whether the core may have to choose a member to replace or remove (one is outdated, or there are
 /// more than the target): only then is the flavor asked which members lead, so a settled group of
@@ -305,7 +311,7 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
     };
     // An observation that fails decides nothing: acting on a partial view is how instances get
     // destroyed by mistake.
-    let (described, health, leading) = match look(group, ctx, &blocks, &valid).await {
+    let (described, health, leading, began) = match look(group, ctx, &blocks, &valid).await {
         Ok(seen) => seen,
         Err(why) => {
             group.set_error(why);
@@ -335,7 +341,16 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             return None;
         }
         deleting = s.record.deleting;
-        let seen: BTreeSet<&str> = described.iter().map(|d| d.id.as_str()).collect();
+        // Destroys answered after the describe began: what it says of those instances is old.
+        // Described here after it began, a destroyed instance is the plugin's truth again.
+        s.destroyed.retain(|_, answered| *answered > began);
+        let destroyed = std::mem::take(&mut s.destroyed);
+        let gone = |d: &Description| destroyed.contains_key(&d.id);
+        let seen: BTreeSet<&str> = described
+            .iter()
+            .filter(|d| !gone(d))
+            .map(|d| d.id.as_str())
+            .collect();
         s.pending.retain(|_, p| match &p.done {
             None => true,
             Some((id, at)) => {
@@ -346,12 +361,14 @@ async fn reconcile(group: &Arc<Group>, ctx: &Arc<Ctx>) -> Option<u64> {
             instances: described
                 .iter()
                 .zip(health.iter())
+                .filter(|(d, _)| !gone(d))
                 .map(|(d, verdict)| observe_instance(d, *verdict, leading.contains(&d.id)))
                 .collect(),
             pending: s.pending.values().map(|p| p.provision.clone()).collect(),
             destroying: s.destroying.clone(),
             recovered_ms: s.recovered_ms,
         };
+        s.destroyed = destroyed;
         decision = decide(&valid.desired(deleting), &observed, &s.record.memory, now);
         if s.view.standby.is_some() {
             ctx.events.emit(

@@ -73,6 +73,7 @@ async fn watch(ctx: Arc<Ctx>, plugin: String) {
                 plugin,
                 "no group uses the instance plugin: no longer following its changes"
             );
+            ctx.observations.following(&plugin, false);
             return;
         }
         let answer = match ctx.resolver.instance(&plugin).await {
@@ -89,6 +90,11 @@ async fn watch(ctx: Arc<Ctx>, plugin: String) {
                 cursor = changes.cursor;
                 if changes.changed || changes.resync {
                     ctx.observations.changed(&plugin);
+                }
+                // From here on every change reaches `changed` (through the cursor), so the
+                // groups may keep their observation of this plugin until it reports one.
+                ctx.observations.following(&plugin, true);
+                if changes.changed || changes.resync {
                     for group in users(&ctx, &plugin) {
                         if restarted {
                             group.state().recovered_ms = Some(super::state::now_ms());
@@ -99,6 +105,7 @@ async fn watch(ctx: Arc<Ctx>, plugin: String) {
                 continue;
             }
             Err(e) if e.kind == ErrorKind::Unsupported => {
+                ctx.observations.following(&plugin, false);
                 if !unsupported_said {
                     tracing::info!(plugin, "{e}; its groups are polled");
                     unsupported_said = true;
@@ -106,6 +113,8 @@ async fn watch(ctx: Arc<Ctx>, plugin: String) {
                 MAX_BACKOFF
             }
             Err(e) => {
+                // Changes may now go unreported: the groups observe at the poll's pace again.
+                ctx.observations.following(&plugin, false);
                 tracing::debug!(
                     plugin,
                     "change notifications: {e}; trying again in {backoff:?}"
