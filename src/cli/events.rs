@@ -42,9 +42,6 @@ pub async fn follow(
     follow: bool,
     json: bool,
 ) -> Result<()> {
-    if let Some(id) = group {
-        known(plugin, id).await?;
-    }
     let oldest = since.map(|s| SystemTime::now() - s);
     let mut printed = 0u64;
     let mut cursor = 0;
@@ -89,7 +86,8 @@ pub async fn follow(
 
 /// Refuses a group the plugin neither manages nor has kept events of (a typo would otherwise follow
 /// silently forever); a destroyed group's kept events are still shown, with a word that it is gone.
-async fn known(plugin: &dyn GroupPlugin, id: &str) -> Result<()> {
+/// For `group events ID`; `up` follows its group from before it commits it, so it does not ask.
+pub async fn known(plugin: &dyn GroupPlugin, id: &str) -> Result<()> {
     // Group.Size: the cheapest call that names one group (no instances, no spec).
     match plugin.size(id).await {
         Ok(_) => Ok(()),
