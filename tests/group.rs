@@ -708,6 +708,10 @@ fn up_prints_each_change_as_it_happens_and_says_when_the_group_is_gone() {
         }
     };
     saw("ready", &|l| l == "cattle: now 5 of 5: ready: 5/5 healthy");
+    // The event stream too, followed from before the group existed.
+    saw("a provision event", &|l| {
+        l.contains(" cattle provision-finished ")
+    });
     saw("a line with the five new instances", &|l| {
         l.starts_with("cattle: +5 instances: instance-")
     });

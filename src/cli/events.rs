@@ -71,9 +71,6 @@ pub async fn follow(
         })?),
         None => None,
     };
-    if let Some(id) = group {
-        known(plugin, id).await?;
-    }
     let mut printed = 0u64;
     let mut cursor = 0;
     if oldest.is_none() {
@@ -140,7 +137,8 @@ async fn poll(
 
 /// Refuses a group the plugin neither manages nor has kept events of (a typo would otherwise follow
 /// silently forever); a destroyed group's kept events are still shown, with a word that it is gone.
-async fn known(plugin: &dyn GroupPlugin, id: &str) -> Result<()> {
+/// For `group events ID`; `up` follows its group from before it commits it, so it does not ask.
+pub async fn known(plugin: &dyn GroupPlugin, id: &str) -> Result<()> {
     // Group.Size: the cheapest call that names one group (no instances, no spec).
     match plugin.size(id).await {
         Ok(_) => Ok(()),

@@ -325,6 +325,9 @@ pub async fn run(args: GroupArgs) -> Result<()> {
             since,
             no_follow,
         } => {
+            if let Some(id) = &id {
+                super::events::known(&group, id).await?;
+            }
             super::events::follow(
                 &group,
                 id.as_deref(),

@@ -72,6 +72,8 @@ pub async fn down(
     order.sort_by_key(|g| g.role != Some(infrakit_flavor_swarm::Role::Manager));
     let mut removed = 0usize;
     loop {
+        // A pass that starts after the deadline and still finds nodes is one too many.
+        let late = started.elapsed() > NODES_DEADLINE;
         let mut found = 0usize;
         for g in &order {
             let group_tags: Tags = [(tags::GROUP.to_string(), g.valid.id.clone())].into();
@@ -108,7 +110,7 @@ pub async fn down(
         if found == 0 || pretend {
             break;
         }
-        if started.elapsed() > NODES_DEADLINE {
+        if late {
             return Err(anyhow!(
                 "nodes of the file's groups keep appearing after {NODES_DEADLINE:?} (a group \
                  controller still runs somewhere: remove the bundle with `infrakit swarm remove` \
