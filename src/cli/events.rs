@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use infrakit_sdk::rpc::connections::is_long_polls_full;
+use infrakit_sdk::rpc::long_polls::is_long_polls_full;
 use infrakit_sdk::spi::group::{Event, GroupPlugin};
 
 use crate::output::{errln, outln};

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod long_polls;
 pub mod messages;
 pub mod open_files;
 pub mod server;
