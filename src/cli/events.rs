@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use infrakit_sdk::rpc::long_polls::is_long_polls_full;
 use infrakit_sdk::spi::group::{Event, GroupPlugin};
+use infrakit_sdk::ErrorKind;
 
 use crate::output::{errln, outln};
 
@@ -106,8 +107,15 @@ pub async fn follow(
     }
 }
 
+/// How often in a row a call that failed to reach the plugin is tried again before the follower
+/// gives up (a plugin that went away), and the pause before each try. Reading events is
+/// idempotent (the cursor says where), so a connection lost in a burst costs nothing but the pause.
+const RETRIES: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// One `Group.Events` call (a page of at most `MAX_BATCH` events / `MAX_BATCH_BYTES`); when the
-/// plugin holds its limit of long polls, waits [`BUSY_PAUSE`] and asks again (saying so once).
+/// plugin holds its limit of long polls, waits [`BUSY_PAUSE`] and asks again (saying so once); a
+/// call that could not reach the plugin is tried again [`RETRIES`] times.
 async fn poll(
     plugin: &dyn GroupPlugin,
     cursor: u64,
@@ -115,6 +123,7 @@ async fn poll(
     wait: Duration,
 ) -> Result<infrakit_sdk::spi::group::EventBatch> {
     let mut said = false;
+    let mut failures = 0;
     loop {
         match plugin.events(cursor, group, wait).await {
             Err(e) if is_long_polls_full(&e) => {
@@ -123,6 +132,11 @@ async fn poll(
                     said = true;
                 }
                 tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            Err(e) if e.kind == ErrorKind::Unavailable && failures < RETRIES => {
+                failures += 1;
+                errln!("infrakit: {e}; trying again ({failures} of {RETRIES})");
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             answered => return Ok(answered?),
         }
