@@ -4,9 +4,9 @@
 //! after those, the oldest long poll is answered at once), a separate budget for long polls
 //! (`Instance.Changes`, `Group.Events`: they wait for news, so they must never hold every place a
 //! short call needs; the budget itself is `long_polls.rs`), a long poll ended the moment its
-//! client hangs up, a deadline for a request's
-//! head, a deadline for an idle keep-alive connection, and HTTP/1 half-close (a client that shuts
-//! down its write side after its request still gets the reply).
+//! client hangs up, a deadline for a request's head, a deadline for an idle keep-alive connection,
+//! and HTTP/1 half-close (a client that shuts down its write side after its request still gets the
+//! reply).
 //!
 //! Not here: what a request may contain. The router (`server.rs`) enforces the body size limit and
 //! the body deadline from [`Limits`]. The limits and what a client sees when it hits one are listed
@@ -140,7 +140,7 @@ struct State {
     evicting: bool,
     /// The current long poll was cut short (to make room, or its client hung up) or refused: its
     /// reply closes the connection.
-    cut: bool,
+    close_after_reply: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +179,7 @@ impl Slot {
                 idle_since: Instant::now(),
                 head_since: None,
                 evicting: false,
-                cut: false,
+                close_after_reply: false,
             }),
             head_started: Notify::new(),
             evict: Notify::new(),
@@ -253,7 +253,8 @@ impl Slot {
 
     /// Since when a long poll is held, if one is and it has not been cut yet.
     fn polling_since(&self) -> Option<Instant> {
-        match self.lock().phase {
+        let phase = self.lock().phase;
+        match phase {
             Phase::Polling(t) if self.cut_sender().is_some() => Some(t),
             _ => None,
         }
@@ -272,7 +273,7 @@ impl Slot {
         let Some(cut) = self.cut_sender().take() else {
             return false;
         };
-        self.lock().cut = true;
+        self.lock().close_after_reply = true;
         let _ = cut.send(());
         true
     }
@@ -300,7 +301,7 @@ impl Drop for RequestGuard {
         let mut s = self.0.lock();
         s.phase = Phase::Waiting;
         s.idle_since = Instant::now();
-        s.cut = false;
+        s.close_after_reply = false;
     }
 }
 
@@ -327,7 +328,7 @@ impl WorkStarted {
         let place = match self.polls.take(self.client, method) {
             Ok(place) => place,
             Err(refused) => {
-                self.slot.lock().cut = true;
+                self.slot.lock().close_after_reply = true;
                 return Err(refused);
             }
         };
@@ -343,7 +344,7 @@ impl WorkStarted {
 
     /// This request's long poll was cut short or refused: its reply closes the connection.
     pub fn close_after_reply(&self) -> bool {
-        self.slot.lock().cut
+        self.slot.lock().close_after_reply
     }
 }
 
