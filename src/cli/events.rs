@@ -1,6 +1,7 @@
 //! `infrakit group events`: the group controller's event stream, followed (long polls of
 //! `Group.Events`) and printed for a person, or as JSON lines.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -122,14 +123,15 @@ async fn poll(
     group: Option<&str>,
     wait: Duration,
 ) -> Result<infrakit_sdk::spi::group::EventBatch> {
-    let mut said = false;
+    // Said once per follower, not at every refusal: past the budget a follower may be refused
+    // after every event.
+    static SAID: AtomicBool = AtomicBool::new(false);
     let mut failures = 0;
     loop {
         match plugin.events(cursor, group, wait).await {
             Err(e) if is_long_polls_full(&e) => {
-                if !said {
+                if !SAID.swap(true, Ordering::Relaxed) {
                     errln!("infrakit: {e}; waiting for a turn");
-                    said = true;
                 }
                 tokio::time::sleep(BUSY_PAUSE).await;
             }
