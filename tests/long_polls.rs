@@ -1,7 +1,7 @@
 //! Long polls against real plugin processes (issue 22, items 1 and 4): hundreds of held
 //! `Instance.Changes` or `Group.Events` polls, most of them then abandoned by their clients, must
 //! neither keep a short call or a command out nor keep their places once their clients are gone;
-//! a real `group events` follower keeps printing meanwhile.
+//! a real `group events` follower (another client) keeps its place and prints meanwhile.
 //!
 //! Figures (time to answer, descriptors) are printed: `cargo test --test long_polls -- --nocapture`.
 
@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{post, World, BIN};
+use infrakit_sdk::rpc::long_polls::MAX_LONG_POLLS_PER_CLIENT;
 use serde_json::{json, Value};
 
 /// Long polls a test opens (the tester's figure), and how many of them stay: every seventh.
@@ -190,13 +191,7 @@ fn abandoned_long_polls_end_at_once_and_a_short_call_is_answered_meanwhile() {
     );
 
     // Every client that stayed has (or now gets, at a change) an answer: none is left hanging.
-    let provisioned = post(
-        &p.socket,
-        "/Instance.Provision",
-        br#"{"Spec": {"Properties": {"Note": "a change"}, "Tags": {"t": "1"}}}"#,
-    )
-    .expect("Provision");
-    assert_eq!(provisioned.status, 200, "{}", provisioned.body);
+    change(&p.socket);
     for s in &mut kept {
         let status = reply_status(s);
         assert!(
@@ -204,6 +199,40 @@ fn abandoned_long_polls_end_at_once_and_a_short_call_is_answered_meanwhile() {
             "a kept long poll got {status} (0: nothing within 10 s)"
         );
     }
+
+    // All hang up: their places come back at once, and this client may hold its whole share again,
+    // every poll of it held until the next change.
+    drop(kept);
+    fds_fall_to(p.pid(), base_fds + 16);
+    let cursor = post(
+        &p.socket,
+        "/Instance.Changes",
+        br#"{"Cursor": "", "TimeoutMs": 0}"#,
+    )
+    .expect("Changes")
+    .json()["Cursor"]
+        .clone();
+    let mut share = hold_polls(
+        &p.socket,
+        MAX_LONG_POLLS_PER_CLIENT,
+        "/Instance.Changes",
+        json!({"Cursor": cursor, "TimeoutMs": 55_000}),
+    );
+    change(&p.socket);
+    for s in &mut share {
+        assert_eq!(reply_status(s), 200, "a poll of the new share was not held");
+    }
+}
+
+/// Makes a change on instance-file (a provision), which answers every held `Changes` poll.
+fn change(socket: &Path) {
+    let provisioned = post(
+        socket,
+        "/Instance.Provision",
+        br#"{"Spec": {"Properties": {"Note": "a change"}, "Tags": {"t": "1"}}}"#,
+    )
+    .expect("Provision");
+    assert_eq!(provisioned.status, 200, "{}", provisioned.body);
 }
 
 fn group_spec(id: &str, size: u64) -> String {
@@ -255,13 +284,16 @@ fn held_and_abandoned_event_followers_never_crowd_out_commands() {
         }
     }
 
-    // A real follower of ev's events, printing JSON lines into a file.
+    // A real follower of ev's events, printing JSON lines into a file (from what is kept: however
+    // late it starts on busy cores, it prints every scale).
     let out_path = w.path("follower.out");
+    let err_path = w.path("follower.err");
     let out = std::fs::File::create(&out_path).expect("follower output");
+    let err = std::fs::File::create(&err_path).expect("follower errors");
     let mut follower = Follower(
-        w.cmd(&["group", "--json", "events", "ev"])
+        w.cmd(&["group", "--json", "events", "ev", "--since", "1h"])
             .stdout(Stdio::from(out))
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn the follower"),
     );
@@ -317,13 +349,20 @@ fn held_and_abandoned_event_followers_never_crowd_out_commands() {
         }
         assert!(
             Instant::now() < deadline,
-            "the follower printed {scales} of 10 scale events:\n{text}"
+            "the follower printed {scales} of 10 scale events:\n{text}\nand on stderr:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(
         follower.0.try_wait().expect("follower status").is_none(),
-        "the follower exited"
+        "the follower exited: {errors}"
+    );
+    // The 600 polls came from one client (this test): it got its share, the follower its own.
+    assert!(
+        !errors.contains("waiting for a turn"),
+        "the follower was kept waiting by another client's polls: {errors}"
     );
 }
 

@@ -1,12 +1,13 @@
 //! `infrakit group events`: the group controller's event stream, followed (long polls of
 //! `Group.Events`) and printed for a person, or as JSON lines.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use infrakit_sdk::rpc::connections::is_long_polls_full;
-use infrakit_sdk::spi::error::ErrorKind;
+use infrakit_sdk::rpc::long_polls::is_long_polls_full;
 use infrakit_sdk::spi::group::{Event, GroupPlugin};
+use infrakit_sdk::ErrorKind;
 
 use crate::output::{errln, outln};
 
@@ -112,23 +113,37 @@ pub async fn follow(
     }
 }
 
+/// How often in a row a call that failed to reach the plugin is tried again before the follower
+/// gives up (a plugin that went away), and the pause before each try. Reading events is
+/// idempotent (the cursor says where), so a connection lost in a burst costs nothing but the pause.
+const RETRIES: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// One `Group.Events` call (a page of at most `MAX_BATCH` events / `MAX_BATCH_BYTES`); when the
-/// plugin holds its limit of long polls, waits [`BUSY_PAUSE`] and asks again (saying so once).
+/// plugin holds its limit of long polls, waits [`BUSY_PAUSE`] and asks again (saying so once); a
+/// call that could not reach the plugin is tried again [`RETRIES`] times.
 async fn poll(
     plugin: &dyn GroupPlugin,
     cursor: u64,
     group: Option<&str>,
     wait: Duration,
 ) -> Result<infrakit_sdk::spi::group::EventBatch> {
-    let mut said = false;
+    // Said once per follower, not at every refusal: past the budget a follower may be refused
+    // after every event.
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let mut failures = 0;
     loop {
         match plugin.events(cursor, group, wait).await {
             Err(e) if is_long_polls_full(&e) => {
-                if !said {
+                if !SAID.swap(true, Ordering::Relaxed) {
                     errln!("infrakit: {e}; waiting for a turn");
-                    said = true;
                 }
                 tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            Err(e) if e.kind == ErrorKind::Unavailable && failures < RETRIES => {
+                failures += 1;
+                errln!("infrakit: {e}; trying again ({failures} of {RETRIES})");
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             answered => return Ok(answered?),
         }

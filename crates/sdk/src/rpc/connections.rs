@@ -3,9 +3,10 @@
 //! room: idle, half-sent heads and bodies still arriving alike, since nothing has been done for them;
 //! after those, the oldest long poll is answered at once), a separate budget for long polls
 //! (`Instance.Changes`, `Group.Events`: they wait for news, so they must never hold every place a
-//! short call needs), a long poll ended the moment its client hangs up, a deadline for a request's
-//! head, a deadline for an idle keep-alive connection, and HTTP/1 half-close (a client that shuts
-//! down its write side after its request still gets the reply).
+//! short call needs; the budget itself is `long_polls.rs`), a long poll ended the moment its
+//! client hangs up, a deadline for a request's head, a deadline for an idle keep-alive connection,
+//! and HTTP/1 half-close (a client that shuts down its write side after its request still gets the
+//! reply).
 //!
 //! Not here: what a request may contain. The router (`server.rs`) enforces the body size limit and
 //! the body deadline from [`Limits`]. The limits and what a client sees when it hits one are listed
@@ -44,6 +45,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::long_polls::{Budget, Place};
+pub use super::long_polls::{MAX_LONG_POLLS, MAX_LONG_POLLS_PER_CLIENT};
+
 /// How long a client may take to send a request's head (request line and headers), counted from
 /// its first byte. A head is a few hundred bytes; only a stalled or hostile client needs longer.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,22 +64,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once. A plugin's real clients hold a handful (the controller pools up to
 /// 16 per plugin); the cap is there so file descriptors run out for nobody.
 pub const MAX_CONNECTIONS: usize = 512;
-
-/// Long polls (`Instance.Changes`, `Group.Events`) held at once; lowered to half the connection cap
-/// so that polls alone never fill it. A poll beyond it is answered at once `503` with
-/// [`LONG_POLLS_FULL`] in its message, and the caller polls again a little later. A plugin's real
-/// pollers are few: the controller holds one per instance plugin, each `group events --follow` one.
-pub const MAX_LONG_POLLS: usize = 256;
-
-/// Part of the message of a long poll refused because [`MAX_LONG_POLLS`] are held: a follower
-/// recognises it and retries (see [`is_long_polls_full`]).
-pub const LONG_POLLS_FULL: &str = "long polls are held already, this plugin's limit";
-
-/// True for the error of a long poll refused because the server held its limit of them: poll
-/// again after a pause, the plugin is there.
-pub fn is_long_polls_full(e: &crate::Error) -> bool {
-    e.kind == crate::ErrorKind::Unavailable && e.message.contains(LONG_POLLS_FULL)
-}
 
 /// How long a new connection waits for room when every connection is in a call (none can be closed
 /// to make room); after that it is closed unanswered.
@@ -104,6 +92,8 @@ pub struct Limits {
     pub admit_wait: Duration,
     /// See [`MAX_LONG_POLLS`].
     pub max_long_polls: usize,
+    /// See [`MAX_LONG_POLLS_PER_CLIENT`].
+    pub max_long_polls_per_client: usize,
 }
 
 impl Default for Limits {
@@ -115,6 +105,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             admit_wait: ADMIT_WAIT,
             max_long_polls: MAX_LONG_POLLS,
+            max_long_polls_per_client: MAX_LONG_POLLS_PER_CLIENT,
         }
     }
 }
@@ -149,7 +140,7 @@ struct State {
     evicting: bool,
     /// The current long poll was cut short (to make room, or its client hung up) or refused: its
     /// reply closes the connection.
-    cut: bool,
+    close_after_reply: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +179,7 @@ impl Slot {
                 idle_since: Instant::now(),
                 head_since: None,
                 evicting: false,
-                cut: false,
+                close_after_reply: false,
             }),
             head_started: Notify::new(),
             evict: Notify::new(),
@@ -262,7 +253,8 @@ impl Slot {
 
     /// Since when a long poll is held, if one is and it has not been cut yet.
     fn polling_since(&self) -> Option<Instant> {
-        match self.lock().phase {
+        let phase = self.lock().phase;
+        match phase {
             Phase::Polling(t) if self.cut_sender().is_some() => Some(t),
             _ => None,
         }
@@ -281,7 +273,7 @@ impl Slot {
         let Some(cut) = self.cut_sender().take() else {
             return false;
         };
-        self.lock().cut = true;
+        self.lock().close_after_reply = true;
         let _ = cut.send(());
         true
     }
@@ -309,7 +301,7 @@ impl Drop for RequestGuard {
         let mut s = self.0.lock();
         s.phase = Phase::Waiting;
         s.idle_since = Instant::now();
-        s.cut = false;
+        s.close_after_reply = false;
     }
 }
 
@@ -319,8 +311,9 @@ impl Drop for RequestGuard {
 #[derive(Clone)]
 pub(crate) struct WorkStarted {
     slot: Arc<Slot>,
-    polls: Arc<Semaphore>,
-    max_polls: usize,
+    polls: Arc<Budget>,
+    /// The client's pid (`SO_PEERCRED`), for its share of the long-poll budget.
+    client: Option<i32>,
 }
 
 impl WorkStarted {
@@ -329,15 +322,15 @@ impl WorkStarted {
     }
 
     /// Starts a long poll of `method`, under the long-poll budget; an `Unavailable` error naming
-    /// [`LONG_POLLS_FULL`] when the budget is spent, whose reply then closes the connection (a
+    /// the limit reached (`LONG_POLLS_FULL`) otherwise, whose reply then closes the connection (a
     /// refused poller comes back later; its connection must not sit idle meanwhile).
     pub fn begin_poll(self, method: &str) -> crate::Result<LongPoll> {
-        let Ok(permit) = self.polls.clone().try_acquire_owned() else {
-            self.slot.lock().cut = true;
-            return Err(crate::Error::unavailable(format!(
-                "/{method}: {} {LONG_POLLS_FULL}; poll again in a few seconds",
-                self.max_polls
-            )));
+        let place = match self.polls.take(self.client, method) {
+            Ok(place) => place,
+            Err(refused) => {
+                self.slot.lock().close_after_reply = true;
+                return Err(refused);
+            }
         };
         let (tx, rx) = oneshot::channel();
         *self.slot.cut_sender() = Some(tx);
@@ -345,20 +338,21 @@ impl WorkStarted {
         self.slot.poll_started.notify_one();
         Ok(LongPoll {
             cut: rx,
-            _permit: permit,
+            _place: place,
         })
     }
 
     /// This request's long poll was cut short or refused: its reply closes the connection.
     pub fn close_after_reply(&self) -> bool {
-        self.slot.lock().cut
+        self.slot.lock().close_after_reply
     }
 }
 
-/// A long poll's place under [`MAX_LONG_POLLS`], held until its handler ends.
+/// A held long poll: its place in the budget, kept until its handler ends, and the signal that
+/// cuts it short.
 pub(crate) struct LongPoll {
     cut: oneshot::Receiver<()>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 impl LongPoll {
@@ -374,8 +368,7 @@ pub(crate) struct Connections {
     limits: Limits,
     permits: Arc<Semaphore>,
     /// The long-poll budget ([`Limits::effective_max_long_polls`]).
-    polls: Arc<Semaphore>,
-    max_polls: usize,
+    polls: Arc<Budget>,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
 }
@@ -396,12 +389,13 @@ impl Drop for Admission {
 
 impl Connections {
     pub fn new(limits: Limits, max_connections: usize) -> Arc<Connections> {
-        let max_polls = limits.effective_max_long_polls(max_connections);
         Arc::new(Connections {
-            max_polls,
+            polls: Budget::new(
+                limits.effective_max_long_polls(max_connections),
+                limits.max_long_polls_per_client,
+            ),
             limits,
             permits: Arc::new(Semaphore::new(max_connections)),
-            polls: Arc::new(Semaphore::new(max_polls)),
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         })
@@ -488,7 +482,7 @@ pub(crate) async fn serve_connection<H, F>(
 {
     let limits = admission.connections.limits;
     let polls = admission.connections.polls.clone();
-    let max_polls = admission.connections.max_polls;
+    let client = stream.peer_cred().ok().and_then(|c| c.pid());
     let slot = admission.slot.clone();
     let service = {
         let slot = slot.clone();
@@ -497,7 +491,7 @@ pub(crate) async fn serve_connection<H, F>(
             req.extensions_mut().insert(WorkStarted {
                 slot: slot.clone(),
                 polls: polls.clone(),
-                max_polls,
+                client,
             });
             let reply = handler(req);
             async move {

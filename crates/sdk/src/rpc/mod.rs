@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod long_polls;
 pub use infrakit_spi::messages;
 pub mod open_files;
 pub mod server;

@@ -438,7 +438,8 @@ impl Router {
         reply
     }
 
-    async fn route(&self, path: &str, body: &[u8], poll: Option<WorkStarted>) -> Result<Bytes> {
+    /// `work`: for a long poll, what starts it (see [`start_poll`]); `None` for other calls.
+    async fn route(&self, path: &str, body: &[u8], work: Option<WorkStarted>) -> Result<Bytes> {
         let (iface, method) = path.split_once('.').unwrap_or((path, ""));
         match iface {
             "Plugin" if method == "Activate" => reply(&ActivateResponse {
@@ -451,7 +452,7 @@ impl Router {
                     path,
                     body,
                     self.stopping.clone(),
-                    poll,
+                    work,
                 )
                 .await
             }
@@ -459,7 +460,7 @@ impl Router {
                 dispatch_flavor(&self.plugins.flavor, method, path, body).await
             }
             "Group" if !self.plugins.group.is_empty() => {
-                dispatch_group(&self.plugins.group, method, path, body, poll).await
+                dispatch_group(&self.plugins.group, method, path, body, work).await
             }
             "Instance" | "Flavor" | "Group" => Err(Error::not_found(format!(
                 "this plugin does not implement {iface} (it implements: {})",
