@@ -1,0 +1,178 @@
+//! Step 4 of a bootstrap: the file's groups committed through the swarm's own group plugin
+//! (`Group.CommitGroup`), so they get every check a commit gets (the spec parsed, its instance and
+//! flavor plugins' validation, the plan) and the controller learns of them as of any commit.
+//!
+//! The group plugin runs on the seed as a managed plugin of the seed's engine. It is found as
+//! every command finds a plugin: the engine's enabled managed plugins, each listening at
+//! `<engine's plugins dir>/<plugin ID>/<socket>`. That directory is inside the seed container, so
+//! it is reached through the container's root as this machine sees it (`/proc/<pid>/root`),
+//! which needs the rights of the engine's user (root) on the machine whose engine runs the seed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use infrakit_docker::bollard::query_parameters::InspectContainerOptions;
+use infrakit_docker::source::DEFAULT_ENGINE_PLUGINS_DIR;
+use infrakit_docker::{Engine, EngineSource};
+use infrakit_sdk::discovery::Discovery;
+use infrakit_sdk::rpc::client::GroupClient;
+use infrakit_sdk::spi::group::GroupPlugin;
+use infrakit_sdk::{Error, ErrorKind};
+
+use super::plan::Planned;
+use crate::output::outln;
+
+/// How often a plugin that is not there yet (or not ready) is asked again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// The seed's managed plugins as this machine reaches them: a discovery over the seed's engine,
+/// with the sockets under a short link to the seed's plugins directory (a unix socket's path
+/// holds at most 107 bytes; `/proc/<pid>/root/run/docker/plugins/<64-hex ID>/group.sock` does not
+/// fit, the link's does).
+pub(super) struct SeedPlugins {
+    discovery: Discovery,
+    /// Holds the link; removed on drop.
+    _link: tempfile::TempDir,
+}
+
+impl SeedPlugins {
+    /// The plugins of `seed_engine`, whose engine runs in container `container` of this
+    /// machine's engine `host`.
+    pub async fn new(host: &Engine, container: &str, seed_engine: &Engine) -> Result<SeedPlugins> {
+        let dir = plugins_dir(host, container).await?;
+        let link = tempfile::Builder::new()
+            .prefix("infrakit-seed")
+            .tempdir()
+            .context("cannot make a temporary directory for the link to the seed's plugins")?;
+        let plugins = link.path().join("plugins");
+        std::os::unix::fs::symlink(&dir, &plugins)
+            .with_context(|| format!("cannot link {} to {}", plugins.display(), dir.display()))?;
+        let source = EngineSource::new(Some(seed_engine.clone()), plugins);
+        Ok(SeedPlugins {
+            discovery: Discovery::new(vec![Arc::new(source)]),
+            _link: link,
+        })
+    }
+
+    /// The seed's group plugin once it answers (until `deadline`).
+    async fn group(&self, deadline: Instant) -> Result<(GroupClient, BTreeSet<String>)> {
+        loop {
+            let answer = match self.discovery.find("group").await {
+                Ok(endpoint) => {
+                    let client = GroupClient::new(endpoint);
+                    client.inspect_groups().await.map(|specs| (client, specs))
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok((client, specs)) => {
+                    return Ok((client, specs.into_iter().map(|s| s.id).collect()));
+                }
+                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    tracing::debug!("the seed's group plugin: {e}");
+                }
+                Err(e) => {
+                    bail!(
+                        "the swarm's group plugin does not answer on the seed: {e}. The bundle's \
+                         services show why (`docker service ps` on the seed's engine); running \
+                         bootstrap again continues from here"
+                    )
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Commits every group of `groups` the swarm does not manage yet through the seed's group
+/// plugin, retrying while the plugin (or those it checks the spec with) is not ready, until
+/// `deadline`. A group the swarm already has is kept as it is (a bootstrap run again changes
+/// nothing; `infrakit group commit` on a manager changes a group).
+pub(super) async fn commit_groups(
+    plugins: &SeedPlugins,
+    groups: &[Planned],
+    deadline: Instant,
+) -> Result<()> {
+    let (group_plugin, managed) = plugins.group(deadline).await?;
+    for g in groups {
+        let id = &g.valid.id;
+        if managed.contains(id) {
+            outln!("group '{id}': already managed by the swarm, kept");
+            continue;
+        }
+        let committed = loop {
+            match group_plugin.commit_group(g.spec.clone(), false).await {
+                Ok(r) => break r,
+                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    tracing::debug!(group = %id, "commit not taken yet: {e}");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) if e.kind == ErrorKind::Invalid => {
+                    bail!("group '{id}': the swarm's group plugin refused it: {e}")
+                }
+                Err(e) => bail!(
+                    "group '{id}': cannot commit it through the swarm's group plugin: {e}; running \
+                     bootstrap again continues from here"
+                ),
+            }
+        };
+        let plan = committed
+            .details
+            .trim_start_matches(&format!("Committed group '{id}': "));
+        outln!(
+            "group '{id}': committed ({} {}): {plan}",
+            g.count(),
+            if g.role == Some(infrakit_flavor_swarm::Role::Manager) {
+                "managers"
+            } else {
+                "members"
+            },
+        );
+    }
+    Ok(())
+}
+
+/// A failure that may pass: the plugin (or one it asks) not there yet, not ready, or a write that
+/// met another one.
+fn retryable(e: &Error) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Conflict
+    )
+}
+
+/// The seed engine's plugins directory as this machine sees it: the engine's default
+/// ([`DEFAULT_ENGINE_PLUGINS_DIR`]) under the root of the seed container's first process.
+async fn plugins_dir(host: &Engine, container: &str) -> Result<PathBuf> {
+    let inspected = host
+        .docker()?
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .map_err(|e| host.error(&format!("inspecting the seed's container {container}"), e))?;
+    let pid = inspected
+        .state
+        .and_then(|s| s.pid)
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| {
+            anyhow!(
+                "the seed's container {container} is not running: see its log (docker logs \
+                 {container})"
+            )
+        })?;
+    let dir = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(DEFAULT_ENGINE_PLUGINS_DIR.trim_start_matches('/'));
+    std::fs::metadata(&dir).map_err(|e| {
+        anyhow!(
+            "cannot see the seed's plugins at {} ({e}): bootstrap reaches the swarm's group plugin \
+             through the seed container, so it must run as root on the machine whose engine \
+             ($DOCKER_HOST) runs the seed",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
