@@ -31,7 +31,7 @@ const RETRY: Duration = Duration::from_millis(500);
 /// The seed's managed plugins as this machine reaches them: a discovery over the seed's engine,
 /// with the sockets under a short link to the seed's plugins directory (a unix socket's path
 /// holds at most 107 bytes; `/proc/<pid>/root/run/docker/plugins/<64-hex ID>/group.sock` does not
-/// fit, the link's does).
+/// fit, `/tmp/ikseedXXXXXX/p/<64-hex ID>/group.sock` does, with 15 bytes to spare).
 pub(super) struct SeedPlugins {
     discovery: Discovery,
     /// Holds the link; removed on drop.
@@ -43,11 +43,14 @@ impl SeedPlugins {
     /// machine's engine `host`.
     pub async fn new(host: &Engine, container: &str, seed_engine: &Engine) -> Result<SeedPlugins> {
         let dir = plugins_dir(host, container).await?;
+        // In /tmp, not $TMPDIR: the link's path must stay short (see the type's comment).
         let link = tempfile::Builder::new()
-            .prefix("infrakit-seed")
-            .tempdir()
-            .context("cannot make a temporary directory for the link to the seed's plugins")?;
-        let plugins = link.path().join("plugins");
+            .prefix("ikseed")
+            .tempdir_in("/tmp")
+            .context(
+                "cannot make a temporary directory in /tmp for the link to the seed's plugins",
+            )?;
+        let plugins = link.path().join("p");
         std::os::unix::fs::symlink(&dir, &plugins)
             .with_context(|| format!("cannot link {} to {}", plugins.display(), dir.display()))?;
         let source = EngineSource::new(Some(seed_engine.clone()), plugins);
