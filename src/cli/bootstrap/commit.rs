@@ -28,6 +28,12 @@ use crate::output::outln;
 /// How often a plugin that is not there yet (or not ready) is asked again.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// How long a commit is retried while the group plugin cannot reach a plugin the group names (or
+/// another passing failure). The bundle's plugins are all running by now (the deploy waited for
+/// them), so this only covers their sockets appearing; a plugin the swarm does not have (a typo
+/// in the file) is reported after this, not after the whole --ready-timeout.
+const COMMIT_GRACE: Duration = Duration::from_secs(60);
+
 /// The seed's managed plugins as this machine reaches them: a discovery over the seed's engine,
 /// with the sockets under a short link to the seed's plugins directory (a unix socket's path
 /// holds at most 107 bytes; `/proc/<pid>/root/run/docker/plugins/<64-hex ID>/group.sock` does not
@@ -106,15 +112,19 @@ pub(super) async fn commit_groups(
             outln!("group '{id}': already managed by the swarm, kept");
             continue;
         }
+        let give_up = (Instant::now() + COMMIT_GRACE).min(deadline);
         let committed = loop {
             match group_plugin.commit_group(g.spec.clone(), false).await {
                 Ok(r) => break r,
-                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                Err(e) if retryable(&e) && Instant::now() < give_up => {
                     tracing::debug!(group = %id, "commit not taken yet: {e}");
                     tokio::time::sleep(RETRY).await;
                 }
                 Err(e) if e.kind == ErrorKind::Invalid => {
-                    bail!("group '{id}': the swarm's group plugin refused it: {e}")
+                    bail!(
+                        "group '{id}': the swarm's group plugin refused it: {e}. Fix the file and \
+                         run bootstrap again (what is made so far is kept)"
+                    )
                 }
                 Err(e) => bail!(
                     "group '{id}': cannot commit it through the swarm's group plugin: {e}; running \
