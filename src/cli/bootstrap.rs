@@ -154,7 +154,8 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
          engine",
     )?;
     let plugins = commit::SeedPlugins::new(&host, &container, &engine).await?;
-    commit::commit_groups(&plugins, &groups, deadline).await?;
+    let (group_plugin, managed) = plugins.group(deadline).await?;
+    commit::commit_groups(&group_plugin, &managed, &groups, deadline).await?;
 
     // 5. Every node Ready.
     ready::wait_ready(

@@ -66,8 +66,8 @@ impl SeedPlugins {
         })
     }
 
-    /// The seed's group plugin once it answers (until `deadline`).
-    async fn group(&self, deadline: Instant) -> Result<(GroupClient, BTreeSet<String>)> {
+    /// The seed's group plugin once it answers (until `deadline`), and the groups it has.
+    pub async fn group(&self, deadline: Instant) -> Result<(GroupClient, BTreeSet<String>)> {
         loop {
             let answer = match self.discovery.find("group").await {
                 Ok(endpoint) => {
@@ -101,11 +101,11 @@ impl SeedPlugins {
 /// `deadline`. A group the swarm already has is kept as it is (a bootstrap run again changes
 /// nothing; `infrakit group commit` on a manager changes a group).
 pub(super) async fn commit_groups(
-    plugins: &SeedPlugins,
+    group_plugin: &dyn GroupPlugin,
+    managed: &BTreeSet<String>,
     groups: &[Planned],
     deadline: Instant,
 ) -> Result<()> {
-    let (group_plugin, managed) = plugins.group(deadline).await?;
     for g in groups {
         let id = &g.valid.id;
         if managed.contains(id) {
@@ -188,4 +188,83 @@ async fn plugins_dir(host: &Engine, container: &str) -> Result<PathBuf> {
         )
     })?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infrakit_controller::leader::Always;
+    use infrakit_controller::{FileStore, GroupController, Options};
+    use infrakit_flavor_vanilla::VanillaFlavor;
+    use infrakit_group::spec::{self, Origin};
+    use infrakit_instance_file::FileInstancePlugin;
+    use infrakit_sdk::resolve::LocalResolver;
+    use infrakit_sdk::spi::group::GroupSpec;
+
+    fn planned(id: &str, size: u64, instance_properties: serde_json::Value) -> Planned {
+        let spec: GroupSpec = serde_json::from_value(serde_json::json!({"ID": id, "Properties": {
+            "Allocation": {"Size": size},
+            "Instance": {"Plugin": "instance-file", "Properties": instance_properties},
+            "Flavor": {"Plugin": "flavor-vanilla"}
+        }}))
+        .expect("a group spec");
+        let valid = spec::parse(&spec, Origin::Commit).expect("parses");
+        Planned {
+            spec,
+            valid,
+            role: None,
+        }
+    }
+
+    /// A real group controller (file store, instance-file, flavor-vanilla) in place of the
+    /// swarm's: the groups get a commit's checks, which a write into the store skipped.
+    #[tokio::test]
+    async fn groups_get_every_check_of_a_commit_and_existing_ones_are_kept() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let files = FileInstancePlugin::new(tmp.path().join("instances")).expect("instance-file");
+        let resolver = LocalResolver::new(None)
+            .with_instance("instance-file", Arc::new(files))
+            .with_flavor("flavor-vanilla", Arc::new(VanillaFlavor::new()));
+        let store = FileStore::open(tmp.path().join("store")).expect("store");
+        let controller = GroupController::start(
+            Arc::new(resolver),
+            Box::new(store),
+            Arc::new(Always::new()),
+            Options::default(),
+        )
+        .await
+        .expect("controller");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let none = BTreeSet::new();
+
+        // Parses as a spec, but instance-file refuses the properties: refused, named, not stored.
+        let bad = planned("bad", 1, serde_json::json!([1]));
+        let e = commit_groups(&controller, &none, &[bad], deadline)
+            .await
+            .expect_err("refused by instance-file");
+        let e = e.to_string();
+        assert!(
+            e.contains("group 'bad'") && e.contains("refused") && e.contains("JSON object"),
+            "{e}"
+        );
+        assert!(controller
+            .inspect_groups()
+            .await
+            .expect("inspect")
+            .is_empty());
+
+        let good = planned("good", 1, serde_json::json!({"Note": "bootstrap"}));
+        commit_groups(&controller, &none, &[good], deadline)
+            .await
+            .expect("committed");
+        assert_eq!(controller.size("good").await.expect("size"), 1);
+
+        // Bootstrap run again with another size: the swarm's group is kept as it is.
+        let managed: BTreeSet<String> = ["good".to_string()].into();
+        let bigger = planned("good", 3, serde_json::json!({"Note": "bootstrap"}));
+        commit_groups(&controller, &managed, &[bigger], deadline)
+            .await
+            .expect("kept");
+        assert_eq!(controller.size("good").await.expect("size"), 1);
+    }
 }
