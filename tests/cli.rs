@@ -359,7 +359,8 @@ fn bootstrap_pretends_and_refuses_bad_files() {
         "docker swarm init --advertise-addr 10.98.0.11",
         "deploy bundle 'infrakit' from 10.98.0.1:5000/infrakit",
         "commit group 'swarm-managers' (3 pets, flavor flavor-swarm/manager)",
-        "commit group 'swarm-workers' (2 instances, flavor flavor-swarm/worker)",
+        "commit group 'swarm-workers' (2 instances, flavor flavor-swarm/worker) through the \
+         swarm's group plugin",
         "wait until every node is Ready",
     ] {
         assert!(printed.contains(want), "missing '{want}' in:\n{printed}");
