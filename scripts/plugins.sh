@@ -33,7 +33,14 @@ all_plugins() {
     local d name
     for d in plugins/*/; do
         name=$(basename "$d")
-        [ -f "$d/config.json" ] && [ "$name" != group ] && echo "$name"
+        [ -f "$d/config.json" ] && [ "$name" != group ] || continue
+        # A plugin with a binary of its own that was not built (make static-aws) is left out of
+        # "every plugin", saying so; named explicitly, its absence is an error.
+        if [ -f "$d/binary" ] && [ ! -x "$(dirname "$BIN")/$(cat "$d/binary")" ]; then
+            echo "plugins: leaving out $name: no $(dirname "$BIN")/$(cat "$d/binary") (make static-aws builds it)" >&2
+            continue
+        fi
+        echo "$name"
     done
     [ -f plugins/group/config.json ] && echo group
 }
@@ -57,7 +64,25 @@ assemble() {
     rm -rf "$ctx"
     mkdir -p "$ctx/rootfs"/{run/docker/plugins,tmp,etc,proc,sys,dev}
     cp "$config" "$ctx/config.json"
-    install -m 0755 "$BIN" "$ctx/rootfs/infrakit"
+    # A plugin with a binary of its own (plugins/<name>/binary names it, built beside $BIN: the
+    # EC2 plugin keeps the AWS SDK out of the bundle's binary) gets that one instead, plus the
+    # host files plugins/<name>/rootfs-files lists (the CA certificates TLS to a cloud needs).
+    if [ -f "plugins/$name/binary" ]; then
+        local own
+        own="$(dirname "$BIN")/$(cat "plugins/$name/binary")"
+        [ -x "$own" ] || die "no static binary at $own; run make static-aws"
+        install -m 0755 "$own" "$ctx/rootfs/$(basename "$own")"
+    else
+        install -m 0755 "$BIN" "$ctx/rootfs/infrakit"
+    fi
+    if [ -f "plugins/$name/rootfs-files" ]; then
+        local f
+        while read -r f; do
+            [ -n "$f" ] || continue
+            [ -f "$f" ] || die "plugin $name needs $f from this host (Debian: ca-certificates)"
+            install -D -m 0644 "$f" "$ctx/rootfs$f"
+        done <"plugins/$name/rootfs-files"
+    fi
     # Which plugin and version this is, readable in the rootfs. It also keeps two plugins' layers
     # apart: the engine's content store refuses a second blob with an existing digest ("content
     # sha256:...: already exists"), and two plugins with the same mounts assembled within the same
@@ -76,7 +101,7 @@ create() {
     local name=$1 ref hash state id enabled stamp out
     ref=$(ref_of "$name")
     assemble "$name"
-    hash=$(cat "$BUILD_DIR/$name/config.json" "$BUILD_DIR/$name/rootfs/VERSION" "$BUILD_DIR/$name/rootfs/infrakit" | sha256sum | cut -d' ' -f1)
+    hash=$(cat "$BUILD_DIR/$name/config.json" "$BUILD_DIR/$name/rootfs/VERSION" "$BUILD_DIR/$name"/rootfs/infrakit* | sha256sum | cut -d' ' -f1)
     stamp="$BUILD_DIR/$name.created"
     state=$(state_of "$ref")
     if [ -n "$state" ]; then
