@@ -36,7 +36,10 @@ fn ec2_call(port: u16, body: &str) -> String {
     s.write_all(request.as_bytes()).expect("send");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
     out
 }
 
@@ -51,7 +54,10 @@ fn ids_in_state(port: u16, group: &str, state: &str) -> BTreeSet<String> {
     );
     xml.split("<instanceId>")
         .skip(1)
-        .filter_map(|rest| rest.split_once("</instanceId>").map(|(id, _)| id.to_string()))
+        .filter_map(|rest| {
+            rest.split_once("</instanceId>")
+                .map(|(id, _)| id.to_string())
+        })
         .collect()
 }
 
@@ -113,10 +119,14 @@ fn a_group_on_ec2_converges_heals_rolls_and_is_destroyed() {
             gone[0], gone[1]
         ),
     );
-    wait_until("five running again, without the two terminated", Duration::from_secs(120), || {
-        let now = ids_in_state(port, "ec2-web", "running");
-        now.len() == 5 && !now.contains(gone[0]) && !now.contains(gone[1])
-    });
+    wait_until(
+        "five running again, without the two terminated",
+        Duration::from_secs(120),
+        || {
+            let now = ids_in_state(port, "ec2-web", "running");
+            now.len() == 5 && !now.contains(gone[0]) && !now.contains(gone[1])
+        },
+    );
     w.ok(&["group", "watch", "ec2-web", "--timeout", "120s"]);
     let healed = ids_in_state(port, "ec2-web", "running");
 
@@ -126,17 +136,29 @@ fn a_group_on_ec2_converges_heals_rolls_and_is_destroyed() {
     w.ok(&["group", "watch", "ec2-web", "--timeout", "180s"]);
     let rolled = ids_in_state(port, "ec2-web", "running");
     assert_eq!(rolled.len(), 5, "{rolled:?}");
-    assert!(rolled.is_disjoint(&healed), "every instance replaced: {healed:?} → {rolled:?}");
-    let described = w.ok(&["instance", "--name", "instance-aws", "describe", "--tags", "infrakit.group=ec2-web"]);
+    assert!(
+        rolled.is_disjoint(&healed),
+        "every instance replaced: {healed:?} → {rolled:?}"
+    );
+    let described = w.ok(&[
+        "instance",
+        "--name",
+        "instance-aws",
+        "describe",
+        "--tags",
+        "infrakit.group=ec2-web",
+    ]);
     for id in &rolled {
         assert!(described.contains(id.as_str()), "{id} in {described}");
     }
 
     // Destroy: every instance terminated, none left running.
     w.ok(&["group", "destroy", "ec2-web"]);
-    wait_until("no instance of the group running", Duration::from_secs(60), || {
-        ids_in_state(port, "ec2-web", "running").is_empty()
-    });
+    wait_until(
+        "no instance of the group running",
+        Duration::from_secs(60),
+        || ids_in_state(port, "ec2-web", "running").is_empty(),
+    );
     let terminated = ids_in_state(port, "ec2-web", "terminated");
     assert!(
         rolled.is_subset(&terminated) && healed.is_subset(&terminated),

@@ -42,7 +42,10 @@ fn infrakit_bin() -> PathBuf {
             return p;
         }
     }
-    panic!("no infrakit binary under {}: `cargo build --bin infrakit` first, or set INFRAKIT_BIN", target.display());
+    panic!(
+        "no infrakit binary under {}: `cargo build --bin infrakit` first, or set INFRAKIT_BIN",
+        target.display()
+    );
 }
 
 struct Proc(Child);
@@ -68,7 +71,11 @@ fn serve(plugins: &Path, args: &[&str]) -> Proc {
     let socket = plugins.join(format!("{}.sock", args[0]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "{} did not answer", socket.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not answer",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Proc(child)
@@ -77,7 +84,8 @@ fn serve(plugins: &Path, args: &[&str]) -> Proc {
 /// The plugin's EC2 requests by operation, from its `GET /metrics`.
 fn requests(socket: &Path) -> BTreeMap<String, u64> {
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: plugin\r\n\r\n").expect("write");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: plugin\r\n\r\n")
+        .expect("write");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
     text.lines()
@@ -117,7 +125,10 @@ async fn until(what: &str, start: Instant, mut f: impl AsyncFnMut() -> bool) -> 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let Some(moto) = Moto::start(&[]) else {
         eprintln!("no emulator: nothing measured");
         return;
@@ -128,7 +139,11 @@ async fn main() {
     let plugin = Plugin::start_on(
         tmp.path(),
         &plugins.join("instance-aws.sock"),
-        &plugin_env(tmp.path(), &moto.url()),
+        // The change poll at its default interval (the tests' is shorter), as a user runs it.
+        &plugin_env(tmp.path(), &moto.url())
+            .into_iter()
+            .filter(|(k, _)| k != "INFRAKIT_AWS_POLL_SECONDS")
+            .collect::<Vec<_>>(),
     );
     let _vanilla = serve(&plugins, &["flavor-vanilla"]);
     let store = tmp.path().join("store");
@@ -153,26 +168,52 @@ async fn main() {
     let start = Instant::now();
     g.commit_group(spec, false).await.expect("commit");
     let converged = until("converged", start, async || {
-        g.describe_group("bench").await.map(|d| d.converged).unwrap_or(false)
+        g.describe_group("bench")
+            .await
+            .map(|d| d.converged)
+            .unwrap_or(false)
     })
     .await;
     let after_commit = requests(&plugin.socket);
-    let running = aws.describe_instances(&group_tags, true).await.expect("describe");
-    assert_eq!(running.len(), n, "converged with {} instances", running.len());
+    let running = aws
+        .describe_instances(&group_tags, true)
+        .await
+        .expect("describe");
+    assert_eq!(
+        running.len(),
+        n,
+        "converged with {} instances",
+        running.len()
+    );
     let after_check = requests(&plugin.socket);
-    println!("  commit → converged ({n} running): {:>7.2} s", converged.as_secs_f64());
+    println!(
+        "  commit → converged ({n} running): {:>7.2} s",
+        converged.as_secs_f64()
+    );
     print_requests("commit", &diff(&after_commit, &before), n);
 
     let start = Instant::now();
     g.destroy_group("bench").await.expect("destroy");
-    let gone = until("the group gone", start, async || {
-        matches!(g.describe_group("bench").await, Err(e) if e.is_not_found())
-    })
+    let gone = until(
+        "the group gone",
+        start,
+        async || matches!(g.describe_group("bench").await, Err(e) if e.is_not_found()),
+    )
     .await;
     let after_destroy = requests(&plugin.socket);
-    let left = aws.describe_instances(&group_tags, false).await.expect("describe");
-    assert!(left.is_empty(), "{} instances left after the destroy", left.len());
-    println!("  destroy → all terminated:        {:>7.2} s", gone.as_secs_f64());
+    let left = aws
+        .describe_instances(&group_tags, false)
+        .await
+        .expect("describe");
+    assert!(
+        left.is_empty(),
+        "{} instances left after the destroy",
+        left.len()
+    );
+    println!(
+        "  destroy → all terminated:        {:>7.2} s",
+        gone.as_secs_f64()
+    );
     print_requests("destroy", &diff(&after_destroy, &after_check), n);
     let mut all = diff(&after_commit, &before);
     for (k, v) in diff(&after_destroy, &after_check) {

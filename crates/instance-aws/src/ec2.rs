@@ -100,11 +100,11 @@ impl Ec2 {
         clients
             .entry(location.clone())
             .or_insert_with(|| {
-                let config = aws_sdk_ec2::config::Builder::from(&self.base)
+                let mut config = aws_sdk_ec2::config::Builder::from(&self.base)
                     .region(Region::new(location.region.clone()))
-                    .set_endpoint_url(location.endpoint.clone())
-                    .interceptor(CountCalls(self.calls.clone()))
-                    .build();
+                    .interceptor(CountCalls(self.calls.clone()));
+                config.set_endpoint_url(location.endpoint.clone());
+                let config = config.build();
                 aws_sdk_ec2::Client::from_conf(config)
             })
             .clone()
@@ -221,7 +221,13 @@ where
 {
     if let SdkError::ServiceError(service) = &e {
         let err = service.err();
-        let code = err.code().unwrap_or("an unnamed error");
+        let Some(code) = err.code() else {
+            // No EC2 error code: not EC2's own refusal (an emulator's crash page, a proxy's).
+            return Error::internal(format!(
+                "{what} ({location}) failed without an EC2 error code: {}",
+                DisplayErrorContext(&e)
+            ));
+        };
         let message = err.message().unwrap_or_default();
         let (kind, advice) = classify(code);
         return Error::new(
@@ -258,6 +264,10 @@ fn classify(code: &str) -> (ErrorKind, &'static str) {
         | "InternalError" | "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
             (ErrorKind::Unavailable, " (EC2 is busy or short of capacity; retried later)")
         }
+        "InvalidIPAddress.InUse" => (
+            ErrorKind::Unavailable,
+            " (a pet's address is still held, e.g. by its predecessor while it terminates; retried later)",
+        ),
         "AuthFailure" | "UnauthorizedOperation" | "Blocked" | "OptInRequired" => (
             ErrorKind::Invalid,
             " (check the plugin's credentials and that their IAM policy allows what docs/ec2.md lists)",

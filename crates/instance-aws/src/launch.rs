@@ -1,11 +1,12 @@
 //! Launching instances: `RunInstances`, made safe to retry and cheap at scale.
 //!
 //! - **Batching**: cattle provisions of an equal spec (same location, properties, tags and Init)
-//!   that arrive within [`WINDOW`] of each other go out as one `RunInstances` with `MinCount` 1 and
-//!   `MaxCount` the number of them (at most [`MAX_BATCH`]). EC2 may launch fewer than asked (short
-//!   of capacity): the first callers get an instance each, the rest an `Unavailable` error (the
-//!   group controller backs off and asks again). Pets are never batched: each has its own
-//!   LogicalID (tag) and private IP.
+//!   that arrive within [`WINDOW`] of each other go out as one `RunInstances` with `MinCount` and
+//!   `MaxCount` the number of them (at most [`MAX_BATCH`]): all or nothing, so a batch EC2 cannot
+//!   fill (short of capacity) fails for every caller, and the group controller backs off and asks
+//!   again. Should EC2 answer with fewer instances anyway, the first callers get one each and the
+//!   rest an `Unavailable` error. Pets are never batched: each has its own LogicalID (tag) and
+//!   private IP.
 //! - **Idempotency**: every launch has a token, sent as its `ClientToken` (EC2 then makes a retried
 //!   request, e.g. by the SDK after a timeout, launch nothing new) and as the `LAUNCH_TAG` tag. The
 //!   launch is written to the state directory before it is sent and forgotten once answered. A
@@ -364,7 +365,9 @@ impl Launcher {
         let request = launch
             .properties
             .apply(self.ec2.client(&launch.location).run_instances())
-            .min_count(1)
+            // All or nothing: EC2 launches MaxCount when it can, and moto launches MinCount; a
+            // batch EC2 cannot fill fails as a whole and the controller asks again.
+            .min_count(count)
             .max_count(count)
             .client_token(&token)
             .tag_specifications(tags.build())

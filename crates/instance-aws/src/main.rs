@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use infrakit_instance_aws::{AwsInstancePlugin, NAME};
 use infrakit_sdk::prelude::*;
-use infrakit_sdk::rpc::server::Plugins;
 
 fn main() -> ExitCode {
     if std::env::args()

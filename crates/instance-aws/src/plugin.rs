@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Tag;
 use infrakit_sdk::prelude::*;
+use infrakit_sdk::spi::instance::Changes;
 
 use crate::changes::Changes as ChangePoll;
 use crate::describe;
@@ -107,7 +108,7 @@ impl AwsInstancePlugin {
             let found = describe::instances(
                 &self.ec2,
                 &location,
-                describe::filters(&Tags::new(), Some(&ids)),
+                describe::filters(&Tags::new(), Some(&ids[..])),
             )
             .await?;
             if let Some(i) = found.into_iter().find(describe::is_live) {
@@ -180,7 +181,7 @@ impl InstancePlugin for AwsInstancePlugin {
         self.terminator
             .destroy(location, id.to_string())
             .await
-            .inspect(|()| tracing::info!(%id, reason = %context.reason, "destroyed"))?;
+            .inspect(|_| tracing::info!(%id, reason = %context.reason, "destroyed"))?;
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())

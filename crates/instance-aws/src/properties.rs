@@ -294,12 +294,11 @@ impl Properties {
             );
         }
         if let Some(m) = &self.monitoring {
-            if let Ok(m) = RunInstancesMonitoringEnabled::builder()
-                .enabled(m.enabled)
-                .build()
-            {
-                run = run.monitoring(m);
-            }
+            run = run.monitoring(
+                RunInstancesMonitoringEnabled::builder()
+                    .enabled(m.enabled)
+                    .build(),
+            );
         }
         if let Some(b) = &self.instance_initiated_shutdown_behavior {
             run = run.instance_initiated_shutdown_behavior(ShutdownBehavior::from(b.as_str()));
@@ -318,12 +317,11 @@ impl Properties {
             );
         }
         if let Some(c) = &self.credit_specification {
-            if let Ok(c) = CreditSpecificationRequest::builder()
-                .cpu_credits(&c.cpu_credits)
-                .build()
-            {
-                run = run.credit_specification(c);
-            }
+            run = run.credit_specification(
+                CreditSpecificationRequest::builder()
+                    .cpu_credits(&c.cpu_credits)
+                    .build(),
+            );
         }
         if let Some(t) = &self.launch_template {
             run = run.launch_template(

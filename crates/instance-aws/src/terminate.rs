@@ -103,7 +103,7 @@ impl Terminator {
         let found = describe::instances(
             &self.ec2,
             location,
-            describe::filters(&Default::default(), Some(&ids)),
+            describe::filters(&Default::default(), Some(ids.as_slice())),
         )
         .await?;
         let live: HashSet<String> = found

@@ -215,7 +215,10 @@ impl Plugin {
                     std::fs::read_to_string(dir.join("plugin.log")).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "the plugin's socket did not answer");
+            assert!(
+                Instant::now() < deadline,
+                "the plugin's socket did not answer"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         plugin
