@@ -29,7 +29,8 @@ pub struct Changes {
 }
 
 impl Changes {
-    pub fn new() -> Changes {
+    /// The poll interval from INFRAKIT_AWS_POLL_SECONDS, else [`POLL`].
+    pub fn from_env() -> Changes {
         let poll = std::env::var("INFRAKIT_AWS_POLL_SECONDS")
             .ok()
             .and_then(|s| s.parse::<f64>().ok())

@@ -31,7 +31,7 @@ impl AwsInstancePlugin {
     pub fn new(ec2: Ec2, state: State) -> AwsInstancePlugin {
         let ec2 = Arc::new(ec2);
         let state = Arc::new(state);
-        let changes = Arc::new(ChangePoll::new());
+        let changes = Arc::new(ChangePoll::from_env());
         let on_change: Arc<dyn Fn() + Send + Sync> = {
             let feed = changes.feed.clone();
             Arc::new(move || feed.changed())

@@ -296,11 +296,11 @@ async fn destroy_terminates_and_batches() {
     let run = counts.get("RunInstances").copied().unwrap_or(0);
     let terminate = counts.get("TerminateInstances").copied().unwrap_or(0);
     assert!(
-        run >= 1 && run <= 3,
+        (1..=3).contains(&run),
         "ten equal provisions in a few RunInstances: {counts:?}"
     );
     assert!(
-        terminate >= 1 && terminate <= 3,
+        (1..=3).contains(&terminate),
         "ten destroys in a few TerminateInstances: {counts:?}"
     );
 }
