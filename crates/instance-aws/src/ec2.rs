@@ -110,16 +110,10 @@ impl Ec2 {
             .clone()
     }
 
-    /// A permit to send one request (bounds the requests in flight).
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
-        match self.in_flight.clone().acquire_owned().await {
-            Ok(p) => p,
-            // The semaphore is never closed; were it, going ahead unbounded beats hanging.
-            Err(_) => Arc::new(Semaphore::new(1))
-                .acquire_owned()
-                .await
-                .unwrap_or_else(|_| unreachable!("a fresh semaphore is open")),
-        }
+    /// A permit to send one request (bounds the requests in flight). `None` only if the
+    /// semaphore were closed, which nothing does: then the request goes ahead unbounded.
+    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.in_flight.clone().acquire_owned().await.ok()
     }
 
     /// Requests sent so far (attempts, retries included), by operation.
