@@ -1,7 +1,8 @@
 //! Launching instances: `RunInstances`, made safe to retry and cheap at scale.
 //!
 //! - **Batching**: cattle provisions of an equal spec (same location, properties, tags and Init)
-//!   that arrive within [`WINDOW`] of each other go out as one `RunInstances` with `MinCount` and
+//!   that arrive within [`WINDOW`] of each other, or while [`MAX_RUNNING`] launches of that spec
+//!   are in flight, go out as one `RunInstances` with `MinCount` and
 //!   `MaxCount` the number of them (at most [`MAX_BATCH`]): all or nothing, so a batch EC2 cannot
 //!   fill (short of capacity) fails for every caller, and the group controller backs off and asks
 //!   again. Should EC2 answer with fewer instances anyway, the first callers get one each and the
@@ -37,6 +38,9 @@ use crate::state::{Pending, State};
 pub const WINDOW: Duration = Duration::from_millis(50);
 /// The most instances one `RunInstances` asks for.
 pub const MAX_BATCH: usize = 100;
+/// `RunInstances` of one spec in flight at once; provisions arriving meanwhile queue and go out
+/// together when one returns.
+pub const MAX_RUNNING: usize = 2;
 /// EC2's limit on user data (before base64).
 const USER_DATA_LIMIT: usize = 16 * 1024;
 /// EC2's Name tag, shown in the console; set from the group and LogicalID unless given.
@@ -121,17 +125,20 @@ fn new_token() -> String {
 
 type Reply = oneshot::Sender<Result<InstanceId>>;
 
-/// Provisions waiting to go out together.
-struct Batch {
+/// The cattle provisions of one spec key: those waiting to go out, and the launches in flight.
+struct Queue {
     launch: Arc<Launch>,
-    waiters: Vec<Reply>,
+    waiting: Vec<Reply>,
+    running: usize,
+    /// A flush is scheduled (the first waiter's [`WINDOW`]).
+    timer: bool,
 }
 
 pub struct Launcher {
     ec2: Arc<Ec2>,
     state: Arc<State>,
-    /// Open batches by spec key.
-    open: Mutex<HashMap<String, Batch>>,
+    /// Cattle provisions by spec key.
+    queues: Mutex<HashMap<String, Queue>>,
     /// Unanswered launches (of an earlier process, or whose answer was lost), not yet looked at.
     orphans: Mutex<Vec<Pending>>,
     /// Instances of orphaned launches, by spec key, waiting for a provision to take them.
@@ -157,7 +164,7 @@ impl Launcher {
         Launcher {
             ec2,
             state,
-            open: Mutex::default(),
+            queues: Mutex::default(),
             orphans: Mutex::new(orphans),
             adoptable: Mutex::default(),
             adopting: tokio::sync::Mutex::new(()),
@@ -183,51 +190,91 @@ impl Launcher {
                 .unwrap_or_else(|_| Err(Error::internal("the launch was dropped")));
         }
         let (tx, rx) = oneshot::channel();
-        let flush = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            let key = launch.key.clone();
-            match open.get_mut(&key) {
-                Some(batch) => {
-                    batch.waiters.push(tx);
-                    // A full batch goes now; the next provision opens another.
-                    (batch.waiters.len() >= MAX_BATCH)
-                        .then(|| open.remove(&key))
-                        .flatten()
-                }
-                None => {
-                    let launch = Arc::new(launch);
-                    open.insert(
-                        key.clone(),
-                        Batch {
-                            launch: launch.clone(),
-                            waiters: vec![tx],
-                        },
-                    );
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(WINDOW).await;
-                        let batch = {
-                            let mut open = me.open.lock().unwrap_or_else(|p| p.into_inner());
-                            // Still this batch (not one opened after this one went out full)?
-                            match open.get(&key) {
-                                Some(b) if Arc::ptr_eq(&b.launch, &launch) => open.remove(&key),
-                                _ => None,
-                            }
-                        };
-                        if let Some(b) = batch {
-                            me.run(b.launch, b.waiters).await;
-                        }
-                    });
-                    None
-                }
+        let key = launch.key.clone();
+        let (go, schedule) = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let q = queues.entry(key.clone()).or_insert_with(|| Queue {
+                launch: Arc::new(launch),
+                waiting: Vec::new(),
+                running: 0,
+                timer: false,
+            });
+            q.waiting.push(tx);
+            if q.waiting.len() >= MAX_BATCH && q.running < MAX_RUNNING {
+                (Self::take(q), false)
+            } else if !q.timer && q.running < MAX_RUNNING {
+                q.timer = true;
+                (None, true)
+            } else {
+                // Goes out with the next launch: when the timer fires or one in flight returns.
+                (None, false)
             }
         };
-        if let Some(b) = flush {
+        if let Some((launch, waiters)) = go {
+            self.spawn_run(key.clone(), launch, waiters);
+        }
+        if schedule {
             let me = self.clone();
-            tokio::spawn(async move { me.run(b.launch, b.waiters).await });
+            tokio::spawn(async move {
+                tokio::time::sleep(WINDOW).await;
+                let go = {
+                    let mut queues = me.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(q) = queues.get_mut(&key) else {
+                        return;
+                    };
+                    q.timer = false;
+                    let go = if q.running < MAX_RUNNING {
+                        Self::take(q)
+                    } else {
+                        None
+                    };
+                    if q.waiting.is_empty() && q.running == 0 {
+                        queues.remove(&key);
+                    }
+                    go
+                };
+                if let Some((launch, waiters)) = go {
+                    me.spawn_run(key, launch, waiters);
+                }
+            });
         }
         rx.await
             .unwrap_or_else(|_| Err(Error::internal("the launch was dropped")))
+    }
+
+    /// Up to [`MAX_BATCH`] waiters of `q` to launch now (counted as running), if any wait.
+    fn take(q: &mut Queue) -> Option<(Arc<Launch>, Vec<Reply>)> {
+        if q.waiting.is_empty() {
+            return None;
+        }
+        let n = q.waiting.len().min(MAX_BATCH);
+        let waiters: Vec<Reply> = q.waiting.drain(..n).collect();
+        q.running += 1;
+        Some((q.launch.clone(), waiters))
+    }
+
+    /// Launches `waiters` in a task; when it returns, whoever queued meanwhile goes out at once
+    /// (batching while busy: the longer EC2 takes, the bigger the next batch).
+    fn spawn_run(self: &Arc<Self>, key: String, launch: Arc<Launch>, waiters: Vec<Reply>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.run(launch, waiters).await;
+            let next = {
+                let mut queues = me.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(q) = queues.get_mut(&key) else {
+                    return;
+                };
+                q.running = q.running.saturating_sub(1);
+                let next = if q.timer { None } else { Self::take(q) };
+                if q.waiting.is_empty() && q.running == 0 && !q.timer {
+                    queues.remove(&key);
+                }
+                next
+            };
+            if let Some((launch, waiters)) = next {
+                me.spawn_run(key, launch, waiters);
+            }
+        });
     }
 
     /// A live pet with the launch's tags (group, config, LogicalID), if there is one.
