@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-scale test-swarm test-quick all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
+.PHONY: bench-scale bench-ec2 static-aws test-swarm test-quick all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -62,6 +62,18 @@ engine:
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
 	  --target $(STATIC_TARGET) --target-dir $(STATIC_DIR) --bin infrakit
+
+## The EC2 plugin's own static binary (the AWS SDK stays out of the bundle's `infrakit`); its
+## rootfs also gets this host's CA certificates (scripts/plugins.sh, plugins/instance-aws/).
+static-aws:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
+	  --target $(STATIC_TARGET) --target-dir $(STATIC_DIR) -p infrakit-instance-aws
+
+## The EC2 plugin against the emulator: a group of N (default 1,000) through the group controller,
+## commit → converged, EC2 requests by operation, destroy → all terminated (scripts/setup-moto.sh).
+bench-ec2:
+	$(CARGO) build --locked --bin infrakit
+	$(CARGO) bench --locked --profile dev -p infrakit-instance-aws --bench ec2
 
 ## Create every managed plugin (an unchanged one is kept with its settings, a changed one replaced).
 plugins: static

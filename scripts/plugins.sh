@@ -33,13 +33,27 @@ die() {
 
 # Every plugin (plugins/<name>/config.json), in enable order: what others depend on first, the
 # group controller (which calls the others) last.
-all_plugins() {
+every_plugin() {
     local d name
     for d in plugins/*/; do
         name=$(basename "$d")
         [ -f "$d/config.json" ] && [ "$name" != group ] && echo "$name"
     done
     [ -f plugins/group/config.json ] && echo group
+}
+
+# Every plugin that can be built here: one with a binary of its own that was not built (make
+# static-aws, make static-qemu) is left out, saying so; named explicitly, its absence is an error.
+all_plugins() {
+    local name binary
+    while read -r name; do
+        binary=$(binary_of "$name")
+        if [ "$binary" != infrakit ] && [ ! -x "$(binary_path "$binary")" ]; then
+            echo "plugins: leaving out $name: no $(binary_path "$binary") (make static-${name#instance-} builds it)" >&2
+            continue
+        fi
+        echo "$name"
+    done < <(every_plugin)
 }
 
 config_of() { echo "plugins/$1/config.json"; }
@@ -79,6 +93,16 @@ assemble() {
     mkdir -p "$ctx/rootfs"/{run/docker/plugins,tmp,etc,proc,sys,dev}
     cp "$config" "$ctx/config.json"
     install -m 0755 "$src" "$ctx/rootfs/$binary"
+    # Host files a plugin's rootfs needs, one path per line in plugins/<name>/rootfs-files (the
+    # CA certificates TLS to a cloud needs).
+    if [ -f "plugins/$name/rootfs-files" ]; then
+        local f
+        while read -r f; do
+            [ -n "$f" ] || continue
+            [ -f "$f" ] || die "plugin $name needs $f from this host (Debian: ca-certificates)"
+            install -D -m 0644 "$f" "$ctx/rootfs$f"
+        done <"plugins/$name/rootfs-files"
+    fi
     # Which plugin and version this is, readable in the rootfs. It also keeps two plugins' layers
     # apart: the engine's content store refuses a second blob with an existing digest ("content
     # sha256:...: already exists"), and two plugins with the same mounts assembled within the same
@@ -195,12 +219,12 @@ if [ "$cmd" = upgrade ]; then
     upgrade "$1" "$2"
     exit 0
 fi
-names=("$@")
-if ((${#names[@]} == 0)); then mapfile -t names < <(all_plugins); fi
 if [ "$cmd" = list ]; then
-    for n in "${names[@]}"; do echo "$n $(binary_of "$n")"; done
+    while read -r n; do echo "$n $(binary_of "$n")"; done < <(every_plugin)
     exit 0
 fi
+names=("$@")
+if ((${#names[@]} == 0)); then mapfile -t names < <(all_plugins); fi
 
 "$DOCKER" version >/dev/null 2>&1 || die "no Docker engine answers ($DOCKER version failed); scripts/docker-engine.sh starts one"
 case "$cmd" in

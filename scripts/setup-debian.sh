@@ -5,6 +5,9 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+# The EC2 emulator's virtual environment (scripts/setup-moto.sh, below).
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${need[*]}; run as root or install them" >&2
@@ -40,3 +43,6 @@ if [ "${CI:-}" = true ] && ! command -v prometheus >/dev/null; then
         systemctl disable prometheus || true
     fi
 fi
+
+# The EC2 emulator the instance-aws tests run against (moto's server, in a venv of its own).
+bash "$(dirname "$0")/setup-moto.sh"

@@ -35,9 +35,6 @@ pub enum Start {
     InProcess(fn(&ServeArgs) -> Starting<'_>),
     /// A binary of its own (`infrakit-instance-aws`), beside `infrakit` in the build output and
     /// alone in its managed plugin's rootfs.
-    // Built when a plugin with a binary of its own is registered; the tests check the manifests of
-    // such plugins already.
-    #[allow(dead_code)]
     Binary(&'static str),
 }
 
@@ -53,6 +50,10 @@ pub struct Entry {
     pub start: Start,
     /// Its managed plugin's manifest.
     pub manifest: &'static str,
+    /// Whether `infrakit swarm deploy` runs it. The plugins with a binary and rootfs of their own
+    /// (EC2, QEMU) are installed on their own (`make plugins`, `docker plugin install`): `swarm
+    /// deploy --push` builds each plugin from the one static `infrakit` binary.
+    pub in_bundle: bool,
     /// On a swarm: only on managers (the group controller), else on every node.
     pub managers_only: bool,
     /// Settings it gets on a swarm, before the user's `--env`.
@@ -68,6 +69,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[INSTANCE],
         start: Start::InProcess(serve::instance_file),
         manifest: include_str!("../plugins/instance-file/config.json"),
+        in_bundle: true,
         managers_only: false,
         swarm_env: &[],
     },
@@ -77,6 +79,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[INSTANCE],
         start: Start::InProcess(serve::instance_docker),
         manifest: include_str!("../plugins/instance-docker/config.json"),
+        in_bundle: true,
         managers_only: false,
         swarm_env: &[],
     },
@@ -87,6 +90,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[FLAVOR],
         start: Start::InProcess(serve::flavor_vanilla),
         manifest: include_str!("../plugins/flavor-vanilla/config.json"),
+        in_bundle: true,
         managers_only: false,
         swarm_env: &[],
     },
@@ -96,6 +100,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[FLAVOR],
         start: Start::InProcess(serve::flavor_zookeeper),
         manifest: include_str!("../plugins/flavor-zookeeper/config.json"),
+        in_bundle: true,
         managers_only: false,
         swarm_env: &[],
     },
@@ -106,6 +111,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[FLAVOR],
         start: Start::InProcess(serve::flavor_swarm),
         manifest: include_str!("../plugins/flavor-swarm/config.json"),
+        in_bundle: true,
         managers_only: false,
         swarm_env: &[],
     },
@@ -115,6 +121,18 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[FLAVOR],
         start: Start::InProcess(serve::flavor_combo),
         manifest: include_str!("../plugins/flavor-combo/config.json"),
+        in_bundle: true,
+        managers_only: false,
+        swarm_env: &[],
+    },
+    Entry {
+        name: "instance-aws",
+        about: "Instances are EC2 instances (the AWS SDK's credentials chain; AWS_REGION, AWS_ENDPOINT_URL): \
+                a binary of its own, infrakit-instance-aws.",
+        interfaces: &[INSTANCE],
+        start: Start::Binary("infrakit-instance-aws"),
+        manifest: include_str!("../plugins/instance-aws/config.json"),
+        in_bundle: false,
         managers_only: false,
         swarm_env: &[],
     },
@@ -124,6 +142,7 @@ pub const PLUGINS: &[Entry] = &[
         interfaces: &[GROUP],
         start: Start::InProcess(serve::group),
         manifest: include_str!("../plugins/group/config.json"),
+        in_bundle: true,
         managers_only: true,
         // On a swarm the group controller must follow the swarm: refuse to start on one host's
         // store rather than quietly act beside the leader.
@@ -149,6 +168,11 @@ impl Entry {
             Start::Binary(b) => b,
         }
     }
+}
+
+/// The plugins `infrakit swarm deploy` runs, in order, as the bundle sees them.
+pub fn bundle() -> impl Iterator<Item = BundlePlugin> {
+    PLUGINS.iter().filter(|e| e.in_bundle).map(Entry::bundle)
 }
 
 /// The plugin called `name`, or an error listing the ones there are.
@@ -252,7 +276,16 @@ mod tests {
                     .map(|s| s.to_string())
                     .chain([socket_arg])
                     .collect(),
-                Start::Binary(b) => vec![format!("/{b}"), "--socket".into(), socket_arg],
+                // A binary of its own takes its socket from INFRAKIT_PLUGIN_SOCKET (the SDK's
+                // `run`), which its manifest sets.
+                Start::Binary(b) => {
+                    let env = m["env"].as_array().cloned().unwrap_or_default();
+                    let set = env.iter().any(|e| {
+                        e["name"] == "INFRAKIT_PLUGIN_SOCKET" && e["value"] == socket_arg.as_str()
+                    });
+                    assert!(set, "{}: env INFRAKIT_PLUGIN_SOCKET={socket_arg}", entry.name);
+                    vec![format!("/{b}")]
+                }
             };
             assert_eq!(entrypoint, want, "{}: entrypoint", entry.name);
         }

@@ -143,7 +143,7 @@ pub async fn run(args: SwarmArgs) -> Result<()> {
             } else {
                 in_registry(&engine, &bundle).await?;
             }
-            for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+            for plugin in registry::bundle() {
                 let plugin = &plugin;
                 // Settings stay what the first install gave (the engine applies Env only then).
                 let current = existing.get(plugin.name);
@@ -175,7 +175,7 @@ pub async fn deploy(
         in_registry(engine, bundle).await?;
     }
     let existing = services_by_plugin(engine, &bundle.name).await?;
-    for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+    for plugin in registry::bundle() {
         let plugin = &plugin;
         // The bundle's own settings first, the user's after (the later one wins).
         let mut all: Vec<String> = plugin.swarm_env.iter().map(|s| s.to_string()).collect();
@@ -190,7 +190,7 @@ pub async fn deploy(
 /// The engine resolves each reference (as the nodes will); all missing ones are named at once.
 async fn in_registry(engine: &Engine, bundle: &Bundle) -> Result<()> {
     let mut missing = Vec::new();
-    for plugin in registry::PLUGINS.iter().map(|e| e.bundle()) {
+    for plugin in registry::bundle() {
         let remote = bundle.remote(&plugin);
         match engine.registry_has(&remote).await {
             Ok(true) => {}
@@ -212,7 +212,7 @@ async fn in_registry(engine: &Engine, bundle: &Bundle) -> Result<()> {
              up): {}. Push them first: add --push (it builds them from a static infrakit binary), \
              or make plugins push REPO={} VERSION={}",
             missing.len(),
-            registry::PLUGINS.len(),
+            registry::bundle().count(),
             bundle.registry,
             engine.address(),
             missing.join(", "),
@@ -303,7 +303,7 @@ async fn push(engine: &Engine, bundle: &Bundle, binary: Option<&std::path::Path>
             binary.display()
         );
     }
-    for entry in registry::PLUGINS {
+    for entry in registry::PLUGINS.iter().filter(|e| e.in_bundle) {
         let plugin = &entry.bundle();
         let remote = bundle.remote(plugin);
         let started = Instant::now();
