@@ -40,3 +40,6 @@ if [ "${CI:-}" = true ] && ! command -v prometheus >/dev/null; then
         systemctl disable prometheus || true
     fi
 fi
+
+# QEMU and what `make vm-image` needs, for instance-qemu and its tests (the guest image too, in CI).
+bash "$(dirname "$0")/setup-vm.sh"
