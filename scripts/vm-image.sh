@@ -153,14 +153,18 @@ INFRAKIT_ID= INFRAKIT_HOSTNAME= INFRAKIT_IP=
 [ -r /run/infrakit/meta ] && . /run/infrakit/meta
 [ -n "$INFRAKIT_HOSTNAME" ] && hostname "$INFRAKIT_HOSTNAME"
 echo "infrakit-guest: up id=$INFRAKIT_ID ip=$INFRAKIT_IP uptime=$(cut -d' ' -f1 /proc/uptime)" >/dev/console
+# The script runs in the background: one that ends by exec'ing a server (flavor-zookeeper's does)
+# must not hold up busybox init, which starts acpid (the ACPI power button) after this returns.
 if [ -s /run/infrakit/init ]; then
     chmod 700 /run/infrakit/init
-    if head -c 2 /run/infrakit/init | grep -q '#!'; then
-        /run/infrakit/init </dev/null >/dev/console 2>&1
-    else
-        /bin/sh /run/infrakit/init </dev/null >/dev/console 2>&1
-    fi
-    echo "infrakit-guest: init exited $? id=$INFRAKIT_ID" >/dev/console
+    (
+        if head -c 2 /run/infrakit/init | grep -q '#!'; then
+            /run/infrakit/init </dev/null >/dev/console 2>&1
+        else
+            /bin/sh /run/infrakit/init </dev/null >/dev/console 2>&1
+        fi
+        echo "infrakit-guest: init exited $? id=$INFRAKIT_ID" >/dev/console
+    ) &
 else
     echo "infrakit-guest: no init id=$INFRAKIT_ID" >/dev/console
 fi
