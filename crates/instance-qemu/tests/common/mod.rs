@@ -261,12 +261,17 @@ impl Lab {
 
     /// Starts the plugin inside the namespace and waits until it answers.
     pub fn start_plugin(&self) -> Plugin {
+        self.start_plugin_at(&self.socket())
+    }
+
+    /// As [`Lab::start_plugin`], listening on `socket`.
+    pub fn start_plugin_at(&self, socket: &Path) -> Plugin {
         let log = File::create(self.dir.path().join("plugin.log")).expect("plugin log");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(env!("CARGO_BIN_EXE_infrakit-instance-qemu"))
             .arg("--socket")
-            .arg(self.socket())
+            .arg(socket)
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--accel", "tcg"])
@@ -278,7 +283,7 @@ impl Lab {
             .expect("start the plugin");
         let plugin = Plugin {
             child,
-            socket: self.socket(),
+            socket: socket.to_path_buf(),
         };
         wait_until("the plugin's socket", Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&plugin.socket)
