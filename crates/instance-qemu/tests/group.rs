@@ -28,6 +28,8 @@ fn infrakit() -> PathBuf {
         .args([
             "build",
             "--locked",
+            "-p",
+            "infrakit",
             "--bin",
             "infrakit",
             "--message-format=json-render-diagnostics",
