@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: vm-image vm-image-zk bench-vm plugin-qemu bench-scale test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
+.PHONY: vm-image vm-image-zk bench-vm plugin-qemu test-vm bench-scale test-swarm all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -105,6 +105,12 @@ vm-image-zk:
 ## memory per VM, the plugin's CPU and RSS while it watches them (root, real TCG guests).
 bench-vm:
 	$(CARGO) bench -p infrakit-instance-qemu --bench vm
+
+## The ZooKeeper ensemble on 3 VMs (root, by hand, several minutes under TCG): quorum, the leader's
+## QEMU killed and replaced at its address, a rolling memory change, destroy; prints the figures.
+test-vm: vm-image-zk
+	$(CARGO) build --locked --bins -p infrakit -p infrakit-instance-qemu
+	bash scripts/vm-zk-demo.sh
 
 ## instance-qemu's managed plugin context (config.json + rootfs with QEMU and the static binary).
 plugin-qemu:
