@@ -85,6 +85,9 @@ impl Vm {
 
 struct Shared {
     config: Config,
+    /// An exclusive lock on `<state>/.lock`, held for the plugin's life: two plugins adopting
+    /// the same VMs would each destroy and replace them.
+    _lock: std::fs::File,
     host_accel: Accel,
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
     feed: ChangeFeed,
@@ -120,6 +123,7 @@ impl QemuPlugin {
                 state.display()
             ))
         })?;
+        let lock = lock_state_dir(state)?;
         let host_accel = match config.accel {
             Some(a) => {
                 tracing::info!(accel = a.name(), "accelerator chosen by the command line");
@@ -134,6 +138,7 @@ impl QemuPlugin {
         let plugin = QemuPlugin {
             shared: Arc::new(Shared {
                 config,
+                _lock: lock,
                 host_accel,
                 vms: Mutex::new(BTreeMap::new()),
                 feed: ChangeFeed::new(),
@@ -259,6 +264,26 @@ impl QemuPlugin {
     }
 }
 
+/// Takes `<state>/.lock` (an advisory lock the kernel drops when the process dies, so a crashed
+/// plugin never blocks its successor).
+fn lock_state_dir(state: &Path) -> Result<std::fs::File> {
+    let path = state.join(".lock");
+    let file = std::fs::File::create(&path)
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::unavailable(format!(
+            "another instance-qemu plugin uses the state directory {}; stop it or choose another \
+             --state-dir (two plugins would both manage the same VMs)",
+            state.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::internal(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// QEMU's pid for `dir`: from its pid file, else (a plugin that died between starting QEMU and
 /// QEMU writing the file) by looking for its command line in /proc.
 fn find_qemu(dir: &VmDir) -> Option<i32> {
@@ -317,6 +342,29 @@ fn console_tail(path: &Path, n: usize) -> String {
 impl InstancePlugin for QemuPlugin {
     async fn validate(&self, properties: &Value) -> Result<()> {
         Properties::parse(properties).map(|_| ())
+    }
+
+    /// Also refuses, at commit, pets whose logical IDs are addresses when there is no network
+    /// for them to be on.
+    async fn validate_with_allocation(
+        &self,
+        properties: &Value,
+        allocation: &AllocationMethod,
+    ) -> Result<()> {
+        let props = Properties::parse(properties)?;
+        if props.network.is_none() {
+            if let Some(ip) = allocation
+                .logical_ids
+                .iter()
+                .find(|l| l.parse::<Ipv4Addr>().is_ok())
+            {
+                return Err(Error::invalid(format!(
+                    "logical ID {ip} is an IPv4 address, which becomes the VM's static address: \
+                     give Network {{\"Bridge\": ...}} in the instance properties"
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn provision(&self, spec: Spec) -> Result<InstanceId> {

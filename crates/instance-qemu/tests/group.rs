@@ -226,8 +226,9 @@ async fn a_group_of_vms_converges_heals_rolls_and_is_destroyed() {
         lab.qemus().is_empty().then_some(())
     });
     assert!(lab.taps().is_empty(), "taps left: {:?}", lab.taps());
-    let left = std::fs::read_dir(lab.state_dir())
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(left, 0, "files left in the state directory");
+    let left = lab.leftovers();
+    assert!(
+        left.is_empty(),
+        "files left in the state directory: {left:?}"
+    );
 }

@@ -153,11 +153,7 @@ async fn vms_run_their_boot_scripts_survive_a_plugin_restart_and_leave_nothing()
     assert!(ids(&client).await.is_empty());
     assert!(lab.qemus().is_empty(), "QEMU left: {:?}", lab.qemus());
     assert!(lab.taps().is_empty(), "taps left: {:?}", lab.taps());
-    let left: Vec<_> = std::fs::read_dir(lab.state_dir())
-        .expect("state dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = lab.leftovers();
     assert!(
         left.is_empty(),
         "files left in the state directory: {left:?}"
@@ -226,11 +222,41 @@ async fn bad_properties_and_a_missing_image_get_errors_that_say_what_to_fix() {
         .expect_err("an address without a network");
     assert!(e.message.contains("Network"), "{e}");
 
+    let pets = AllocationMethod {
+        logical_ids: vec!["10.231.0.51".into()],
+        ..AllocationMethod::default()
+    };
+    let e = client
+        .validate_with_allocation(&json!({"ImageDir": common::image_dir()}), &pets)
+        .await
+        .expect_err("addresses without a network, at commit");
+    assert!(
+        e.message.contains("10.231.0.51") && e.message.contains("Network"),
+        "{e}"
+    );
+
+    // A second plugin on the same state directory refuses to start (it would manage the same VMs).
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit-instance-qemu"))
+        .arg("--socket")
+        .arg(lab.dir.path().join("second.sock"))
+        .arg("--state-dir")
+        .arg(lab.state_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second plugin");
+    let out = second.wait_with_output().expect("second plugin's exit");
+    let said = common::text(&out);
+    assert!(!out.status.success(), "a second plugin started: {said}");
+    assert!(
+        said.contains("another instance-qemu plugin uses the state directory"),
+        "{said}"
+    );
+
     // None of the refusals left a VM or a file behind.
     assert!(ids(&client).await.is_empty());
     assert!(lab.qemus().is_empty());
-    let left = std::fs::read_dir(lab.state_dir())
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(left, 0, "refused provisions left files");
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "refused provisions left files: {left:?}");
 }

@@ -254,6 +254,18 @@ impl Lab {
         })
     }
 
+    /// What is in the state directory but the plugin's lock file (VM directories left behind).
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".lock")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The console log of VM `id`.
     pub fn console(&self, id: &str) -> String {
         std::fs::read_to_string(self.state_dir().join(id).join("console.log")).unwrap_or_default()
