@@ -7,8 +7,8 @@
 # and removes everything. Needs `make vm-image-zk` and the debug binaries (cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NS=${NS:-ikq-zkdemo}
-WORK=$(mktemp -d /tmp/ikq-zkdemo.XXXXXX)
+NS=${NS:-ikqdemo-zk}
+WORK=$(mktemp -d /tmp/ikqdemo-zk.XXXXXX)
 BIN=${BIN:-target/debug/infrakit}
 QEMU_PLUGIN=${QEMU_PLUGIN:-target/debug/infrakit-instance-qemu}
 MEMORY=${MEMORY:-416}

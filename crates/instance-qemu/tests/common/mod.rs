@@ -130,7 +130,10 @@ fn sweep() {
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
             continue;
         };
-        let pid = rest.split('-').next().unwrap_or_default();
+        // Only names this code made (`ikq-<pid>-<tag>`), whose maker is gone.
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
