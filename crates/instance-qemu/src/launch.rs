@@ -177,7 +177,10 @@ pub fn qemu_args(plan: &Plan, has_init: bool) -> Vec<String> {
         args.push("-netdev".into());
         args.push(format!("tap,id=net0,ifname={tap},script=no,downscript=no"));
         args.push("-device".into());
-        args.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        // No option ROM: the guest does not boot from the network, and QEMU would otherwise
+        // refuse to start where iPXE's ROMs (package ipxe-qemu, a recommendation only) are absent,
+        // as in the managed plugin's rootfs.
+        args.push(format!("virtio-net-pci,netdev=net0,mac={mac},romfile="));
     }
     args.push("-daemonize".into());
     args
