@@ -2,7 +2,7 @@
 //! - one VM: Provision's own time, provision → guest up (its init's first line on the serial
 //!   console) and → its static address answering a ping; the share of that which is the guest's
 //!   own boot (the kernel's uptime when its init starts);
-//! - N VMs provisioned at once (VM_BENCH_N, default 4): until all are up;
+//! - N VMs provisioned at once (VM_BENCH_N, default 8): until all are up;
 //! - host memory per VM (QEMU's RSS and PSS);
 //! - the plugin's CPU and RSS while it watches the N VMs for VM_BENCH_WATCH seconds (default 20)
 //!   with a caller that long-polls Instance.Changes and describes on every answer or each second.
@@ -86,7 +86,7 @@ async fn main() {
     let Ok(_lock) = common::prerequisites("instance-qemu benchmark") else {
         return;
     };
-    let n = env_num("VM_BENCH_N", 4) as usize;
+    let n = env_num("VM_BENCH_N", 8) as usize;
     let watch_secs = env_num("VM_BENCH_WATCH", 20);
     let lab = Lab::new("bench");
     let plugin = lab.start_plugin();
