@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-scale bench-ec2 static-aws test-swarm test-quick all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
+.PHONY: vm-image vm-image-zk bench-vm plugin-qemu test-vm bench-scale bench-ec2 static-aws test-swarm test-quick all build test lint fmt bench setup clean up static plugins enable disable clean-plugins push upgrade bench-plugins engine zk-image node-image bench-docker swarm-lab swarm-lab-down
 
 ## Managed plugins: $(REPO)/<name>:$(VERSION) (e.g. make plugins REPO=127.0.0.1:5000/infrakit).
 REPO ?= infrakit
@@ -115,6 +115,29 @@ NODE_IMAGE ?= infrakit/swarm-node
 NODE_TAG ?= 20.10
 node-image:
 	IMAGE='$(NODE_IMAGE)' TAG='$(NODE_TAG)' bash scripts/node-image.sh
+
+## The guest instance-qemu boots (Debian from Debian packages only; root; cached by recipe hash
+## under /var/lib/infrakit/vm-image, `current` points at it). vm-image-zk adds ZooKeeper.
+vm-image:
+	bash scripts/vm-image.sh
+
+vm-image-zk:
+	VARIANT=zookeeper bash scripts/vm-image.sh
+
+## instance-qemu's figures: provision -> guest ready (and the guest's own boot), N VMs at once, host
+## memory per VM, the plugin's CPU and RSS while it watches them (root, real TCG guests).
+bench-vm:
+	$(CARGO) bench -p infrakit-instance-qemu --bench vm
+
+## The ZooKeeper ensemble on 3 VMs (root, by hand, several minutes under TCG): quorum, the leader's
+## QEMU killed and replaced at its address, a rolling memory change, destroy; prints the figures.
+test-vm: vm-image-zk
+	$(CARGO) build --locked --bins -p infrakit -p infrakit-instance-qemu
+	bash scripts/vm-zk-demo.sh
+
+## instance-qemu's managed plugin context (config.json + rootfs with QEMU and the static binary).
+plugin-qemu:
+	bash scripts/plugin-qemu.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -46,3 +46,5 @@ fi
 
 # The EC2 emulator the instance-aws tests run against (moto's server, in a venv of its own).
 bash "$(dirname "$0")/setup-moto.sh"
+# QEMU and what `make vm-image` needs, for instance-qemu and its tests (the guest image too, in CI).
+bash "$(dirname "$0")/setup-vm.sh"

@@ -137,6 +137,17 @@ pub const PLUGINS: &[Entry] = &[
         swarm_env: &[],
     },
     Entry {
+        name: "instance-qemu",
+        about: "Instances are QEMU virtual machines (TCG, or KVM where it can run guests): a binary \
+                of its own, infrakit-instance-qemu, with QEMU in its rootfs.",
+        interfaces: &[INSTANCE],
+        start: Start::Binary("infrakit-instance-qemu"),
+        manifest: include_str!("../plugins/instance-qemu/config.json"),
+        in_bundle: false,
+        managers_only: false,
+        swarm_env: &[],
+    },
+    Entry {
         name: "group",
         about: "The group controller: keeps committed groups as their specs say.",
         interfaces: &[GROUP],
@@ -276,15 +287,24 @@ mod tests {
                     .map(|s| s.to_string())
                     .chain([socket_arg])
                     .collect(),
-                // A binary of its own takes its socket from INFRAKIT_PLUGIN_SOCKET (the SDK's
-                // `run`), which its manifest sets.
+                // A binary of its own: its socket as `--socket PATH` among its arguments, or in
+                // INFRAKIT_PLUGIN_SOCKET (the SDK's `run`), which its manifest sets.
                 Start::Binary(b) => {
                     let env = m["env"].as_array().cloned().unwrap_or_default();
-                    let set = env.iter().any(|e| {
+                    let in_env = env.iter().any(|e| {
                         e["name"] == "INFRAKIT_PLUGIN_SOCKET" && e["value"] == socket_arg.as_str()
                     });
-                    assert!(set, "{}: env INFRAKIT_PLUGIN_SOCKET={socket_arg}", entry.name);
-                    vec![format!("/{b}")]
+                    let in_args = entrypoint
+                        .windows(2)
+                        .any(|w| w[0] == "--socket" && w[1] == socket_arg);
+                    assert!(
+                        in_env || in_args,
+                        "{}: --socket {socket_arg} or env INFRAKIT_PLUGIN_SOCKET",
+                        entry.name
+                    );
+                    let mut want = entrypoint.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                    want[0] = format!("/{b}");
+                    want
                 }
             };
             assert_eq!(entrypoint, want, "{}: entrypoint", entry.name);
