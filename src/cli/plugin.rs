@@ -195,7 +195,14 @@ async fn ls(format: Format) -> Result<()> {
         Format::Json => output::json(&rows),
         Format::Quiet => output::lines(rows.into_iter().filter(|r| r.picked).map(|r| r.name)),
         Format::Table => output::table(
-            &["NAME", "PICKED", "PROTOCOL", "INTERFACES", "FOUND IN", "SOCKET"],
+            &[
+                "NAME",
+                "PICKED",
+                "PROTOCOL",
+                "INTERFACES",
+                "FOUND IN",
+                "SOCKET",
+            ],
             &rows
                 .iter()
                 .map(|r| {
