@@ -287,3 +287,59 @@ fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v05_errors_read_as_our_kinds() {
+        let kind = |e: Value| error_from("p", "Instance.Changes", e).kind;
+        // What gorilla/rpc says for a method the service does not have.
+        let missing = json!({"code": -32000, "message": "rpc: can't find method \"Instance.Changes\"", "data": null});
+        assert_eq!(kind(missing), ErrorKind::NotFound);
+        // What v0.5's services say for an unknown sub-type.
+        assert_eq!(
+            kind(json!({"code": -32000, "message": "no-plugin:manager"})),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(json!({"code": -32600, "message": "jsonrpc must be 2.0"})),
+            ErrorKind::Invalid
+        );
+        let e = error_from(
+            "p",
+            "Instance.Destroy",
+            json!({"code": -32000, "message": "gone"}),
+        );
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Internal, "gone"));
+        // Not even the error shape: kept whole in the message.
+        let e = error_from("p", "m", json!("boom"));
+        assert!(e.message.contains("boom"), "{e}");
+    }
+
+    #[test]
+    fn requests_leave_our_additions_out_and_rename_tags() {
+        let ours = json!({"Instance": "i-1", "Context": {"Reason": "rolling_update"}});
+        let p = request("Instance.Destroy", ours.to_string().as_bytes()).unwrap();
+        assert_eq!(p, json!({"Type": "", "Instance": "i-1"}));
+        let ours = json!({"Tags": {"infrakit.config.hash": "h"}, "Properties": true, "IDs": ["a"]});
+        let p = request("Instance.DescribeInstances", ours.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            p,
+            json!({"Type": "", "Tags": {"infrakit.config_sha": "h"}, "Properties": true})
+        );
+        let e = request("Instance.Changes", b"{}").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e = request("Flavor.HealthyMany", b"{}").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let back = reply(
+            "Instance.DescribeInstances",
+            json!({"Type": "", "Descriptions": [{"ID": "a", "Tags": {"infrakit.config_sha": "h"}}]}),
+        );
+        assert_eq!(
+            back["Descriptions"][0]["Tags"],
+            json!({"infrakit.config.hash": "h"})
+        );
+    }
+}

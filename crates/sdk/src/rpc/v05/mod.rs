@@ -162,3 +162,47 @@ pub struct RpcError {
     #[serde(default)]
     pub data: Value,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_hash_is_renamed_both_ways_and_other_tags_kept() {
+        let ours: Tags = [
+            ("infrakit.config.hash", "h"),
+            ("infrakit.group", "g"),
+            ("infrakit.logical_id", "l"),
+            ("tier", "web"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let theirs = tags_to_v05(&ours);
+        assert_eq!(
+            theirs.get("infrakit.config_sha").map(String::as_str),
+            Some("h")
+        );
+        assert!(!theirs.contains_key("infrakit.config.hash"));
+        assert_eq!(theirs.len(), 4);
+        assert_eq!(tags_from_v05(&theirs), ours);
+    }
+
+    #[test]
+    fn go_shapes_carry_every_field() {
+        let v = serde_json::to_value(SpecOut::new(&Spec::default())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"Properties": null, "Tags": {}, "Init": "", "LogicalID": null, "Attachments": null})
+        );
+        let d = Description {
+            id: "i".into(),
+            ..Description::default()
+        };
+        let v = serde_json::to_value(DescriptionOut::new(&d)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ID": "i", "LogicalID": null, "Tags": {}})
+        );
+    }
+}
