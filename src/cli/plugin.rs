@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 use infrakit_sdk::discovery::default_socket;
-use infrakit_sdk::rpc::client::{Endpoint, RpcClient};
+use infrakit_sdk::rpc::client::{Endpoint, Protocol, RpcClient};
 use infrakit_sdk::spi::INSTANCE;
 use serde::Serialize;
 
@@ -51,6 +51,9 @@ struct Row {
     name: String,
     /// The one commands use for this name (the first source that has it).
     picked: bool,
+    /// `infrakit` (ours) or `v0.5` (InfraKit v0.5's JSON-RPC); absent when it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<Protocol>,
     implements: Vec<String>,
     source: String,
     socket: String,
@@ -168,13 +171,14 @@ async fn ls(format: Format) -> Result<()> {
                     INSTANCE,
                     Duration::from_secs(3),
                 );
-                let (implements, error) = match client.activate().await {
-                    Ok(i) => (i, None),
-                    Err(e) => (Vec::new(), Some(e.message)),
+                let (protocol, implements, error) = match client.identify().await {
+                    Ok((p, i)) => (Some(p), i, None),
+                    Err(e) => (None, Vec::new(), Some(e.message)),
                 };
                 Row {
                     name: f.name,
                     picked,
+                    protocol,
                     implements,
                     source: f.source,
                     socket: f.socket.display().to_string(),
@@ -191,13 +195,21 @@ async fn ls(format: Format) -> Result<()> {
         Format::Json => output::json(&rows),
         Format::Quiet => output::lines(rows.into_iter().filter(|r| r.picked).map(|r| r.name)),
         Format::Table => output::table(
-            &["NAME", "PICKED", "INTERFACES", "FOUND IN", "SOCKET"],
+            &[
+                "NAME",
+                "PICKED",
+                "PROTOCOL",
+                "INTERFACES",
+                "FOUND IN",
+                "SOCKET",
+            ],
             &rows
                 .iter()
                 .map(|r| {
                     vec![
                         r.name.clone(),
                         if r.picked { "*" } else { "" }.to_string(),
+                        r.protocol.map(|p| p.to_string()).unwrap_or_default(),
                         match &r.error {
                             Some(e) => format!("(not answering: {e})"),
                             None => r.implements.join(","),

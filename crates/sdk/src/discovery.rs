@@ -2,7 +2,8 @@
 //!
 //! Sources are asked in order and the first that knows the name wins:
 //! 1. the plugins directory (`INFRAKIT_PLUGINS_DIR`, default `~/.infrakit/plugins`): `<name>.sock`,
-//!    for plugins run by hand with `infrakit plugin serve`;
+//!    for plugins run by hand with `infrakit plugin serve`, then `<name>` (no extension), where
+//!    InfraKit v0.5's plugins listen (the client then speaks v0.5's protocol to them);
 //! 2. (the Docker engine's managed plugins, added by whoever builds the [`Discovery`] with
 //!    [`Discovery::insert`]; the SDK itself does not talk to the engine);
 //! 3. the legacy engine locations: `/run/docker/plugins/<name>.sock`, then
@@ -78,7 +79,7 @@ fn is_socket(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// `<dir>/<name>.sock`.
+/// `<dir>/<name>.sock`, or InfraKit v0.5's `<dir>/<name>`.
 pub struct PluginsDir {
     dir: PathBuf,
 }
@@ -90,6 +91,10 @@ impl PluginsDir {
     pub fn socket_for(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.sock"))
     }
+    /// Where an InfraKit v0.5 plugin named `name` listens: the name alone.
+    pub fn v05_socket_for(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
 }
 
 #[async_trait]
@@ -98,15 +103,45 @@ impl Source for PluginsDir {
         "dir"
     }
     fn looked_at(&self, name: &str) -> String {
-        self.socket_for(name).display().to_string()
+        format!(
+            "{}, {}",
+            self.socket_for(name).display(),
+            self.v05_socket_for(name).display()
+        )
     }
     async fn find(&self, name: &str) -> Result<Option<PathBuf>> {
-        let p = self.socket_for(name);
-        Ok(is_socket(&p).then_some(p))
+        Ok([self.socket_for(name), self.v05_socket_for(name)]
+            .into_iter()
+            .find(|p| is_socket(p)))
     }
     async fn list(&self) -> Result<Vec<(String, PathBuf)>> {
-        list_sockets(&self.dir)
+        let mut found = list_sockets(&self.dir)?;
+        found.extend(list_bare_sockets(&self.dir)?);
+        // One name in both forms: `<name>.sock` first, as `find` picks it.
+        found.sort_by(|a, b| {
+            (&a.0, a.1.extension().is_none()).cmp(&(&b.0, b.1.extension().is_none()))
+        });
+        Ok(found)
     }
+}
+
+/// InfraKit v0.5's sockets: `<dir>/<name>` with no extension (its `<name>.pid` files are not
+/// sockets and are passed over).
+fn list_bare_sockets(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.contains('.') && is_socket(&path) && validate_name(name).is_ok() {
+            out.push((name.to_string(), path.clone()));
+        }
+    }
+    Ok(out)
 }
 
 fn list_sockets(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -367,6 +402,41 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn v05_sockets_without_extension_are_found_after_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let _a = std::os::unix::net::UnixListener::bind(dir.join("instance-file")).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(dir.join("both")).unwrap();
+        let _c = std::os::unix::net::UnixListener::bind(dir.join("both.sock")).unwrap();
+        // v0.5 writes a pid file beside its socket: not a plugin.
+        std::fs::write(dir.join("instance-file.pid"), "123").unwrap();
+        std::fs::write(dir.join("notasocket"), "x").unwrap();
+        let d = Discovery::new(vec![Arc::new(PluginsDir::new(dir))]);
+        assert_eq!(
+            d.find("instance-file").await.unwrap().socket,
+            dir.join("instance-file")
+        );
+        assert_eq!(d.find("both").await.unwrap().socket, dir.join("both.sock"));
+        let e = d.find("notasocket").await.unwrap_err();
+        assert!(e.message.contains("notasocket.sock"), "{e}");
+        let all: Vec<(String, PathBuf)> = d
+            .list_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.socket))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                ("both".to_string(), dir.join("both.sock")),
+                ("both".to_string(), dir.join("both")),
+                ("instance-file".to_string(), dir.join("instance-file")),
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn list_all_shows_hidden_plugins_after_the_one_find_picks() {

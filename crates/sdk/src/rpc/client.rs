@@ -2,7 +2,10 @@
 //! controller (or flavor-combo) holds an `Arc<dyn FlavorPlugin>` and never knows the difference.
 //!
 //! At first use a client calls `Plugin.Activate` and checks that the plugin implements its interface
-//! with the same major version; a mismatch is refused with a message naming both versions.
+//! with the same major version; a mismatch is refused with a message naming both versions. A plugin
+//! that answers `Plugin.Activate` with 404 or with a JSON-RPC reply is InfraKit v0.5's: the client
+//! then asks v0.5's `Handshake.Implements` and speaks v0.5's protocol to it from then on
+//! (see [`super::v05`]), behind the same traits.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,12 +69,33 @@ pub fn split_name(name: &str) -> (&str, &str) {
     name.split_once('/').unwrap_or((name, ""))
 }
 
+/// Which protocol a plugin speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Protocol {
+    /// Ours: Docker's plugin envelope, `POST /<Interface>.<Method>`.
+    #[serde(rename = "infrakit")]
+    Native,
+    /// InfraKit v0.5's JSON-RPC 2.0 on `POST /`.
+    #[serde(rename = "v0.5")]
+    V05,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Native => "infrakit",
+            Protocol::V05 => "v0.5",
+        })
+    }
+}
+
 /// A connection to one plugin socket, for one interface.
 pub struct RpcClient {
     endpoint: Endpoint,
     interface: InterfaceSpec,
     transport: Arc<Transport>,
-    compatible: OnceCell<()>,
+    /// Set once the plugin passed the interface check, to the protocol it passed it in.
+    compatible: OnceCell<Protocol>,
 }
 
 impl RpcClient {
@@ -109,6 +133,36 @@ impl RpcClient {
         Ok(r.implements)
     }
 
+    /// Which protocol the plugin speaks and what it implements, in that protocol's words
+    /// (`infrakit.instance/1.0`, or v0.5's `Instance/0.5.0`): `Plugin.Activate`, and v0.5's
+    /// `Handshake.Implements` when the plugin does not know Activate.
+    pub async fn identify(&self) -> Result<(Protocol, Vec<String>)> {
+        let (status, reply) = self
+            .transport
+            .post("Plugin.Activate", Bytes::from_static(b"{}"))
+            .await?;
+        let native = status == 200 && !super::v05::client::is_json_rpc(&reply);
+        if native || (status != 404 && !super::v05::client::is_json_rpc(&reply)) {
+            let r: ActivateResponse = self.read_reply("Plugin.Activate", status, &reply)?;
+            return Ok((Protocol::Native, r.implements));
+        }
+        let name = self.endpoint.full_name();
+        let apis = super::v05::client::implements(&self.transport, &name)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    e.kind,
+                    format!(
+                        "plugin '{name}' answered Plugin.Activate with status {status}, and \
+                         InfraKit v0.5's Handshake.Implements failed too: {}",
+                        e.message
+                    ),
+                )
+            })?;
+        let names = apis.iter().map(ToString::to_string).collect();
+        Ok((Protocol::V05, names))
+    }
+
     /// POSTs `body` to `/<path>` exactly as given, without the version check, and returns the
     /// status and the reply body: for probing how a plugin answers a request no client would send
     /// (the conformance suite's malformed bodies).
@@ -118,16 +172,32 @@ impl RpcClient {
 
     /// Checks the interface once; a failure to connect is not remembered, a mismatch is re-checked
     /// (the plugin may have been upgraded meanwhile).
-    async fn ensure_compatible(&self) -> Result<()> {
+    async fn ensure_compatible(&self) -> Result<Protocol> {
         self.compatible
             .get_or_try_init(|| async {
-                let implements = self.activate().await?;
-                self.interface
-                    .check(&self.endpoint.full_name(), &implements)
-                    .map_err(|m| Error::new(ErrorKind::Incompatible, m))
+                let name = self.endpoint.full_name();
+                match self.identify().await? {
+                    (Protocol::Native, implements) => self
+                        .interface
+                        .check(&name, &implements)
+                        .map_err(|m| Error::new(ErrorKind::Incompatible, m))
+                        .map(|_| Protocol::Native),
+                    (Protocol::V05, _) => {
+                        // Asked again for the structured list (identify gives it as text).
+                        let apis = super::v05::client::implements(&self.transport, &name).await?;
+                        super::v05::client::check(self.interface, &name, &apis)?;
+                        tracing::info!(plugin = %name, "speaking InfraKit v0.5's protocol");
+                        Ok(Protocol::V05)
+                    }
+                }
             })
             .await
             .copied()
+    }
+
+    /// The protocol the plugin speaks, after the interface check (which it makes at first use).
+    pub async fn protocol(&self) -> Result<Protocol> {
+        self.ensure_compatible().await
     }
 
     /// Calls `<Interface>.<method>` with `req`, after the version check.
@@ -187,10 +257,14 @@ impl RpcClient {
         })
     }
 
-    /// Posts and returns the reply's bytes when the plugin answered 200, else its error.
+    /// Posts and returns the reply's bytes when the plugin answered 200, else its error. To a
+    /// v0.5 plugin the call goes as JSON-RPC, translated both ways.
     async fn post_checked(&self, path: &str, body: Bytes) -> Result<Bytes> {
-        let (status, reply) = self.transport.post(path, body).await?;
         let name = self.endpoint.full_name();
+        if self.compatible.get() == Some(&Protocol::V05) {
+            return super::v05::client::call(&self.transport, &name, path, &body).await;
+        }
+        let (status, reply) = self.transport.post(path, body).await?;
         if status != 200 {
             let message = match serde_json::from_slice::<ErrResponse>(&reply) {
                 Ok(e) => e.err,
@@ -202,6 +276,31 @@ impl RpcClient {
             return Err(Error::new(ErrorKind::from_status(status), message));
         }
         Ok(reply)
+    }
+
+    /// Reads a native reply: the value when the status is 200, else the error it carries.
+    fn read_reply<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        status: u16,
+        reply: &[u8],
+    ) -> Result<Resp> {
+        let name = self.endpoint.full_name();
+        if status != 200 {
+            let message = match serde_json::from_slice::<ErrResponse>(reply) {
+                Ok(e) => e.err,
+                Err(_) => format!(
+                    "plugin '{name}' answered {path} with status {status}: {}",
+                    String::from_utf8_lossy(reply).trim()
+                ),
+            };
+            return Err(Error::new(ErrorKind::from_status(status), message));
+        }
+        serde_json::from_slice(reply).map_err(|e| {
+            Error::internal(format!(
+                "plugin '{name}' sent a reply to {path} that does not parse: {e}"
+            ))
+        })
     }
 
     fn sub_type(&self) -> String {

@@ -4,6 +4,9 @@
 //! - `POST /<Interface>.<Method>` with a JSON body whose fields are InfraKit's (`Spec`, `Tags`, ...),
 //!   plus `"Type"` naming a sub-type when the caller asked for `plugin/subtype`.
 //! - 200 with the JSON result, or a 4xx/5xx status with `{"Err": "message"}`.
+//!
+//! InfraKit v0.5's JSON-RPC 2.0 (`POST /`) is answered on the same socket, and spoken to plugins
+//! that do not answer `Plugin.Activate`: see [`v05`].
 
 pub mod client;
 pub mod connections;
@@ -12,6 +15,7 @@ pub use infrakit_spi::messages;
 pub mod open_files;
 pub mod server;
 mod transport;
+pub mod v05;
 
 /// The content type of Docker's plugin protocol, sent on every request and reply.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";

@@ -81,6 +81,16 @@ impl Plugins {
         self
     }
 
+    pub(crate) fn instances(&self) -> &BTreeMap<String, Arc<dyn InstancePlugin>> {
+        &self.instance
+    }
+    pub(crate) fn flavors(&self) -> &BTreeMap<String, Arc<dyn FlavorPlugin>> {
+        &self.flavor
+    }
+    pub(crate) fn groups(&self) -> &BTreeMap<String, Arc<dyn GroupPlugin>> {
+        &self.group
+    }
+
     /// The `Implements` list of `Plugin.Activate`.
     pub fn implements(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -411,7 +421,7 @@ impl Router {
         let mut reply = match result {
             Ok(json) => Response::builder()
                 .status(StatusCode::OK)
-                .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+                .header(hyper::header::CONTENT_TYPE, reply_type(&path))
                 .body(Full::new(json))
                 .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
             Err(e) => {
@@ -442,6 +452,8 @@ impl Router {
     async fn route(&self, path: &str, body: &[u8], work: Option<WorkStarted>) -> Result<Bytes> {
         let (iface, method) = path.split_once('.').unwrap_or((path, ""));
         match iface {
+            // InfraKit v0.5's JSON-RPC: every call is `POST /`, answered 200 whatever happened.
+            "" => Ok(super::v05::server::handle(&self.plugins, body).await),
             "Plugin" if method == "Activate" => reply(&ActivateResponse {
                 implements: self.plugins.implements(),
             }),
@@ -468,6 +480,15 @@ impl Router {
             ))),
             _ => Err(unknown_method(path, &[])),
         }
+    }
+}
+
+/// The content type of a 200 reply: v0.5's JSON-RPC (`POST /`) gets plain JSON, as from v0.5.
+fn reply_type(path: &str) -> &'static str {
+    if path.is_empty() {
+        "application/json; charset=utf-8"
+    } else {
+        CONTENT_TYPE
     }
 }
 
@@ -570,7 +591,7 @@ fn unknown_method(path: &str, known: &[&str]) -> Error {
     }
 }
 
-fn pick<'a, P: ?Sized>(
+pub(crate) fn pick<'a, P: ?Sized>(
     map: &'a BTreeMap<String, Arc<P>>,
     sub_type: &str,
     what: &str,

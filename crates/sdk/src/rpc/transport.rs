@@ -57,7 +57,19 @@ impl Transport {
 
     /// POSTs `body` to `/path`; returns the status and the whole reply body.
     pub async fn post(&self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        match tokio::time::timeout(self.timeout, self.post_inner(path, body)).await {
+        self.post_as(path, body, CONTENT_TYPE).await
+    }
+
+    /// [`Transport::post`] with another content type (InfraKit v0.5's JSON-RPC wants
+    /// `application/json`).
+    pub async fn post_as(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(u16, Bytes)> {
+        let call = self.post_inner(path, body, content_type);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(Error::unavailable(format!(
                 "no answer to {path} from {} within {:?}",
@@ -78,8 +90,13 @@ impl Transport {
         }
     }
 
-    async fn post_inner(&self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        let mut req = self.request(path, body)?;
+    async fn post_inner(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(u16, Bytes)> {
+        let mut req = self.request(path, body, content_type)?;
         // Let the pooled connections' tasks run first: a close the server sent meanwhile is then
         // seen (`is_closed`) instead of written into.
         tokio::task::yield_now().await;
@@ -105,11 +122,16 @@ impl Transport {
         self.finish(sender, resp).await
     }
 
-    fn request(&self, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+    fn request(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<Request<Full<Bytes>>> {
         Request::post(format!("/{path}"))
             .header(hyper::header::HOST, "plugin")
-            .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header(hyper::header::ACCEPT, CONTENT_TYPE)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::ACCEPT, content_type)
             .body(Full::new(body))
             .map_err(|e| Error::internal(format!("cannot build a request for /{path}: {e}")))
     }
