@@ -252,12 +252,27 @@ fn the_link_reader_finds_links_and_skips_code() {
 }
 
 #[test]
-fn a_dead_link_and_a_link_outside_the_repository_are_reported() {
+fn a_dead_link_and_an_unknown_heading_are_reported() {
     let root = repository();
     let page = root.join("README.md");
     assert!(check(&root, &page, "", "docs/no-such-page.md").is_some());
-    assert!(check(&root, &page, "", "../shared/DESIGN.md").is_some());
     assert!(check(&root, &page, "", "docs/design.md#no-such-heading").is_some());
     assert!(check(&root, &page, "", "docs/design.md").is_none());
     assert!(check(&root, &page, "", "https://github.com/docker/infrakit").is_none());
+}
+
+#[test]
+fn a_link_that_leaves_the_repository_is_reported_even_when_its_target_exists() {
+    let scratch = std::env::temp_dir().join(format!("infrakit-docs-links-{}", std::process::id()));
+    let repo = scratch.join("repo");
+    fs::create_dir_all(repo.join("docs")).expect("make a scratch repository");
+    fs::write(scratch.join("notes.md"), "# Notes\n").expect("write a page outside it");
+    fs::write(repo.join("docs/inside.md"), "# Inside\n").expect("write a page inside it");
+    let page = repo.join("README.md");
+    let outside = check(&repo, &page, "", "../notes.md");
+    let inside = check(&repo, &page, "", "docs/inside.md#inside");
+    let _ = fs::remove_dir_all(&scratch);
+    let outside = outside.expect("a link to ../notes.md must be reported");
+    assert!(outside.contains("outside the repository"), "{outside}");
+    assert_eq!(inside, None);
 }
