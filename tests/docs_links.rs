@@ -229,6 +229,51 @@ fn every_relative_link_in_the_readme_and_docs_names_a_file_in_the_repository() {
     );
 }
 
+/// The pages `page` links to, as canonical paths (dead links are the test above's business).
+fn linked_pages(root: &Path, page: &Path) -> BTreeSet<PathBuf> {
+    let text =
+        fs::read_to_string(page).unwrap_or_else(|e| panic!("cannot read {}: {e}", page.display()));
+    let base = page.parent().unwrap_or(root);
+    prose_lines(&text)
+        .into_iter()
+        .flat_map(|(_, line)| link_targets(&line))
+        .filter(|target| !has_scheme(target))
+        .filter_map(|target| {
+            let path = target.split('#').next().unwrap_or("").to_string();
+            (!path.is_empty()).then(|| base.join(path))
+        })
+        .filter_map(|path| path.canonicalize().ok())
+        .collect()
+}
+
+#[test]
+fn every_page_in_docs_is_linked_from_the_readme_or_another_page() {
+    let root = repository();
+    let pages = pages(&root);
+    let mut linked = BTreeSet::new();
+    for page in &pages {
+        let own = page.canonicalize().unwrap_or_else(|_| page.clone());
+        linked.extend(linked_pages(&root, page).into_iter().filter(|p| *p != own));
+    }
+    let unlinked: Vec<String> = pages
+        .iter()
+        .filter(|page| !page.ends_with("README.md"))
+        .filter(|page| !linked.contains(&page.canonicalize().unwrap_or_else(|_| (*page).clone())))
+        .map(|page| {
+            page.strip_prefix(&root)
+                .unwrap_or(page)
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "no page links to {}: link each from the README's tour or reading list, or from a page \
+         that covers its subject",
+        unlinked.join(", ")
+    );
+}
+
 #[test]
 fn the_link_reader_finds_links_and_skips_code() {
     assert_eq!(
