@@ -37,7 +37,7 @@ use seed::Seed;
 first logical ID is the seed) and any others (workers: flavor-swarm/worker). The manager group's \
 instances are made with instance-docker, here on the engine at $DOCKER_HOST (default \
 /var/run/docker.sock), and on the swarm through the socket --infrastructure names.\n\n\
-Example (examples/swarm/bootstrap.json; see the README's \"Bootstrap a swarm\"):\n  \
+Example (examples/swarm/bootstrap.json; see docs/swarm.md, \"Bootstrap a swarm\"):\n  \
 infrakit bootstrap examples/swarm/bootstrap.json --registry 10.98.0.1:5000/infrakit --push --pretend\n  \
 infrakit bootstrap examples/swarm/bootstrap.json --registry 10.98.0.1:5000/infrakit --push\n\n\
 --down removes what it made: the bundle (through a manager that answers, which stops the group \

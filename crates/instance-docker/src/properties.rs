@@ -286,7 +286,7 @@ impl Properties {
     pub fn parse(v: &Value) -> Result<Properties> {
         let p: Properties = serde_json::from_value(v.clone()).map_err(|e| {
             Error::invalid(format!(
-                "instance-docker properties: {e} (Image is required; see the README for the fields)"
+                "instance-docker properties: {e} (Image is required; docs/instance-docker.md lists the fields)"
             ))
         })?;
         if p.image.trim().is_empty() {

@@ -15,9 +15,9 @@
 //! into. The previous data config is removed after the head moved; one left by a crash between the
 //! two steps is swept at the next load.
 //!
-//! Limits (SWARM-NOTES, Docker 20.10): a config's data must be under 1,024,000 bytes. A group spec
-//! is at most 448 KiB (`infrakit_group::spec::MAX_SPEC_BYTES`); the rest of a record is the core's
-//! memory, a few hundred bytes per instance. A record that does not fit is refused with a clear
+//! Limits (docs/swarm-notes.md, Docker 20.10): a config's data must be under 1,024,000 bytes. A
+//! group spec is at most 448 KiB (`infrakit_group::spec::MAX_SPEC_BYTES`); the rest of a record is
+//! the core's memory, a few hundred bytes per instance. A record that does not fit is refused with a clear
 //! error, and nothing changes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +39,8 @@ pub const STORE_LABEL: &str = "infrakit.store";
 pub const GROUP_LABEL: &str = "infrakit.group";
 /// On a head: the name of the data config holding the current record.
 pub const CURRENT_LABEL: &str = "infrakit.current";
-/// The largest config data the engine accepts (SWARM-NOTES: 1,023,999 accepted, 1,024,000 not).
+/// The largest config data the engine accepts (docs/swarm-notes.md: 1,023,999 bytes accepted,
+/// 1,024,000 not).
 pub const MAX_CONFIG_BYTES: usize = 1_023_999;
 
 const PREFIX: &str = "infrakit-group.";

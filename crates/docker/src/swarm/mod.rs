@@ -15,7 +15,8 @@ use infrakit_sdk::Result;
 use crate::Engine;
 
 /// How long one question to the engine may take. During an election a survivor's
-/// `GET /nodes/<self>` hangs rather than failing (SWARM-NOTES): a timeout means "cannot confirm".
+/// `GET /nodes/<self>` hangs rather than failing (docs/swarm-notes.md): a timeout means "cannot
+/// confirm".
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether `engine` is a manager of an active swarm (so the controller should follow the swarm's

@@ -4,7 +4,7 @@
 //! Our own serde types and requests ([`crate::raw`]), because bollard 0.21's `TaskSpecPluginSpec`
 //! has neither `Privileges` (it sends `PluginPrivilege`, which the engine ignores) nor `Env`, and
 //! reading a plugin service back through it loses them. Facts this is built on (Docker 20.10,
-//! measured in ../shared/SWARM-NOTES.md and again here):
+//! measured in docs/swarm-notes.md and again here):
 //! - plugin services need the daemon's experimental flag on every node that creates or runs them;
 //!   they are always global (a placement constraint narrows them, e.g. to managers);
 //! - `Privileges` must equal what the plugin asks for (`GET /plugins/privileges?remote=`);
