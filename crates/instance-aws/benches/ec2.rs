@@ -1,6 +1,8 @@
 //! The EC2 plugin at scale against the emulator: one group of N (default 1,000) instances under
 //! the real group controller, with the plugin's own binary on a socket beside it. Prints
-//! - commit → N instances running in EC2, and → the group converged (`DescribeGroup`);
+//! - commit → N instances launched (the plugin's answered provisions, from its `GET /metrics`),
+//!   and → the group converged (`DescribeGroup`; against moto this waits mostly on its
+//!   `DescribeInstances`, which takes seconds for 1,000 instances);
 //! - the EC2 requests the plugin sent, by operation (from its `GET /metrics`), against the
 //!   one-request-per-instance baseline (N launches + N terminations);
 //! - destroy → every instance terminated in EC2.
@@ -81,14 +83,32 @@ fn serve(plugins: &Path, args: &[&str]) -> Proc {
     Proc(child)
 }
 
-/// The plugin's EC2 requests by operation, from its `GET /metrics`.
-fn requests(socket: &Path) -> BTreeMap<String, u64> {
+fn metrics(socket: &Path) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: plugin\r\n\r\n")
         .expect("write");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
-    text.lines()
+    text
+}
+
+/// Provisions the plugin has answered with an instance, from its `GET /metrics`.
+fn provisioned(socket: &Path) -> usize {
+    metrics(socket)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(
+                "infrakit_rpc_served_total{method=\"Instance.Provision\",outcome=\"ok\"} ",
+            )
+        })
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as usize
+}
+
+/// The plugin's EC2 requests by operation, from its `GET /metrics`.
+fn requests(socket: &Path) -> BTreeMap<String, u64> {
+    metrics(socket)
+        .lines()
         .filter_map(|l| l.strip_prefix("infrakit_aws_requests_total{operation=\""))
         .filter_map(|r| r.split_once("\"} "))
         .filter_map(|(op, v)| Some((op.to_string(), v.trim().parse::<f64>().ok()? as u64)))
@@ -167,6 +187,10 @@ async fn main() {
     let before = requests(&plugin.socket);
     let start = Instant::now();
     g.commit_group(spec, false).await.expect("commit");
+    let launched = until("N launched", start, async || {
+        provisioned(&plugin.socket) >= n
+    })
+    .await;
     let converged = until("converged", start, async || {
         g.describe_group("bench")
             .await
@@ -186,6 +210,7 @@ async fn main() {
         running.len()
     );
     let after_check = requests(&plugin.socket);
+    println!("  commit → {n} launched: {:>7.2} s", launched.as_secs_f64());
     println!(
         "  commit → converged ({n} running): {:>7.2} s",
         converged.as_secs_f64()

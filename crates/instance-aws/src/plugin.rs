@@ -168,6 +168,7 @@ impl InstancePlugin for AwsInstancePlugin {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
+        let known = cached.is_some();
         let location = match cached {
             Some(l) => l,
             None => {
@@ -178,15 +179,21 @@ impl InstancePlugin for AwsInstancePlugin {
                 }
             }
         };
-        self.terminator
-            .destroy(location, id.to_string())
-            .await
-            .inspect(|_| tracing::info!(%id, reason = %context.reason, "destroyed"))?;
+        let result = self
+            .terminator
+            .destroy(location, id.to_string(), known)
+            .await;
+        match &result {
+            Ok(()) => tracing::info!(%id, reason = %context.reason, "destroyed"),
+            Err(e) if !e.is_not_found() => return result,
+            Err(_) => {}
+        }
+        // Gone either way: a later destroy of it looks it up again (and finds nothing).
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(())
+        result
     }
 
     async fn describe_instances(&self, tags: &Tags, properties: bool) -> Result<Vec<Description>> {
