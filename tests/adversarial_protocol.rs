@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{post, World, BIN};
+use common::{post, serve_with_fd_limit, World, BIN};
 use infrakit_sdk::rpc::connections::{FD_RESERVE, MAX_CONNECTIONS};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -36,33 +36,6 @@ const RSS_BOUND_KIB: u64 = 128 * 1024;
 
 /// How long any single step may take before the test gives up (a hang is a failure).
 const STEP: Duration = Duration::from_secs(60);
-
-/// The open-file limit (soft and hard) the held-connection tests give the plugin: the tester's
-/// machine, where 1,100 connections ran the plugin out of descriptors.
-const PLUGIN_FD_LIMIT: usize = 1024;
-
-/// Runs `infrakit plugin serve <kind> --name <name>` with at most `PLUGIN_FD_LIMIT` open files.
-fn serve_with_fd_limit(w: &World, name: &str, kind: &str) -> common::Plugin {
-    let child = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {PLUGIN_FD_LIMIT}; exec \"$0\" plugin serve {kind} --name {name}"
-        ))
-        .arg(BIN)
-        .env("INFRAKIT_PLUGINS_DIR", w.plugins_dir())
-        .env("INFRAKIT_LOG", "warn")
-        .env_remove("INFRAKIT_PLUGIN_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn plugin");
-    let p = common::Plugin {
-        child,
-        socket: w.socket(name),
-    };
-    p.wait_ready();
-    p
-}
 
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

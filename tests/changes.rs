@@ -44,6 +44,11 @@ fn wait_until<T: std::fmt::Debug>(
 }
 
 fn group_server(w: &World) -> Plugin {
+    group_server_with(w, POLL, "1s")
+}
+
+/// The group plugin on the world's store, polling every `poll`, trusting a verdict for `health`.
+fn group_server_with(w: &World, poll: &str, health: &str) -> Plugin {
     let store = w.path("store");
     w.serve(
         "group",
@@ -52,9 +57,9 @@ fn group_server(w: &World) -> Plugin {
             "--store",
             store.to_str().expect("utf-8"),
             "--poll-interval",
-            POLL,
+            poll,
             "--health-interval",
-            "1s",
+            health,
         ],
     )
 }
@@ -149,20 +154,8 @@ fn an_idle_group_of_a_followed_plugin_does_not_describe_it_every_poll() {
     let dir = w.path("instances");
     let _files = serve_files(&w);
     let _vanilla = w.serve("flavor-vanilla", &["flavor-vanilla"]);
-    let store = w.path("store");
-    let _group = w.serve(
-        "group",
-        &[
-            "group",
-            "--store",
-            store.to_str().expect("utf-8"),
-            "--poll-interval",
-            "100ms",
-            // Verdicts trusted for a minute: the flavor's own checks stay out of the count.
-            "--health-interval",
-            "60s",
-        ],
-    );
+    // Verdicts trusted for a minute: the flavor's own checks stay out of the count.
+    let _group = group_server_with(&w, "100ms", "60s");
     commit(&w, "idle", file_group(5));
     w.ok(&["group", "watch", "idle", "--timeout", "30s"]);
     let files_socket = w.socket("instance-file");

@@ -1,7 +1,7 @@
 //! The README and the pages in docs/ link only to what is in the repository.
 //!
 //! Every relative link in README.md and docs/*.md must name a file or directory inside this
-//! repository (the project stands alone: nothing outside it, such as a `../shared` note), and a
+//! repository (the project stands alone: nothing outside it, such as a file beside the clone), and a
 //! `#fragment` on a link to a Markdown file must name one of its headings, as GitHub spells the
 //! anchor. Links with a scheme (`https:`, `mailto:`) are not followed. Text in code blocks and code
 //! spans is not a link.

@@ -10,11 +10,11 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{post, World, BIN};
+use common::{post, serve_with_fd_limit, World};
 use infrakit_sdk::rpc::long_polls::MAX_LONG_POLLS_PER_CLIENT;
 use serde_json::{json, Value};
 
@@ -28,9 +28,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long any single step may take before the test gives up (a hang is a failure).
 const STEP: Duration = Duration::from_secs(60);
-
-/// The open-file limit the instance plugin is given: the tester's machine.
-const PLUGIN_FD_LIMIT: usize = 1024;
 
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -47,29 +44,6 @@ fn raise_own_fd_limit() {
             "this test holds {POLLS} connections; the hard open-file limit here is {n}"
         );
     }
-}
-
-/// `infrakit plugin serve <kind> ...` with at most `PLUGIN_FD_LIMIT` open files.
-fn serve_with_fd_limit(w: &World, name: &str, args: &str) -> common::Plugin {
-    let child = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {PLUGIN_FD_LIMIT}; exec \"$0\" plugin serve {args} --name {name}"
-        ))
-        .arg(BIN)
-        .env("INFRAKIT_PLUGINS_DIR", w.plugins_dir())
-        .env("INFRAKIT_LOG", "warn")
-        .env_remove("INFRAKIT_PLUGIN_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn plugin");
-    let p = common::Plugin {
-        child,
-        socket: w.socket(name),
-    };
-    p.wait_ready();
-    p
 }
 
 /// Opens `n` connections and sends the long poll `path`/`body` on each (keep-alive, as a client

@@ -103,6 +103,35 @@ impl World {
 }
 
 /// A running plugin process; SIGKILLed on drop if still alive.
+/// The open-file limit (soft and hard) the held-connection tests give a plugin: a tester's machine,
+/// where 1,100 connections ran the plugin out of descriptors.
+#[allow(dead_code)] // only the held-connection tests use it
+pub const PLUGIN_FD_LIMIT: usize = 1024;
+
+/// `infrakit plugin serve <args> --name <name>` with at most [`PLUGIN_FD_LIMIT`] open files.
+#[allow(dead_code)] // only the held-connection tests use it
+pub fn serve_with_fd_limit(w: &World, name: &str, args: &str) -> Plugin {
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {PLUGIN_FD_LIMIT}; exec \"$0\" plugin serve {args} --name {name}"
+        ))
+        .arg(BIN)
+        .env("INFRAKIT_PLUGINS_DIR", w.plugins_dir())
+        .env("INFRAKIT_LOG", "warn")
+        .env_remove("INFRAKIT_PLUGIN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn plugin");
+    let p = Plugin {
+        child,
+        socket: w.socket(name),
+    };
+    p.wait_ready();
+    p
+}
+
 pub struct Plugin {
     pub child: Child,
     pub socket: PathBuf,
